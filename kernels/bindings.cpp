@@ -1,0 +1,26 @@
+// bindings.cpp: the Python module. The entry points live in api.cu; the
+// Python layer (model_new.py) wraps them in torch.library custom ops.
+#include <torch/extension.h>
+
+namespace ct3d {
+at::Tensor forward(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+                   at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo);
+at::Tensor grad_input(const at::Tensor& dy, const at::Tensor& w, at::IntArrayRef input_size,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+                      at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo);
+std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor& x,
+                                         at::IntArrayRef weight_size, at::IntArrayRef stride,
+                                         at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                         at::IntArrayRef dilation, int64_t groups, bool need_weight,
+                                         bool need_bias, bool allow_tf32, int64_t algo);
+void set_poison(bool on);
+}  // namespace ct3d
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
+  m.def("forward", &ct3d::forward, "y = conv_transpose3d(x, w) + bias");
+  m.def("grad_input", &ct3d::grad_input, "dx of conv_transpose3d");
+  m.def("grad_weight_bias", &ct3d::grad_weight_bias, "[dw, db] of conv_transpose3d");
+  m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
+}

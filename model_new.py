@@ -1,0 +1,431 @@
+"""ConvTranspose3d on our own CUDA kernels: a drop-in for ``torch.nn.ConvTranspose3d``.
+
+Public pieces:
+  * ``conv_transpose3d(x, weight, bias, stride, padding, output_padding, groups, dilation)``:
+    the functional, same arguments as ``torch.nn.functional.conv_transpose3d``.
+  * ``ConvTranspose3d``: the module (constructor, parameters, ``reset_parameters``,
+    ``extra_repr`` and ``state_dict`` of ``nn.ConvTranspose3d``).
+  * ``ModelNew``: the KernelBench-style model, same constructor and forward as
+    ``reference.Model``.
+
+Forward, grad input, grad weight and grad bias all run on the kernels in ``kernels/``
+(compiled with ``load_inline`` at import when a CUDA device is present). The ops are
+registered with ``torch.library`` (fake implementations and autograd included), so
+``torch.compile`` traces through them without a graph break.
+
+Precision follows PyTorch's cuDNN convolution setting for fp32 tensors: with TF32 allowed
+(PyTorch's default) both operands are rounded to TF32 (nearest-even) and accumulated in
+fp32, as cuDNN does; with TF32 disallowed the result is fp32-accurate. fp16/bf16
+accumulate in fp32 and round the output once; fp64 is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn import init
+from torch.nn.parameter import Parameter
+
+__all__ = ["conv_transpose3d", "ConvTranspose3d", "ModelNew", "load_extension"]
+
+IntOr3 = Union[int, Sequence[int]]
+
+# ----------------------------------------------------------------------------------------
+# Building the CUDA extension
+# ----------------------------------------------------------------------------------------
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+# Order matters: the shared header first, then one file per job, then the host API.
+CUDA_FILES = ("common.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu", "direct.cu", "api.cu")
+CPP_FILES = ("bindings.cpp",)
+_LOCAL_INCLUDE = '#include "common.cuh"'
+_ALGOS = {"auto": 0, "tiled": 1, "direct": 2}
+
+_ext = None
+
+
+def kernel_sources() -> tuple[str, str]:
+    """(C++ source, CUDA source): the files of ``kernels/`` joined, the shared header inlined once."""
+    cuda = "\n".join(
+        (KERNEL_DIR / f).read_text().replace(_LOCAL_INCLUDE, "// (common.cuh inlined above)")
+        for f in CUDA_FILES
+    )
+    cpp = "\n".join((KERNEL_DIR / f).read_text() for f in CPP_FILES)
+    return cpp, cuda
+
+
+def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = ()):
+    """Compile (or load from torch's extension cache) and return the CUDA extension.
+
+    ``extra_include_paths``: for machines whose CUDA toolkit lacks headers that ATen includes
+    (CI passes the headers shipped in torch's NVIDIA wheels)."""
+    global _ext
+    if _ext is None:
+        from torch.utils.cpp_extension import load_inline
+
+        cpp, cuda = kernel_sources()
+        flags = ["-O3", "-lineinfo"]  # the C++ standard is torch's choice
+        if os.environ.get("CT3D_PTXAS_VERBOSE"):
+            flags.append("-Xptxas=-v")
+        _ext = load_inline(
+            name="ct3d_ext",
+            cpp_sources=[cpp],
+            cuda_sources=[cuda],
+            extra_cuda_cflags=flags,
+            extra_cflags=["-O2"],
+            extra_include_paths=list(extra_include_paths),
+            verbose=verbose or bool(os.environ.get("CT3D_VERBOSE_BUILD")),
+        )
+    return _ext
+
+
+if torch.cuda.is_available():
+    load_extension()
+
+
+# ----------------------------------------------------------------------------------------
+# Arguments: normalization and checks (messages follow PyTorch's)
+# ----------------------------------------------------------------------------------------
+def _triple(v: IntOr3, name: str) -> list[int]:
+    if isinstance(v, int):
+        return [v, v, v]
+    v = list(v)
+    if len(v) == 1:
+        return v * 3
+    if len(v) != 3:
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 3 values to match the "
+            f"convolution dimensions, but got {name}={v}"
+        )
+    return [int(e) for e in v]
+
+
+def tf32_allowed() -> bool:
+    """PyTorch's setting for fp32 cuDNN convolutions: True when TF32 may be used.
+
+    Reads the fine-grained setting (``torch.backends.cudnn.conv.fp32_precision``, then
+    its parents) where this torch has it, else the legacy ``allow_tf32`` flag.
+    """
+    backends = torch.backends
+    if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
+        for prec in (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision,
+                     backends.fp32_precision):
+            if prec != "none":
+                return prec == "tf32"
+        return False
+    return bool(torch._C._get_cudnn_allow_tf32())
+
+
+def output_size(in_size: Sequence[int], kernel: Sequence[int], stride, padding,
+                output_padding, dilation) -> list[int]:
+    """Spatial output size of a transposed convolution (one entry per dimension)."""
+    return [
+        (i - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for i, k, s, p, op, d in zip(in_size, kernel, stride, padding, output_padding, dilation)
+    ]
+
+
+def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
+           output_padding, dilation, groups: int) -> None:
+    """Raise what PyTorch raises for bad arguments, before any kernel is launched."""
+    if x.dim() != 5:
+        raise RuntimeError(
+            "Expected 4D (unbatched) or 5D (batched) input to conv_transpose3d, but got input "
+            f"of size: {list(x.shape)}")
+    if weight.dim() != 5:
+        raise RuntimeError(
+            f"Expected 5-dimensional weight for conv_transpose3d, but got {weight.dim()}-dimensional "
+            f"weight of size {list(weight.shape)}")
+    if x.type() != weight.type() or x.device != weight.device:
+        raise RuntimeError(
+            f"Input type ({x.type()}) and weight type ({weight.type()}) should be the same"
+            + ("" if x.device == weight.device else
+               f" (input is on {x.device}, weight on {weight.device})"))
+    if bias is not None and (x.type() != bias.type() or x.device != bias.device):
+        raise RuntimeError(f"Input type ({x.type()}) and bias type ({bias.type()}) should be the same"
+                           + ("" if x.device == bias.device else
+                              f" (input is on {x.device}, bias on {bias.device})"))
+    if not x.dtype.is_floating_point or x.dtype not in (torch.float16, torch.bfloat16,
+                                                         torch.float32, torch.float64):
+        raise RuntimeError(
+            f"conv_transpose3d: our kernels take float16, bfloat16, float32 and float64 tensors, "
+            f"got {x.dtype}")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(op < 0 for op in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if weight.shape[0] % groups != 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size [{list(weight.shape)}] instead")
+    if x.shape[1] != weight.shape[0]:
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected input"
+            f"{list(x.shape)} to have {weight.shape[0]} channels, but got {x.shape[1]} channels "
+            "instead")
+    cout = weight.shape[1] * groups
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
+        raise RuntimeError(
+            f"Given transposed=1, weight of size {list(weight.shape)}, expected bias to be "
+            f"1-dimensional with {cout} elements, but got bias of size {list(bias.shape)} instead")
+    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+        raise RuntimeError(
+            "output padding must be smaller than either stride or dilation, but got "
+            "output_padding_depth: {} output_padding_height: {} output_padding_width: {} "
+            "stride_depth: {} stride_height: {} stride_width: {} dilation_depth: {} "
+            "dilation_height: {} dilation_width: {}".format(*output_padding, *stride, *dilation))
+    out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
+    if any(o <= 0 for o in out):
+        raise RuntimeError(
+            "Given input size per channel: ({}). Calculated output size per channel: ({}). "
+            "Output size is too small".format(" x ".join(map(str, x.shape[2:])),
+                                               " x ".join(map(str, out))))
+    if x.device.type not in ("cuda", "meta"):
+        raise RuntimeError(
+            f"conv_transpose3d: our kernels run on CUDA tensors only, but the input is on "
+            f"{x.device}. Move the module and its input to a CUDA device (.cuda()).")
+
+
+# ----------------------------------------------------------------------------------------
+# Custom ops: forward, grad input, grad weight + bias (fake implementations, autograd)
+# ----------------------------------------------------------------------------------------
+def _extension():
+    if _ext is None:
+        raise RuntimeError(
+            "conv_transpose3d: the CUDA extension is not loaded (no CUDA device at import). "
+            "Call model_new.load_extension() on a machine with a CUDA device.")
+    return _ext
+
+
+@torch.library.custom_op("ct3d::conv_transpose3d", mutates_args=())
+def _conv_transpose3d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                         padding: list[int], output_padding: list[int], dilation: list[int],
+                         groups: int, allow_tf32: bool, algo: int) -> Tensor:
+    return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation,
+                                groups, allow_tf32, algo)
+
+
+@_conv_transpose3d_op.register_fake
+def _(x, weight, bias, stride, padding, output_padding, dilation, groups, allow_tf32, algo):
+    out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+
+
+@torch.library.custom_op("ct3d::conv_transpose3d_grad_input", mutates_args=())
+def _grad_input_op(grad_out: Tensor, weight: Tensor, input_size: list[int], stride: list[int],
+                   padding: list[int], output_padding: list[int], dilation: list[int],
+                   groups: int, allow_tf32: bool, algo: int) -> Tensor:
+    return _extension().grad_input(grad_out, weight, input_size, stride, padding, output_padding,
+                                   dilation, groups, allow_tf32, algo)
+
+
+@_grad_input_op.register_fake
+def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups,
+      allow_tf32, algo):
+    return grad_out.new_empty(input_size)
+
+
+@torch.library.custom_op("ct3d::conv_transpose3d_grad_weight_bias", mutates_args=())
+def _grad_weight_bias_op(grad_out: Tensor, x: Tensor, weight_size: list[int], stride: list[int],
+                         padding: list[int], output_padding: list[int], dilation: list[int],
+                         groups: int, need_weight: bool, need_bias: bool, allow_tf32: bool,
+                         algo: int) -> tuple[Tensor, Tensor]:
+    dw, db = _extension().grad_weight_bias(grad_out, x, weight_size, stride, padding,
+                                           output_padding, dilation, groups, need_weight,
+                                           need_bias, allow_tf32, algo)
+    return dw, db
+
+
+@_grad_weight_bias_op.register_fake
+def _(grad_out, x, weight_size, stride, padding, output_padding, dilation, groups, need_weight,
+      need_bias, allow_tf32, algo):
+    dw = grad_out.new_empty(weight_size if need_weight else (0,))
+    db = grad_out.new_empty((grad_out.shape[1],) if need_bias else (0,))
+    return dw, db
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, output_padding, dilation, groups, allow_tf32, algo = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (stride, padding, output_padding, dilation, groups)
+    ctx.allow_tf32, ctx.algo = allow_tf32, algo
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    stride, padding, output_padding, dilation, groups = ctx.args
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_b = need_b and ctx.has_bias
+    dx = dw = db = None
+    if need_x:
+        dx = _grad_input_op(grad_out, weight, list(x.shape), stride, padding, output_padding,
+                            dilation, groups, ctx.allow_tf32, ctx.algo)
+    if need_w or need_b:
+        gw, gb = _grad_weight_bias_op(grad_out, x, list(weight.shape), stride, padding,
+                                      output_padding, dilation, groups, need_w, need_b,
+                                      ctx.allow_tf32, ctx.algo)
+        dw = gw if need_w else None
+        db = gb if need_b else None
+    return dx, dw, db, None, None, None, None, None, None, None
+
+
+_conv_transpose3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------
+# Functional
+# ----------------------------------------------------------------------------------------
+def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: IntOr3 = 1,
+                     padding: IntOr3 = 0, output_padding: IntOr3 = 0, groups: int = 1,
+                     dilation: IntOr3 = 1, *, algo: str = "auto") -> Tensor:
+    """Same arguments and result as ``torch.nn.functional.conv_transpose3d``, on our kernels.
+
+    ``algo``: "auto" (tiled kernels; fp64 on the exact direct kernels), "tiled", or
+    "direct" (the simple exact kernels, for every dtype).
+    """
+    stride, padding = _triple(stride, "stride"), _triple(padding, "padding")
+    output_padding, dilation = _triple(output_padding, "output_padding"), _triple(dilation, "dilation")
+    if algo not in _ALGOS:
+        raise ValueError(f"algo must be one of {sorted(_ALGOS)}, got {algo!r}")
+    unbatched = x.dim() == 4
+    if unbatched:
+        x = x.unsqueeze(0)
+    _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    y = _conv_transpose3d_op(x, weight, bias, stride, padding, output_padding, dilation, groups,
+                             tf32_allowed(), _ALGOS[algo])
+    return y.squeeze(0) if unbatched else y
+
+
+# ----------------------------------------------------------------------------------------
+# Module (mirrors torch/nn/modules/conv.py: _ConvNd + ConvTranspose3d)
+# ----------------------------------------------------------------------------------------
+class ConvTranspose3d(nn.Module):
+    """Drop-in ``nn.ConvTranspose3d``: same constructor, parameters, initialization and
+    ``state_dict``; forward and backward on our CUDA kernels."""
+
+    __constants__ = ["stride", "padding", "dilation", "groups", "padding_mode", "output_padding",
+                     "in_channels", "out_channels", "kernel_size"]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3,
+                 stride: IntOr3 = 1, padding: IntOr3 = 0, output_padding: IntOr3 = 0,
+                 groups: int = 1, bias: bool = True, dilation: IntOr3 = 1,
+                 padding_mode: str = "zeros", device=None, dtype=None) -> None:
+        super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(f'Only "zeros" padding mode is supported for {self.__class__.__name__}')
+        if isinstance(padding, str):
+            raise ValueError(f"padding={padding!r} is not supported for {self.__class__.__name__}")
+        if groups <= 0:
+            raise ValueError("groups must be a positive integer")
+        if in_channels % groups != 0:
+            raise ValueError("in_channels must be divisible by groups")
+        if out_channels % groups != 0:
+            raise ValueError("out_channels must be divisible by groups")
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = tuple(_triple(kernel_size, "kernel_size"))
+        self.stride = tuple(_triple(stride, "stride"))
+        self.padding = tuple(_triple(padding, "padding"))
+        self.dilation = tuple(_triple(dilation, "dilation"))
+        self.transposed = True
+        self.output_padding = tuple(_triple(output_padding, "output_padding"))
+        self.groups = groups
+        self.padding_mode = padding_mode
+        self.algo = "auto"  # "auto" | "tiled" | "direct": which kernel family runs
+        self.weight = Parameter(torch.empty(
+            (in_channels, out_channels // groups, *self.kernel_size), **factory_kwargs))
+        if bias:
+            self.bias = Parameter(torch.empty(out_channels, **factory_kwargs))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Consumes the RNG exactly as nn.ConvTranspose3d does (same calls, same order),
+        # so the same seed gives bit-identical parameters.
+        with torch.no_grad():
+            if not self.weight.is_contiguous():
+                tmp = torch.empty_like(self.weight, memory_format=torch.contiguous_format)
+                init.kaiming_uniform_(tmp, a=math.sqrt(5))
+                self.weight.copy_(tmp)
+            else:
+                init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            if self.bias is not None:
+                fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+                bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+                init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = "{in_channels}, {out_channels}, kernel_size={kernel_size}, stride={stride}"
+        if self.padding != (0,) * 3:
+            s += ", padding={padding}"
+        if self.dilation != (1,) * 3:
+            s += ", dilation={dilation}"
+        if self.output_padding != (0,) * 3:
+            s += ", output_padding={output_padding}"
+        if self.groups != 1:
+            s += ", groups={groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s.format(**self.__dict__)
+
+    def _output_padding(self, x: Tensor, output_size: Optional[Sequence[int]]) -> list[int]:
+        """``output_padding`` to use, derived from ``output_size`` when given (as nn does)."""
+        if output_size is None:
+            return list(self.output_padding)
+        batched = x.dim() == 5
+        output_size = list(output_size)
+        if len(output_size) == (2 if batched else 1) + 3:
+            output_size = output_size[(2 if batched else 1):]
+        if len(output_size) != 3:
+            raise ValueError(
+                f"ConvTranspose3D: for {x.dim()}D input, output_size must have 3 or "
+                f"{(2 if batched else 1) + 3} elements (got {len(output_size)})")
+        spatial = x.shape[-3:]
+        mins = [(spatial[e] - 1) * self.stride[e] - 2 * self.padding[e]
+                + self.dilation[e] * (self.kernel_size[e] - 1) + 1 for e in range(3)]
+        maxs = [mins[e] + self.stride[e] - 1 for e in range(3)]
+        for e in range(3):
+            if not mins[e] <= output_size[e] <= maxs[e]:
+                raise ValueError(
+                    f"requested an output size of {output_size}, but valid sizes range from "
+                    f"{mins} to {maxs} (for an input of {spatial})")
+        return [output_size[e] - mins[e] for e in range(3)]
+
+    def forward(self, input: Tensor, output_size: Optional[Sequence[int]] = None) -> Tensor:
+        return conv_transpose3d(input, self.weight, self.bias, self.stride, self.padding,
+                                self._output_padding(input, output_size), self.groups,
+                                self.dilation, algo=self.algo)
+
+
+# ----------------------------------------------------------------------------------------
+# KernelBench model
+# ----------------------------------------------------------------------------------------
+class ModelNew(nn.Module):
+    """Same constructor and forward as ``reference.Model``; every spatial argument also takes
+    an int, and a trailing ``dilation`` is accepted as ``nn.ConvTranspose3d`` does."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3,
+                 stride: IntOr3 = (1, 1, 1), padding: IntOr3 = (0, 0, 0),
+                 output_padding: IntOr3 = (0, 0, 0), groups: int = 1, bias: bool = False,
+                 dilation: IntOr3 = 1) -> None:
+        super().__init__()
+        self.conv_transpose3d = ConvTranspose3d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            output_padding=output_padding, groups=groups, bias=bias, dilation=dilation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_transpose3d(x)
