@@ -53,6 +53,7 @@ def kernel_sources() -> tuple[str, str]:
     """(C++ source, CUDA source): the files of ``kernels/`` joined, the shared header inlined once."""
     cuda = "\n".join(
         (KERNEL_DIR / f).read_text().replace(_LOCAL_INCLUDE, "// (common.cuh inlined above)")
+        .replace("#pragma once", "")
         for f in CUDA_FILES
     )
     cpp = "\n".join((KERNEL_DIR / f).read_text() for f in CPP_FILES)
@@ -141,15 +142,12 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
         raise RuntimeError(
             f"Expected 5-dimensional weight for conv_transpose3d, but got {weight.dim()}-dimensional "
             f"weight of size {list(weight.shape)}")
-    if x.type() != weight.type() or x.device != weight.device:
-        raise RuntimeError(
-            f"Input type ({x.type()}) and weight type ({weight.type()}) should be the same"
-            + ("" if x.device == weight.device else
-               f" (input is on {x.device}, weight on {weight.device})"))
-    if bias is not None and (x.type() != bias.type() or x.device != bias.device):
-        raise RuntimeError(f"Input type ({x.type()}) and bias type ({bias.type()}) should be the same"
-                           + ("" if x.device == bias.device else
-                              f" (input is on {x.device}, bias on {bias.device})"))
+    for other, what in ((weight, "weight"), (bias, "bias")):
+        if other is not None and (other.dtype != x.dtype or other.device != x.device):
+            raise RuntimeError(
+                f"Input type ({x.type()}) and {what} type ({other.type()}) should be the same"
+                + ("" if x.device == other.device else
+                   f" (input is on {x.device}, {what} on {other.device})"))
     if not x.dtype.is_floating_point or x.dtype not in (torch.float16, torch.bfloat16,
                                                          torch.float32, torch.float64):
         raise RuntimeError(
@@ -199,6 +197,8 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
 
 # ----------------------------------------------------------------------------------------
 # Custom ops: forward, grad input, grad weight + bias (fake implementations, autograd)
+# Each reads PyTorch's TF32 setting when it runs (as PyTorch's own convolution does), so the
+# setting in force at backward time governs the backward, also under torch.compile.
 # ----------------------------------------------------------------------------------------
 def _extension():
     if _ext is None:
@@ -211,13 +211,13 @@ def _extension():
 @torch.library.custom_op("ct3d::conv_transpose3d", mutates_args=())
 def _conv_transpose3d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
                          padding: list[int], output_padding: list[int], dilation: list[int],
-                         groups: int, allow_tf32: bool, algo: int) -> Tensor:
+                         groups: int, algo: int) -> Tensor:
     return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation,
-                                groups, allow_tf32, algo)
+                                groups, tf32_allowed(), algo)
 
 
 @_conv_transpose3d_op.register_fake
-def _(x, weight, bias, stride, padding, output_padding, dilation, groups, allow_tf32, algo):
+def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):
     out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
     return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
 
@@ -225,41 +225,40 @@ def _(x, weight, bias, stride, padding, output_padding, dilation, groups, allow_
 @torch.library.custom_op("ct3d::conv_transpose3d_grad_input", mutates_args=())
 def _grad_input_op(grad_out: Tensor, weight: Tensor, input_size: list[int], stride: list[int],
                    padding: list[int], output_padding: list[int], dilation: list[int],
-                   groups: int, allow_tf32: bool, algo: int) -> Tensor:
+                   groups: int, algo: int) -> Tensor:
     return _extension().grad_input(grad_out, weight, input_size, stride, padding, output_padding,
-                                   dilation, groups, allow_tf32, algo)
+                                   dilation, groups, tf32_allowed(), algo)
 
 
 @_grad_input_op.register_fake
-def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups,
-      allow_tf32, algo):
+def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups, algo):
     return grad_out.new_empty(input_size)
 
 
 @torch.library.custom_op("ct3d::conv_transpose3d_grad_weight_bias", mutates_args=())
 def _grad_weight_bias_op(grad_out: Tensor, x: Tensor, weight_size: list[int], stride: list[int],
                          padding: list[int], output_padding: list[int], dilation: list[int],
-                         groups: int, need_weight: bool, need_bias: bool, allow_tf32: bool,
+                         groups: int, need_weight: bool, need_bias: bool,
                          algo: int) -> tuple[Tensor, Tensor]:
     dw, db = _extension().grad_weight_bias(grad_out, x, weight_size, stride, padding,
                                            output_padding, dilation, groups, need_weight,
-                                           need_bias, allow_tf32, algo)
+                                           need_bias, tf32_allowed(), algo)
     return dw, db
 
 
 @_grad_weight_bias_op.register_fake
 def _(grad_out, x, weight_size, stride, padding, output_padding, dilation, groups, need_weight,
-      need_bias, allow_tf32, algo):
+      need_bias, algo):
     dw = grad_out.new_empty(weight_size if need_weight else (0,))
     db = grad_out.new_empty((grad_out.shape[1],) if need_bias else (0,))
     return dw, db
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, output_padding, dilation, groups, allow_tf32, algo = inputs
+    x, weight, bias, stride, padding, output_padding, dilation, groups, algo = inputs
     ctx.save_for_backward(x, weight)
     ctx.args = (stride, padding, output_padding, dilation, groups)
-    ctx.allow_tf32, ctx.algo = allow_tf32, algo
+    ctx.algo = algo
     ctx.has_bias = bias is not None
 
 
@@ -271,14 +270,13 @@ def _backward(ctx, grad_out):
     dx = dw = db = None
     if need_x:
         dx = _grad_input_op(grad_out, weight, list(x.shape), stride, padding, output_padding,
-                            dilation, groups, ctx.allow_tf32, ctx.algo)
+                            dilation, groups, ctx.algo)
     if need_w or need_b:
         gw, gb = _grad_weight_bias_op(grad_out, x, list(weight.shape), stride, padding,
-                                      output_padding, dilation, groups, need_w, need_b,
-                                      ctx.allow_tf32, ctx.algo)
+                                      output_padding, dilation, groups, need_w, need_b, ctx.algo)
         dw = gw if need_w else None
         db = gb if need_b else None
-    return dx, dw, db, None, None, None, None, None, None, None
+    return dx, dw, db, None, None, None, None, None, None
 
 
 _conv_transpose3d_op.register_autograd(_backward, setup_context=_setup_context)
@@ -304,7 +302,7 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
         x = x.unsqueeze(0)
     _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
     y = _conv_transpose3d_op(x, weight, bias, stride, padding, output_padding, dilation, groups,
-                             tf32_allowed(), _ALGOS[algo])
+                             _ALGOS[algo])
     return y.squeeze(0) if unbatched else y
 
 
