@@ -33,7 +33,7 @@ MODES = {  # name: (dtype, TF32 allowed)
 }
 # Relative L2 distance to the reference that a correct result stays under, per mode (each
 # side's own error against the exact result is ~3e-4 in TF32, ~1e-7 strict, ~3e-3 bf16).
-CHECK_TOL = {"tf32": 2e-3, "fp32": 1e-5, "bf16": 2e-2}
+CHECK_TOL = {"tf32": 2e-3, "fp32": 1e-4, "bf16": 2e-2}
 
 
 @contextlib.contextmanager
@@ -98,6 +98,30 @@ def min_bytes(x_numel: int, w_numel: int, y_numel: int, esize: int, backward: bo
     return fwd + ((y_numel + 2 * x_numel + 2 * w_numel) * esize if backward else 0)
 
 
+class Conv3dRewrite(torch.nn.Module):
+    """What a PyTorch user can do instead at stride 1: conv3d with the weight flipped and its
+    channel axes swapped, padding d*(k-1) - p (cuDNN's fprop instead of its dgrad). The
+    flipped weight is made once, as a user would store it; bf16 runs in channels_last_3d,
+    its fastest form."""
+
+    def __init__(self, conv: torch.nn.ConvTranspose3d, channels_last: bool):
+        super().__init__()
+        fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
+        w = conv.weight.detach().flip(2, 3, 4).transpose(0, 1).contiguous(memory_format=fmt)
+        self.weight = torch.nn.Parameter(w)
+        self.padding = [d * (k - 1) - p for d, k, p in zip(conv.dilation, conv.kernel_size, conv.padding)]
+        self.dilation, self.fmt = conv.dilation, fmt
+
+    def forward(self, x):
+        return torch.nn.functional.conv3d(x.contiguous(memory_format=self.fmt), self.weight,
+                                          None, 1, self.padding, self.dilation)
+
+
+def rewrite_applies(p: dict) -> bool:
+    return (all(s == 1 for s in p["stride"]) and p["groups"] == 1 and not p["bias"]
+            and all(d * (k - 1) >= pad for d, k, pad in zip([1, 1, 1], p["kernel_size"], p["padding"])))
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
@@ -112,6 +136,7 @@ def bench_problem(name: str, ceil: dict, warmup: int, reps: int) -> list[dict]:
         ours = mn.ModelNew(*ref.init_args(p)).cuda().to(dtype)
         x = torch.rand(*ref.input_shape(p), device="cuda", dtype=dtype)
         row = {"problem": name, "mode": mode}
+        rw = Conv3dRewrite(refm.conv_transpose3d, dtype == torch.bfloat16) if rewrite_applies(p) else None
         with tf32(allow):
             # ---- check first ----
             y_ref, y = refm(x), ours(x)
@@ -125,6 +150,9 @@ def bench_problem(name: str, ceil: dict, warmup: int, reps: int) -> list[dict]:
             errs = [rel(y, y_ref)] + [rel(a, b) for a, b in zip(grads["ours"], grads["ref"])]
             row["check_rel_err"] = errs
             ok = all(e <= CHECK_TOL[mode] for e in errs) and torch.isfinite(y).all().item()
+            if rw is not None:
+                row["rewrite_rel_err"] = rel(rw(x), y_ref)
+                assert row["rewrite_rel_err"] <= CHECK_TOL[mode], "the conv3d rewrite is wrong"
             row["correct"] = bool(ok)
             del grads, y, y_ref
             if not ok:
@@ -145,7 +173,8 @@ def bench_problem(name: str, ceil: dict, warmup: int, reps: int) -> list[dict]:
                 xg.grad = None
                 m(xg).backward(dy)
 
-            for tag, m in (("ref", refm), ("ours", ours)):
+            models = [("ref", refm), ("ours", ours)] + ([("rw", rw)] if rw is not None else [])
+            for tag, m in models:
                 row[f"{tag}_fwd_ms"] = time_ms(lambda: fwd(m), warmup, reps)
                 row[f"{tag}_fwdbwd_ms"] = time_ms(lambda: fwd_bwd(m), warmup, max(3, reps // 2))
                 torch.cuda.synchronize()
@@ -168,10 +197,12 @@ def bench_problem(name: str, ceil: dict, warmup: int, reps: int) -> list[dict]:
             row[f"{tag}_gflop"] = nflops / 1e9
             row[f"{tag}_floor_ms"] = floor_ms
             row[f"{tag}_speedup"] = row[f"ref_{tag}_ms"] / row[f"ours_{tag}_ms"]
+            best = min(row[f"ref_{tag}_ms"], row.get(f"rw_{tag}_ms", float("inf")))
+            row[f"{tag}_speedup_best"] = best / row[f"ours_{tag}_ms"]
             row[f"{tag}_tflops"] = nflops / row[f"ours_{tag}_ms"] / 1e9
             row[f"{tag}_roofline_pct"] = 100 * floor_ms / row[f"ours_{tag}_ms"]
         rows.append(row)
-        del refm, ours, x, xg, dy
+        del refm, ours, rw, x, xg, dy
         torch.cuda.empty_cache()
     return rows
 
@@ -182,19 +213,26 @@ def print_table(rows: list[dict], ceil: dict) -> None:
           f"bf16 {ceil['bf16_tflops']:.0f}; copy {ceil['copy_gbs'] / 1e3:.2f} TB/s")
     print("floor = max(FLOPs / rate, min bytes / copy bw); strict fp32 rate = max(fp32, TF32/3); "
           "%roof = floor / ours\n")
-    hdr = ("| problem | mode | fwd ref ms | fwd ours ms | speedup | ours TFLOP/s | fwd floor ms | %roof "
-           "| f+b ref ms | f+b ours ms | speedup | ours TFLOP/s | f+b floor ms | %roof | peak MiB ref/ours |")
+    hdr = ("| problem | mode | fwd ref ms | fwd conv3d ms | fwd ours ms | vs ref | vs best | ours TFLOP/s "
+           "| fwd floor ms | %roof | f+b ref ms | f+b conv3d ms | f+b ours ms | vs ref | vs best "
+           "| ours TFLOP/s | f+b floor ms | %roof | peak MiB ref/ours |")
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for r in rows:
         if not r["correct"]:
             print(f"| {r['problem']} | {r['mode']} | WRONG RESULT: rel err {r['check_rel_err']} | not timed |")
             continue
-        print(f"| {r['problem']} | {r['mode']} | {r['ref_fwd_ms']:.3f} | {r['ours_fwd_ms']:.3f} | "
-              f"{r['fwd_speedup']:.2f}x | {r['fwd_tflops']:.1f} | {r['fwd_floor_ms']:.3f} | "
-              f"{r['fwd_roofline_pct']:.1f}% | {r['ref_fwdbwd_ms']:.3f} | {r['ours_fwdbwd_ms']:.3f} | "
-              f"{r['fwdbwd_speedup']:.2f}x | {r['fwdbwd_tflops']:.1f} | {r['fwdbwd_floor_ms']:.3f} | "
-              f"{r['fwdbwd_roofline_pct']:.1f}% | {r['ref_peak_mib']:.0f}/{r['ours_peak_mib']:.0f} |")
+        cells = [r["problem"], r["mode"]]
+        for t in ("fwd", "fwdbwd"):
+            rw = r.get(f"rw_{t}_ms")
+            cells += [f"{r[f'ref_{t}_ms']:.3f}", "-" if rw is None else f"{rw:.3f}",
+                      f"{r[f'ours_{t}_ms']:.3f}", f"{r[f'{t}_speedup']:.2f}x",
+                      f"{r[f'{t}_speedup_best']:.2f}x", f"{r[f'{t}_tflops']:.1f}",
+                      f"{r[f'{t}_floor_ms']:.3f}", f"{r[f'{t}_roofline_pct']:.1f}%"]
+        cells.append(f"{r['ref_peak_mib']:.0f}/{r['ours_peak_mib']:.0f}")
+        print("| " + " | ".join(cells) + " |")
+    print("\nvs ref / vs best: reference time (or the faster of the reference and, at stride 1, "
+          "the conv3d rewrite) over ours; >1 means ours is faster.")
 
 
 def main() -> int:

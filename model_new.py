@@ -41,10 +41,11 @@ IntOr3 = Union[int, Sequence[int]]
 # ----------------------------------------------------------------------------------------
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 # Order matters: the shared header first, then one file per job, then the host API.
-CUDA_FILES = ("common.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu", "direct.cu", "api.cu")
+CUDA_FILES = ("common.cuh", "forward.cu", "forward_tc.cu", "grad_input.cu", "grad_weight.cu",
+              "direct.cu", "api.cu")
 CPP_FILES = ("bindings.cpp",)
 _LOCAL_INCLUDE = '#include "common.cuh"'
-_ALGOS = {"auto": 0, "tiled": 1, "direct": 2}
+_ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
 
 _ext = None
 
@@ -290,8 +291,9 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
                      dilation: IntOr3 = 1, *, algo: str = "auto") -> Tensor:
     """Same arguments and result as ``torch.nn.functional.conv_transpose3d``, on our kernels.
 
-    ``algo``: "auto" (tiled kernels; fp64 on the exact direct kernels), "tiled", or
-    "direct" (the simple exact kernels, for every dtype).
+    ``algo``: "auto" (tensor-core forward where it fits, tiled backward; fp64 on the exact
+    direct kernels), "tc" (tensor-core forward, an error where it does not fit), "tiled"
+    (the FFMA tiled kernels), or "direct" (the simple exact kernels, for every dtype).
     """
     stride, padding = _triple(stride, "stride"), _triple(padding, "padding")
     output_padding, dilation = _triple(output_padding, "output_padding"), _triple(dilation, "dilation")
@@ -342,7 +344,7 @@ class ConvTranspose3d(nn.Module):
         self.output_padding = tuple(_triple(output_padding, "output_padding"))
         self.groups = groups
         self.padding_mode = padding_mode
-        self.algo = "auto"  # "auto" | "tiled" | "direct": which kernel family runs
+        self.algo = "auto"  # "auto" | "tc" | "tiled" | "direct": which kernel family runs
         self.weight = Parameter(torch.empty(
             (in_channels, out_channels // groups, *self.kernel_size), **factory_kwargs))
         if bias:

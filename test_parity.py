@@ -249,6 +249,18 @@ def test_named_problem(name, mode):
 
 
 @gpu
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16"])
+@pytest.mark.parametrize("name", ["kb58", "kb72"])
+def test_named_problem_ffma_tiled(name, mode):
+    """The FFMA tiled forward (the tensor-core kernel's fallback) on named problems."""
+    p = ref.PROBLEMS[name]
+    cfg = conv_cfg(p["in_channels"], p["out_channels"], p["kernel_size"], s=p["stride"],
+                   p=p["padding"], op=p["output_padding"], g=p["groups"], bias=True,
+                   batch=1, size=p["input"])
+    check_against_truth(cfg, mode, algo="tiled")
+
+
+@gpu
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("case", list(EDGE_CASES))
 def test_edge_case(case, mode):
@@ -274,8 +286,10 @@ def test_direct_kernels(case, mode):
 @gpu
 @pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16"])
 @pytest.mark.parametrize("seed", RANDOM_SEEDS[:12])
-def test_tiled_matches_direct(seed, mode):
-    """The tiled kernels against the direct oracle, same inputs, both through our op."""
+@pytest.mark.parametrize("algo", ["tiled", "tc"])
+def test_kernel_families_match_direct(algo, seed, mode):
+    """The FFMA tiled and the tensor-core kernels against the direct oracle, same inputs,
+    all through our op."""
     cfg = random_config(1000 + seed)
     dtype, allow = MODES[mode]
     torch.manual_seed(seed)
@@ -284,12 +298,12 @@ def test_tiled_matches_direct(seed, mode):
     dy = torch.randn(m(x).shape, device="cuda").to(dtype)
     res = {}
     with tf32(allow):
-        for algo in ("tiled", "direct"):
-            m.algo = algo
+        for a in (algo, "direct"):
+            m.algo = a
             m.zero_grad()
-            res[algo] = run_module(m, x, dy)
+            res[a] = run_module(m, x, dy)
     tol = {"fp32_tf32": 5e-3, "fp32_strict": 1e-5, "bf16": 2e-2}[mode]
-    for a, b in zip(res["tiled"], res["direct"]):
+    for a, b in zip(res[algo], res["direct"]):
         if a is not None:
             assert torch.allclose(a, b, atol=tol * b.abs().max().item() + 1e-6, rtol=tol)
 

@@ -8,6 +8,7 @@
 namespace ct3d {
 
 // Launchers defined in forward.cu, grad_input.cu, grad_weight.cu, direct.cu.
+template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
@@ -82,9 +83,11 @@ static void poison(at::Tensor& t) {
 }
 
 static bool use_direct(const at::Tensor& t, int64_t algo) {
-  TORCH_CHECK(algo == kAuto || algo == kTiled || algo == kDirect, "conv_transpose3d: unknown algo ", algo);
+  TORCH_CHECK(algo == kAuto || algo == kTiled || algo == kDirect || algo == kTc,
+              "conv_transpose3d: unknown algo ", algo);
   const bool fp64 = t.scalar_type() == at::kDouble;
-  TORCH_CHECK(!(fp64 && algo == kTiled), "conv_transpose3d: the tiled kernels take fp16, bf16 and fp32; fp64 runs on the direct kernels");
+  TORCH_CHECK(!(fp64 && (algo == kTiled || algo == kTc)),
+              "conv_transpose3d: the tiled and tensor-core kernels take fp16, bf16 and fp32; fp64 runs on the direct kernels");
   return fp64 || algo == kDirect;
 }
 
@@ -113,7 +116,10 @@ at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::option
     if (direct) {
       forward_direct<scalar_t>(x, w, b, y, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      forward_tiled<scalar_t>(x, w, b, y, P, allow_tf32);
+      const bool tc = algo != kTiled && forward_tc<scalar_t>(x, w, b, y, P, allow_tf32);
+      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core forward needs sm_80+ and an "
+                  "input window that fits in shared memory; use algo='auto' or 'tiled'");
+      if (!tc) forward_tiled<scalar_t>(x, w, b, y, P, allow_tf32);
     }
   });
   return y;

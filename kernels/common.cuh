@@ -14,7 +14,8 @@
 //     o = i*s - p + r*d                                              (1)
 // and nothing else. Each job gathers its GEMM operands through (1).
 //
-// Sections: problem size, precision helpers, the generic tiled mainloop.
+// Sections: problem size, forward stride phases, precision helpers, the generic
+// tiled mainloop.
 #pragma once
 
 #include <torch/extension.h>
@@ -49,12 +50,48 @@ Problem make_problem(at::IntArrayRef x_sizes, at::IntArrayRef w_sizes,
                      at::IntArrayRef output_padding, at::IntArrayRef dilation,
                      int64_t groups);
 
-// Which kernel family runs a job. kAuto: tiled for fp16/bf16/fp32, direct for fp64.
-enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2 };
+// Which kernel family runs a job. kAuto: the tensor-core forward where it fits (else the
+// FFMA tiled one) and the FFMA tiled backward for fp16/bf16/fp32; direct for fp64.
+// kTiled: the FFMA tiled kernels. kDirect: the simple exact kernels. kTc: the tensor-core
+// forward, an error where it does not fit (the backward runs tiled).
+enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3 };
 
 bool poison_enabled();  // test switch, see api.cu
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& like);
 int num_sms(int device);
+
+// ============================================================================
+// Forward stride phases (one spatial dimension; forward.cu's header explains them)
+// ============================================================================
+struct PhaseDim {
+  int c;     // output residue: this phase holds o = c + s*j
+  int P;     // number of output positions in the phase
+  int r0;    // first valid tap
+  int rs;    // tap step
+  int T;     // number of valid taps
+  int off0;  // input offset of tap 0: i = j + off0 - t*doff
+  int doff;  // input offset step per tap
+};
+
+__host__ __device__ inline int gcd_int(int a, int b) {
+  while (b) { const int t = a % b; a = b; b = t; }
+  return a;
+}
+
+__host__ __device__ inline PhaseDim phase_dim(int c, int k, int s, int p, int d, int out) {
+  PhaseDim ph;
+  ph.c = c;
+  ph.P = c < out ? (out - c + s - 1) / s : 0;
+  ph.r0 = -1;
+  for (int r = 0; r < k; ++r)
+    if ((c + p - r * d) % s == 0) { ph.r0 = r; break; }  // remainder 0 <=> divisible, any sign
+  const int g = gcd_int(s, d);
+  ph.rs = s / g;
+  ph.T = ph.r0 < 0 ? 0 : (k - 1 - ph.r0) / ph.rs + 1;
+  ph.off0 = ph.r0 < 0 ? 0 : (c + p - ph.r0 * d) / s;  // exact division
+  ph.doff = d / g;
+  return ph;
+}
 
 // ============================================================================
 // Precision helpers

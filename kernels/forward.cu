@@ -19,43 +19,10 @@
 // Cout/G; 256 threads; fp32 accumulation; TF32 rounding of both operands when
 // the caller allows TF32 for fp32 tensors.
 //
-// Sections: phase geometry, the Gemm (gather rule + epilogue), launcher.
+// Sections: the Gemm (gather rule + epilogue), launcher. Phase geometry: common.cuh.
 #include "common.cuh"
 
 namespace ct3d {
-
-// ============================================================================
-// Phase geometry (one spatial dimension)
-// ============================================================================
-struct PhaseDim {
-  int c;     // output residue: this phase holds o = c + s*j
-  int P;     // number of output positions in the phase
-  int r0;    // first valid tap
-  int rs;    // tap step
-  int T;     // number of valid taps
-  int off0;  // input offset of tap 0: i = j + off0 - t*doff
-  int doff;  // input offset step per tap
-};
-
-__host__ __device__ inline int gcd_int(int a, int b) {
-  while (b) { const int t = a % b; a = b; b = t; }
-  return a;
-}
-
-__host__ __device__ inline PhaseDim phase_dim(int c, int k, int s, int p, int d, int out) {
-  PhaseDim ph;
-  ph.c = c;
-  ph.P = c < out ? (out - c + s - 1) / s : 0;
-  ph.r0 = -1;
-  for (int r = 0; r < k; ++r)
-    if ((c + p - r * d) % s == 0) { ph.r0 = r; break; }  // remainder 0 <=> divisible, any sign
-  const int g = gcd_int(s, d);
-  ph.rs = s / g;
-  ph.T = ph.r0 < 0 ? 0 : (k - 1 - ph.r0) / ph.rs + 1;
-  ph.off0 = ph.r0 < 0 ? 0 : (c + p - ph.r0 * d) / s;  // exact division
-  ph.doff = d / g;
-  return ph;
-}
 
 // ============================================================================
 // The Gemm: gather rule and epilogue

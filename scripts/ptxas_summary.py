@@ -12,9 +12,10 @@ for line in text.splitlines():
     m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
     if m and name:
         rows.append([name, *m.groups()])
-    m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
+    m = re.search(r"Used (\d+) registers", line)
     if m and rows and rows[-1][0] == name and len(rows[-1]) == 4:
-        rows[-1] += m.groups()
+        smem = re.search(r"(\d+) bytes smem", line)
+        rows[-1] += [m.group(1), smem.group(1) if smem else "0"]
 names = [r[0] for r in rows]
 try:
     demangled = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True,
