@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -41,19 +42,20 @@ IntOr3 = Union[int, Sequence[int]]
 # ----------------------------------------------------------------------------------------
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 # Order matters: the shared header first, then one file per job, then the host API.
-CUDA_FILES = ("common.cuh", "forward.cu", "forward_tc.cu", "grad_input.cu", "grad_weight.cu",
+CUDA_FILES = ("common.cuh", "window_tc.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
               "direct.cu", "api.cu")
 CPP_FILES = ("bindings.cpp",)
-_LOCAL_INCLUDE = '#include "common.cuh"'
+_LOCAL_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)
 _ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
 
 _ext = None
 
 
 def kernel_sources() -> tuple[str, str]:
-    """(C++ source, CUDA source): the files of ``kernels/`` joined, the shared header inlined once."""
+    """(C++ source, CUDA source): the files of ``kernels/`` joined in CUDA_FILES order, so
+    each local header is inlined once, ahead of its users."""
     cuda = "\n".join(
-        (KERNEL_DIR / f).read_text().replace(_LOCAL_INCLUDE, "// (common.cuh inlined above)")
+        _LOCAL_INCLUDE.sub(r"// (\1 inlined above)", (KERNEL_DIR / f).read_text())
         .replace("#pragma once", "")
         for f in CUDA_FILES
     )
@@ -291,9 +293,10 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
                      dilation: IntOr3 = 1, *, algo: str = "auto") -> Tensor:
     """Same arguments and result as ``torch.nn.functional.conv_transpose3d``, on our kernels.
 
-    ``algo``: "auto" (tensor-core forward where it fits, tiled backward; fp64 on the exact
-    direct kernels), "tc" (tensor-core forward, an error where it does not fit), "tiled"
-    (the FFMA tiled kernels), or "direct" (the simple exact kernels, for every dtype).
+    ``algo``: "auto" (tensor-core forward and grad input where they fit, else the FFMA
+    tiled kernels; fp64 on the exact direct kernels), "tc" (tensor cores, an error where
+    they do not fit), "tiled" (the FFMA tiled kernels), or "direct" (the simple exact
+    kernels, for every dtype).
     """
     stride, padding = _triple(stride, "stride"), _triple(padding, "padding")
     output_padding, dilation = _triple(output_padding, "output_padding"), _triple(dilation, "dilation")

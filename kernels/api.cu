@@ -10,6 +10,7 @@ namespace ct3d {
 // Launchers defined in forward.cu, grad_input.cu, grad_weight.cu, direct.cu.
 template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
+template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_bias(const at::Tensor&, at::Tensor&, const Problem&);
@@ -142,7 +143,10 @@ at::Tensor grad_input(const at::Tensor& dy_, const at::Tensor& w_, at::IntArrayR
     if (direct) {
       grad_input_direct<scalar_t>(dy, w, dx, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      grad_input_tiled<scalar_t>(dy, w, dx, P, allow_tf32);
+      const bool tc = algo != kTiled && grad_input_tc<scalar_t>(dy, w, dx, P, allow_tf32);
+      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad input needs sm_80+ and a "
+                  "window that fits in shared memory; use algo='auto' or 'tiled'");
+      if (!tc) grad_input_tiled<scalar_t>(dy, w, dx, P, allow_tf32);
     }
   });
   return dx;

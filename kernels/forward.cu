@@ -15,12 +15,15 @@
 // phases with no valid taps (possible when gcd(s, d) > 1 or s > k) get bias only.
 // blockIdx.z = g * (sD*sH*sW) + phase.
 //
-// Tiles: common.cuh's TileWide (64x64x16) or TileNarrow (128x16x16), chosen by
-// Cout/G; 256 threads; fp32 accumulation; TF32 rounding of both operands when
-// the caller allows TF32 for fp32 tensors.
+// Two kernels run it. forward_tc: the tensor-core window convolution of window_tc.cuh
+// (one sub-problem per group and phase), the default. forward_tiled: common.cuh's FFMA
+// tile (TileWide 64x64x16 or TileNarrow 128x16x16 by Cout/G, 256 threads, fp32
+// accumulation, TF32 rounding of both operands when the caller allows TF32), the
+// fallback where the tensor-core kernel does not fit, and algo="tiled".
 //
-// Sections: the Gemm (gather rule + epilogue), launcher. Phase geometry: common.cuh.
+// Sections: the FFMA Gemm (gather rule + epilogue), launchers. Phase geometry: common.cuh.
 #include "common.cuh"
+#include "window_tc.cuh"
 
 namespace ct3d {
 
@@ -133,8 +136,29 @@ struct FwdGemm {
 };
 
 // ============================================================================
-// Launcher
+// Launchers
 // ============================================================================
+// Tensor cores; false where the kernel does not fit (see run_window_tc).
+template <typename T>
+bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
+                const Problem& P, bool tf32) {
+  WinParams prm{};
+  prm.src = x.data_ptr<T>();
+  prm.bias = bias ? bias->data_ptr<T>() : nullptr;
+  prm.out = y.data_ptr<T>();
+  prm.P = P;
+  prm.job = kJobForward;
+  prm.src_c = P.Cin;
+  prm.out_c = P.Cout;
+  prm.src_cg = P.cin_g();
+  prm.out_cg = P.cout_g();
+  for (int e = 0; e < 3; ++e) {
+    prm.src_sz[e] = P.in[e];
+    prm.out_sz[e] = P.out[e];
+  }
+  return run_window_tc<T>(prm, w, tf32);
+}
+
 template <typename T>
 void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
                    at::Tensor& y, const Problem& P, bool tf32) {
@@ -148,6 +172,12 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* b
                at::cuda::getCurrentCUDAStream());
 }
 
+template bool forward_tc<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
+                                const Problem&, bool);
+template bool forward_tc<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
+                                   const Problem&, bool);
+template bool forward_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
+                                       at::Tensor&, const Problem&, bool);
 template void forward_tiled<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
                                    at::Tensor&, const Problem&, bool);
 template void forward_tiled<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*,

@@ -7,10 +7,15 @@
 //   dx[n, g*Cin/G + ci, i] = sum_k A*B
 // with k = co * kvol + r. Every (i, r) pair lands on a real dy voxel or
 // outside dy, so there are no phases here: stride only spaces out the gather.
-// blockIdx.z = g. Tiles as common.cuh (TileWide / TileNarrow by Cin/G).
 //
-// Sections: the Gemm (gather rule + epilogue), launcher.
+// Two kernels run it. grad_input_tc: the tensor-core window convolution of window_tc.cuh
+// with src = dy, position multiplier s and tap offsets r*d - p, one sub-problem per
+// group; the default. grad_input_tiled: common.cuh's FFMA tile (blockIdx.z = g), the
+// fallback where the window does not fit in shared memory, and algo="tiled".
+//
+// Sections: the FFMA Gemm (gather rule + epilogue), launchers.
 #include "common.cuh"
+#include "window_tc.cuh"
 
 namespace ct3d {
 
@@ -91,8 +96,29 @@ struct DgradGemm {
 };
 
 // ============================================================================
-// Launcher
+// Launchers
 // ============================================================================
+// Tensor cores; false where the kernel does not fit (see run_window_tc).
+template <typename T>
+bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
+                   bool tf32) {
+  WinParams prm{};
+  prm.src = dy.data_ptr<T>();
+  prm.bias = nullptr;
+  prm.out = dx.data_ptr<T>();
+  prm.P = P;
+  prm.job = kJobGradInput;
+  prm.src_c = P.Cout;
+  prm.out_c = P.Cin;
+  prm.src_cg = P.cout_g();
+  prm.out_cg = P.cin_g();
+  for (int e = 0; e < 3; ++e) {
+    prm.src_sz[e] = P.out[e];
+    prm.out_sz[e] = P.in[e];
+  }
+  return run_window_tc<T>(prm, w, tf32);
+}
+
 template <typename T>
 void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
                       const Problem& P, bool tf32) {
@@ -101,6 +127,9 @@ void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
                at::cuda::getCurrentCUDAStream());
 }
 
+template bool grad_input_tc<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template bool grad_input_tc<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template bool grad_input_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template void grad_input_tiled<float>(const at::Tensor&, const at::Tensor&, at::Tensor&,
                                       const Problem&, bool);
 template void grad_input_tiled<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&,
