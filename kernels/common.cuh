@@ -50,10 +50,9 @@ Problem make_problem(at::IntArrayRef x_sizes, at::IntArrayRef w_sizes,
                      at::IntArrayRef output_padding, at::IntArrayRef dilation,
                      int64_t groups);
 
-// Which kernel family runs a job. kAuto: for fp16/bf16/fp32, the tensor-core forward and
-// grad input where they fit (else the FFMA tiled ones) and the FFMA tiled grad weight;
-// direct for fp64. kTiled: the FFMA tiled kernels. kDirect: the simple exact kernels.
-// kTc: tensor-core forward and grad input, an error where they do not fit.
+// Which kernel family runs a job. kAuto: for fp16/bf16/fp32, the tensor-core kernels where
+// they fit, else the FFMA tiled ones; direct for fp64. kTiled: the FFMA tiled kernels.
+// kDirect: the simple exact kernels. kTc: tensor cores, an error where they do not fit.
 enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3 };
 
 bool poison_enabled();  // test switch, see api.cu

@@ -14,11 +14,24 @@
 // (about 4 blocks per SM) and capped, so the workspace is at most
 // kMaxSplits * numel(dw) floats.
 //
+// Two kernels compute the split partials. grad_weight_tc (tensor cores, the default):
+// per split, per 8-channel chunk of dy and per group of taps, a block walks tiles of 128
+// input positions (one plane of one batch item each). For each tile it stages the x tile
+// xt[ci][position] and the window of dy that the tile's positions reach through the
+// block's taps (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p). Then,
+// per tap r, MMA D[ci][co] += sum over positions of A[ci][p] * B[p][co] with A = the x tile
+// (ldmatrix) and B = the dy window shifted by tap r (two 4-byte loads a fragment: a shift
+// breaks ldmatrix's 16-byte alignment). Warp w owns taps w, w+8, ... of the group and
+// all of ci, so the A fragments of a k-step serve every tap. TF32 rounding / 3xTF32 as
+// window_tc.cuh; the 3xTF32 big*big chain restarts every tile.
+// grad_weight_tiled: common.cuh's FFMA tile, the fallback (Cin/G > 64, windows too large).
+//
 // grad bias: one block per output channel sums dy over batch and voxels in a
 // fixed order (fp64 accumulation: this pass is memory-bound, so it is free).
 //
-// Sections: the Gemm (gather rule + epilogue), reduction kernels, launchers.
+// Sections: the FFMA Gemm, the tensor-core kernel, reduction kernels, launchers.
 #include "common.cuh"
+#include "window_tc.cuh"
 
 namespace ct3d {
 
@@ -110,6 +123,174 @@ struct WgradGemm {
 };
 
 // ============================================================================
+// Tensor-core kernel
+// ============================================================================
+constexpr int kWgBM = 128;             // input positions per tile: 16 k8 steps
+constexpr int kWgXStride = kWgBM + 4;  // floats per x-tile row: 528 B keeps ldmatrix conflict-free
+
+struct WgradTcParams {
+  const void* x;
+  const void* dy;
+  float* ws;               // [splits, numel(dw)]
+  Problem P;
+  int tiles_per_plane;     // ceil(H*W / kWgBM)
+  int64_t total_tiles;     // N * D * tiles_per_plane
+  int64_t tiles_per_split;
+  int tap_groups;          // ceil(kvol / (8 * TPW))
+  int R, C;                // window rows and columns (fixed: the most any tile needs)
+  int window_floats;       // shared memory: window | x tile | tap table
+  bool round_a;
+};
+
+template <typename T, int MT, int TPW, bool SPLIT3>
+__global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int RS = kTcRowStride;
+  extern __shared__ __align__(16) float sm[];
+  float* xs = sm;                                   // dy window [position][8 channels]
+  float* xt = sm + prm.window_floats;               // x tile [MT*16 channels][kWgXStride]
+  int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);  // window shift per block tap
+  const Problem& P = prm.P;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);  // positions = input voxels, multiplier s, taps r
+  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
+  const int chunk = blockIdx.y, split = blockIdx.x;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+  const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
+  const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
+
+  // Tap table: window shift of block tap q (tap tg*8*TPW + q), in floats.
+  for (int q = threadIdx.x; q < 8 * TPW; q += blockDim.x) {
+    const int tap = tg * 8 * TPW + q;
+    int shift = 0;
+    if (tap < kvol) {
+      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / int(P.k[2] * P.k[1]);
+      const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
+      shift = ((rd * R + sh) * C + sw) * RS;
+    }
+    tab[q] = shift;
+  }
+
+  float acc[TPW][MT][4], blk[TPW][MT][4], cor[TPW][MT][4];
+#pragma unroll
+  for (int q = 0; q < TPW; ++q)
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
+
+  const T* __restrict__ x = static_cast<const T*>(prm.x);
+  const T* __restrict__ dy = static_cast<const T*>(prm.dy);
+  const int64_t in_vol = P.in_vol(), out_vol = P.out_vol();
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  for (int64_t tile = t_begin; tile < t_end; ++tile) {
+    const int pt = int(tile % prm.tiles_per_plane);
+    const int64_t rest = tile / prm.tiles_per_plane;
+    const int jd = int(rest % wd[0].P);
+    const int64_t n = rest / wd[0].P;
+    const int m0 = pt * kWgBM, jh0 = m0 / Wd;
+    __syncthreads();  // the previous tile's MMAs are done with xs and xt
+    stage_window<T>(xs, dy + (n * P.Cout + int64_t(g) * cout_g + chunk * kTcBK) * out_vol, out_vol,
+                    cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
+                    wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
+                    {P.out[0], P.out[1], P.out[2]}, prm.round_a);
+    // x tile: rows = channels, columns = the tile's positions (coalesced both ways)
+    {
+      const T* xb = x + (n * P.Cin + int64_t(g) * cin_g) * in_vol + int64_t(jd) * plane;
+      float v[MT * 8];
+#pragma unroll
+      for (int u = 0; u < MT * 8; ++u) {
+        const int e = threadIdx.x + 256 * u, ci = e / kWgBM, p = e % kWgBM;
+        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[int64_t(ci) * in_vol + m0 + p]) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < MT * 8; ++u) {
+        const int e = threadIdx.x + 256 * u;
+        xt[(e / kWgBM) * kWgXStride + e % kWgBM] = prm.round_a ? round_tf32(v[u]) : v[u];
+      }
+    }
+    __syncthreads();
+
+#pragma unroll 2
+    for (int k0 = 0; k0 < kWgBM; k0 += 8) {
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+        ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kWgXStride +
+                                   k0 + (lane >> 4) * 4));
+      // B rows of this lane: tile positions k0 + tq and k0 + tq + 4, channel gq
+      int pb[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = min(m0 + k0 + tq + 4 * h, plane - 1);
+        pb[h] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS + gq;
+      }
+      uint32_t ab[MT][4], as[MT][4];
+      if (SPLIT3) {
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            ab[i][e] = tf32_rna(__uint_as_float(a[i][e]));
+            as[i][e] = tf32_rna(__uint_as_float(a[i][e]) - __uint_as_float(ab[i][e]));
+          }
+      }
+#pragma unroll
+      for (int q = 0; q < TPW; ++q) {
+        if (tg * 8 * TPW + q * 8 + warp >= kvol) continue;  // warp-uniform
+        const int sh = tab[q * 8 + warp];
+        const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
+        if (SPLIT3) {
+          const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
+          const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            mma_tf32(blk[q][i], ab[i], bb0, bb1);
+            mma_tf32(cor[q][i], as[i], bb0, bb1);
+            mma_tf32(cor[q][i], ab[i], bs0, bs1);
+          }
+        } else {
+#pragma unroll
+          for (int i = 0; i < MT; ++i) mma_tf32(acc[q][i], a[i], __float_as_uint(f0), __float_as_uint(f1));
+        }
+      }
+    }
+    if (SPLIT3) {  // bounded big*big chains: one tile's 16 k-steps
+#pragma unroll
+      for (int q = 0; q < TPW; ++q)
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            acc[q][i][e] += blk[q][i][e];
+            blk[q][i][e] = 0.f;
+          }
+    }
+  }
+
+  // ---- partials of this split: ws[split][g*Cin/G + ci][co][tap] ----
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+#pragma unroll
+  for (int q = 0; q < TPW; ++q) {
+    const int tap = tg * 8 * TPW + q * 8 + warp;
+    if (tap >= kvol) continue;
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int ci = i * 16 + gq + 8 * (e / 2), co = chunk * kTcBK + 2 * tq + e % 2;
+        if (ci < cin_g && co < cout_g)
+          prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] =
+              acc[q][i][e] + (SPLIT3 ? cor[q][i][e] : 0.f);
+      }
+  }
+#endif
+}
+
+// ============================================================================
 // Reduction kernels (fixed order: deterministic)
 // ============================================================================
 template <typename T>
@@ -146,6 +327,81 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
 // ============================================================================
 // Launchers
 // ============================================================================
+template <typename T, int MT, int TPW, bool SPLIT3>
+static void launch_wgrad_tc(const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
+  auto kernel = wgrad_tc_kernel<T, MT, TPW, SPLIT3>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<grid, 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool SPLIT3>
+static void dispatch_wgrad_mt(int mt, const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t s) {
+  constexpr int TPW = SPLIT3 ? 4 : 8;  // taps per warp: 3xTF32 needs three accumulator sets
+  if (mt == 1) launch_wgrad_tc<T, 1, TPW, SPLIT3>(prm, grid, smem, s);
+  else if (mt == 2) launch_wgrad_tc<T, 2, TPW, SPLIT3>(prm, grid, smem, s);
+  else launch_wgrad_tc<T, 4, TPW, SPLIT3>(prm, grid, smem, s);
+}
+
+// Tensor cores; false (launching nothing) where the kernel does not fit: sm < 80,
+// Cin/G > 64, or a window larger than shared memory.
+template <typename T>
+bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, const Problem& P,
+                    bool tf32) {
+  const int dev = dy.get_device();
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
+  const int mt = P.cin_g() <= 16 ? 1 : P.cin_g() <= 32 ? 2 : 4;
+  const bool fp32 = std::is_same<T, float>::value, split3 = fp32 && !tf32;
+  const int tpw = split3 ? 4 : 8;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
+                       win_span(wd[1]) + 1;
+  const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
+  const int64_t smem = (wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw) * int64_t(sizeof(float));
+  if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
+
+  WgradTcParams prm{};
+  prm.x = x.data_ptr<T>();
+  prm.dy = dy.data_ptr<T>();
+  prm.P = P;
+  prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
+  prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+  prm.tap_groups = int((P.kvol() + 8 * tpw - 1) / (8 * tpw));
+  prm.R = int(rows);
+  prm.C = int(cols);
+  prm.window_floats = int(wfloats);
+  prm.round_a = fp32 && tf32;
+  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
+  const int64_t base = chunks * P.G * prm.tap_groups;
+  // Splits of the position range: about two blocks per SM in all, at most kMaxSplits.
+  int64_t splits = std::max<int64_t>(1, std::min<int64_t>({(2 * int64_t(prop->multiProcessorCount) + base - 1) / base,
+                                                             prm.total_tiles, int64_t(kMaxSplits)}));
+  prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
+  splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
+  TORCH_CHECK(chunks <= 65535 && P.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
+
+  auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
+  if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
+  prm.ws = ws.data_ptr<float>();
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
+  if constexpr (std::is_same<T, float>::value) {
+    if (split3) dispatch_wgrad_mt<T, true>(mt, prm, grid, smem, stream);
+    else dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
+  } else {
+    dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
+  }
+  const int threads = 256;
+  const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
+  sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
+                                                       dw.numel(), int(splits));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
 template <typename T>
 void grad_weight_tiled(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw,
                        const Problem& P, bool tf32) {
@@ -189,7 +445,9 @@ void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
 
 #define CT3D_INSTANTIATE_WGRAD(T)                                                            \
   template void grad_weight_tiled<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,      \
-                                     const Problem&, bool);
+                                     const Problem&, bool);                                  \
+  template bool grad_weight_tc<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,         \
+                                  const Problem&, bool);
 CT3D_INSTANTIATE_WGRAD(float)
 CT3D_INSTANTIATE_WGRAD(at::Half)
 CT3D_INSTANTIATE_WGRAD(at::BFloat16)
