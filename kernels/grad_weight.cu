@@ -214,7 +214,6 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     }
     __syncthreads();
 
-#pragma unroll 2
     for (int k0 = 0; k0 < kWgBM; k0 += 8) {
       uint32_t a[MT][4];
 #pragma unroll
@@ -335,12 +334,17 @@ static void launch_wgrad_tc(const WgradTcParams& prm, dim3 grid, int64_t smem, c
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Taps per warp: 8 MMAs per k-step for every MT (the accumulators, TPW * MT * 4 floats,
+// stay at 32 a set); 3xTF32 keeps three sets, so half the taps.
+__host__ __device__ constexpr int wgrad_tpw(int mt, bool split3) {
+  return split3 ? (mt >= 4 ? 1 : 4 / mt) : 8 / mt;
+}
+
 template <typename T, bool SPLIT3>
 static void dispatch_wgrad_mt(int mt, const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t s) {
-  constexpr int TPW = SPLIT3 ? 4 : 8;  // taps per warp: 3xTF32 needs three accumulator sets
-  if (mt == 1) launch_wgrad_tc<T, 1, TPW, SPLIT3>(prm, grid, smem, s);
-  else if (mt == 2) launch_wgrad_tc<T, 2, TPW, SPLIT3>(prm, grid, smem, s);
-  else launch_wgrad_tc<T, 4, TPW, SPLIT3>(prm, grid, smem, s);
+  if (mt == 1) launch_wgrad_tc<T, 1, wgrad_tpw(1, SPLIT3), SPLIT3>(prm, grid, smem, s);
+  else if (mt == 2) launch_wgrad_tc<T, 2, wgrad_tpw(2, SPLIT3), SPLIT3>(prm, grid, smem, s);
+  else launch_wgrad_tc<T, 4, wgrad_tpw(4, SPLIT3), SPLIT3>(prm, grid, smem, s);
 }
 
 // Tensor cores; false (launching nothing) where the kernel does not fit: sm < 80,
@@ -353,7 +357,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
   const int mt = P.cin_g() <= 16 ? 1 : P.cin_g() <= 32 ? 2 : 4;
   const bool fp32 = std::is_same<T, float>::value, split3 = fp32 && !tf32;
-  const int tpw = split3 ? 4 : 8;
+  const int tpw = wgrad_tpw(mt, split3);
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
