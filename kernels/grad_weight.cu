@@ -149,7 +149,9 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
   extern __shared__ __align__(16) float sm[];
   float* xs = sm;                                   // dy window [position][8 channels]
   float* xt = sm + prm.window_floats;               // x tile [MT*16 channels][kWgXStride]
+  // then the tap table (8*TPW ints) and the position table (kWgBM ints)
   int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);  // window shift per block tap
+  int* pos_tab = tab + 8 * TPW;  // window position (floats) of each tile position, per tile
   const Problem& P = prm.P;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);  // positions = input voxels, multiplier s, taps r
@@ -197,6 +199,11 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
                     cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
                     wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
                     {P.out[0], P.out[1], P.out[2]}, prm.round_a);
+    // window position of each tile position (one division each, once per tile)
+    for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
+      const int m = min(m0 + p, plane - 1);
+      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
+    }
     // x tile: rows = channels, columns = the tile's positions (coalesced both ways)
     {
       const T* xb = x + (n * P.Cin + int64_t(g) * cin_g) * in_vol + int64_t(jd) * plane;
@@ -221,12 +228,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
         ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kWgXStride +
                                    k0 + (lane >> 4) * 4));
       // B rows of this lane: tile positions k0 + tq and k0 + tq + 4, channel gq
-      int pb[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int m = min(m0 + k0 + tq + 4 * h, plane - 1);
-        pb[h] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS + gq;
-      }
+      const int pb[2] = {pos_tab[k0 + tq] + gq, pos_tab[k0 + tq + 4] + gq};
       uint32_t ab[MT][4], as[MT][4];
       if (SPLIT3) {
 #pragma unroll
@@ -364,7 +366,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
-  const int64_t smem = (wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw) * int64_t(sizeof(float));
+  const int64_t smem = (wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
 
   WgradTcParams prm{};

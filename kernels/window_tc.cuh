@@ -230,8 +230,10 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
   }
 }
 
+// Two blocks per SM (<= 128 registers) for one accumulator set; 3xTF32 keeps three and
+// runs one block per SM rather than spill.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool SPLIT3>
-__global__ void __launch_bounds__(256) window_tc_kernel(const WinParams prm) {
+__global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const WinParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
   constexpr int MI = WM / 16, NI = WN / 8;
@@ -324,15 +326,23 @@ __global__ void __launch_bounds__(256) window_tc_kernel(const WinParams prm) {
         }
       }
     };
-    load_b(0, b0, s0);
-    load_b(1, b1, s1);
-    for (int t = 0; t < taps; ++t) {
-      load_b(t + 2, b2, s2);
+    // A fragments are software-pipelined too: tap t+1's ldmatrix is issued before tap t's
+    // MMAs (the asm is volatile, so program order is issue order), hiding its latency.
+    uint32_t a_cur[MI][4], a_nxt[MI][4];
+    auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
       const int shift = tab[t].y;
 #pragma unroll
+      for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], smem_u32(xs + a_base[i] + shift));
+    };
+    load_b(0, b0, s0);
+    load_b(1, b1, s1);
+    load_a(0, a_cur);
+    for (int t = 0; t < taps; ++t) {
+      load_b(t + 2, b2, s2);
+      if (t + 1 < taps) load_a(t + 1, a_nxt);
+#pragma unroll
       for (int i = 0; i < MI; ++i) {
-        uint32_t a[4];
-        ldmatrix_x4(a, smem_u32(xs + a_base[i] + shift));
+        const uint32_t (&a)[4] = a_cur[i];
         if (SPLIT3) {
           uint32_t ab[4], as[4];
 #pragma unroll
@@ -353,6 +363,10 @@ __global__ void __launch_bounds__(256) window_tc_kernel(const WinParams prm) {
             mma_tf32(acc[i][j], a, __float_as_uint(b0[j].x), __float_as_uint(b0[j].y));
         }
       }
+#pragma unroll
+      for (int i = 0; i < MI; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a_cur[i][e] = a_nxt[i][e];
       if (SPLIT3 && (t % kFlushTaps == kFlushTaps - 1 || t == taps - 1)) {
 #pragma unroll
         for (int i = 0; i < MI; ++i)
