@@ -618,11 +618,13 @@ def _cuda_build_env():
     return env, None
 
 
-def test_cuda_extension_compiles():
-    """CI has nvcc and a CUDA build of torch, but no GPU: the extension must still build."""
+def test_cuda_extension_compiles(tmp_path):
+    """CI has nvcc and a CUDA build of torch, but no GPU: the extension must still build.
+    A fresh extensions directory makes it a real build, never a cache hit."""
     env, why = _cuda_build_env()
     if env is None:
         pytest.skip(why)
+    env["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "torch_extensions")
     script = textwrap.dedent("""
         import pathlib, sys
         sys.path.insert(0, sys.argv[1])
