@@ -112,6 +112,19 @@ __device__ __forceinline__ float round_tf32(float v) {
 template <typename T> __device__ __forceinline__ T cast_out(double v) { return T(float(v)); }
 template <> __device__ __forceinline__ double cast_out<double>(double v) { return v; }
 
+// Sum of one double per thread over a block of 256 threads, in a fixed order (a tree
+// in shared memory): the same bits on every run. Returns the sum to thread 0.
+__device__ __forceinline__ double block_sum_256(double v) {
+  __shared__ double red[256];
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int step = 128; step > 0; step >>= 1) {
+    if (threadIdx.x < step) red[threadIdx.x] += red[threadIdx.x + step];
+    __syncthreads();
+  }
+  return red[0];
+}
+
 // ============================================================================
 // Generic tiled implicit GEMM (FFMA, fp32 accumulation)
 // ============================================================================

@@ -116,14 +116,8 @@ __global__ void __launch_bounds__(256) grad_weight_direct_kernel(const T* __rest
     const int64_t yi = (n * P.Cout + co) * P.out_vol() + (od * P.out[1] + oh) * P.out[2] + ow;
     acc += double(x[xi]) * double(dy[yi]);
   }
-  __shared__ double red[256];
-  red[threadIdx.x] = acc;
-  __syncthreads();
-  for (int step = 128; step > 0; step >>= 1) {
-    if (threadIdx.x < step) red[threadIdx.x] += red[threadIdx.x + step];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) dw[blockIdx.x] = cast_out<T>(red[0]);
+  const double sum = block_sum_256(acc);
+  if (threadIdx.x == 0) dw[blockIdx.x] = cast_out<T>(sum);
 }
 
 // ============================================================================

@@ -92,13 +92,20 @@ struct FwdGemm {
   }
 
   // k = ci * taps + t,  t = (td * Th + th) * Tw + tw
-  __device__ float a(const Sub& sb, const Row& r, int64_t k) const {
+  __device__ static int64_t decode_k(const Sub& sb, int64_t k, int& td, int& th, int& tw) {
     const int taps = sb.ph[0].T * sb.ph[1].T * sb.ph[2].T;
     const int64_t ci = k / taps;
     int t = int(k - ci * taps);
-    const int tw = t % sb.ph[2].T; t /= sb.ph[2].T;
-    const int th = t % sb.ph[1].T;
-    const int td = t / sb.ph[1].T;
+    tw = t % sb.ph[2].T;
+    t /= sb.ph[2].T;
+    th = t % sb.ph[1].T;
+    td = t / sb.ph[1].T;
+    return ci;
+  }
+
+  __device__ float a(const Sub& sb, const Row& r, int64_t k) const {
+    int td, th, tw;
+    const int64_t ci = decode_k(sb, k, td, th, tw);
     // Gather rule: tap t of this phase reads input i = j + off0 - t*doff.
     const int id = r.j[0] + sb.ph[0].off0 - td * sb.ph[0].doff;
     const int ih = r.j[1] + sb.ph[1].off0 - th * sb.ph[1].doff;
@@ -117,12 +124,8 @@ struct FwdGemm {
   }
 
   __device__ float b(const Sub& sb, const Col& c, int64_t k) const {
-    const int taps = sb.ph[0].T * sb.ph[1].T * sb.ph[2].T;
-    const int64_t ci = k / taps;
-    int t = int(k - ci * taps);
-    const int tw = t % sb.ph[2].T; t /= sb.ph[2].T;
-    const int th = t % sb.ph[1].T;
-    const int td = t / sb.ph[1].T;
+    int td, th, tw;
+    const int64_t ci = decode_k(sb, k, td, th, tw);
     const int rd = sb.ph[0].r0 + td * sb.ph[0].rs;
     const int rh = sb.ph[1].r0 + th * sb.ph[1].rs;
     const int rw = sb.ph[2].r0 + tw * sb.ph[2].rs;
@@ -142,20 +145,8 @@ struct FwdGemm {
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32) {
-  WinParams prm{};
-  prm.src = x.data_ptr<T>();
-  prm.bias = bias ? bias->data_ptr<T>() : nullptr;
-  prm.out = y.data_ptr<T>();
-  prm.P = P;
-  prm.job = kJobForward;
-  prm.src_c = P.Cin;
-  prm.out_c = P.Cout;
-  prm.src_cg = P.cin_g();
-  prm.out_cg = P.cout_g();
-  for (int e = 0; e < 3; ++e) {
-    prm.src_sz[e] = P.in[e];
-    prm.out_sz[e] = P.out[e];
-  }
+  const WinParams prm = win_params(kJobForward, x.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
+                                   y.data_ptr<T>(), P);
   return run_window_tc<T>(prm, w, tf32);
 }
 

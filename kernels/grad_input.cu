@@ -102,20 +102,7 @@ struct DgradGemm {
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32) {
-  WinParams prm{};
-  prm.src = dy.data_ptr<T>();
-  prm.bias = nullptr;
-  prm.out = dx.data_ptr<T>();
-  prm.P = P;
-  prm.job = kJobGradInput;
-  prm.src_c = P.Cout;
-  prm.out_c = P.Cin;
-  prm.src_cg = P.cout_g();
-  prm.out_cg = P.cin_g();
-  for (int e = 0; e < 3; ++e) {
-    prm.src_sz[e] = P.out[e];
-    prm.out_sz[e] = P.in[e];
-  }
+  const WinParams prm = win_params(kJobGradInput, dy.data_ptr<T>(), nullptr, dx.data_ptr<T>(), P);
   return run_window_tc<T>(prm, w, tf32);
 }
 

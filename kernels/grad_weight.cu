@@ -315,14 +315,8 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
     const T* row = dy + (n * C + c) * vol;
     for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v]);
   }
-  __shared__ double red[256];
-  red[threadIdx.x] = acc;
-  __syncthreads();
-  for (int step = 128; step > 0; step >>= 1) {
-    if (threadIdx.x < step) red[threadIdx.x] += red[threadIdx.x + step];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) db[c] = cast_out<T>(red[0]);
+  const double sum = block_sum_256(acc);
+  if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
 }
 
 // ============================================================================

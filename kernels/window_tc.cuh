@@ -78,6 +78,27 @@ struct WinParams {
   bool round_a;           // TF32 mode: round A to TF32 when staging
 };
 
+// The tensors and sizes of a job: forward reads x (Cin channels) and writes y (Cout);
+// grad input reads dy (Cout) and writes dx (Cin). run_window_tc fills in the rest.
+inline WinParams win_params(int job, const void* src, const void* bias, void* out, const Problem& P) {
+  const bool fwd = job == kJobForward;
+  WinParams prm{};
+  prm.src = src;
+  prm.bias = bias;
+  prm.out = out;
+  prm.P = P;
+  prm.job = job;
+  prm.src_c = fwd ? P.Cin : P.Cout;
+  prm.out_c = fwd ? P.Cout : P.Cin;
+  prm.src_cg = fwd ? P.cin_g() : P.cout_g();
+  prm.out_cg = fwd ? P.cout_g() : P.cin_g();
+  for (int e = 0; e < 3; ++e) {
+    prm.src_sz[e] = fwd ? P.in[e] : P.out[e];
+    prm.out_sz[e] = fwd ? P.out[e] : P.in[e];
+  }
+  return prm;
+}
+
 // Sub-problem z: its group and its three WinDims.
 __host__ __device__ inline int win_dims(const Problem& P, int job, int z, WinDim (&wd)[3]) {
   if (job == kJobGradInput) {
@@ -437,8 +458,8 @@ static void dispatch_window_bn(int bn, const WinParams& prm, dim3 grid, int64_t 
   else launch_window_tc<T, 128, 64, 4, 2, SPLIT3>(prm, grid, smem, stream);
 }
 
-// Runs one window convolution: fills in the launch geometry of prm (whose job, tensors,
-// channel counts and sizes the caller set), transforms the weight, launches. Returns false
+// Runs one window convolution: fills in the launch geometry of prm (made by win_params),
+// transforms the weight, launches. Returns false
 // (launching nothing) where the kernel does not fit: a GPU older than sm_80, or a window
 // larger than shared memory.
 template <typename T>
