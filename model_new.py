@@ -40,16 +40,16 @@ IntOr3 = Union[int, Sequence[int]]
 # ----------------------------------------------------------------------------------------
 # Building the CUDA extension
 # ----------------------------------------------------------------------------------------
+OP_NAMESPACE = "ct3d"   # torch.library namespace of our ops (bundles use their own)
+EXTENSION_NAME = "ct3d_ext"
+
+# >>> kernel sources (bundle.py replaces this block with the sources inlined as strings)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 # Order matters: the shared header first, then one file per job, then the host API.
 CUDA_FILES = ("common.cuh", "window_tc.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
               "direct.cu", "api.cu")
 CPP_FILES = ("bindings.cpp",)
 _LOCAL_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)
-_ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
-
-_ext = None
-
 
 def kernel_sources() -> tuple[str, str]:
     """(C++ source, CUDA source): the files of ``kernels/`` joined in CUDA_FILES order, so
@@ -61,6 +61,11 @@ def kernel_sources() -> tuple[str, str]:
     )
     cpp = "\n".join((KERNEL_DIR / f).read_text() for f in CPP_FILES)
     return cpp, cuda
+# <<< kernel sources
+
+
+_ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
+_ext = None
 
 
 def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = ()):
@@ -77,7 +82,7 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
         if os.environ.get("CT3D_PTXAS_VERBOSE"):
             flags.append("-Xptxas=-v")
         _ext = load_inline(
-            name="ct3d_ext",
+            name=EXTENSION_NAME,
             cpp_sources=[cpp],
             cuda_sources=[cuda],
             extra_cuda_cflags=flags,
@@ -211,78 +216,86 @@ def _extension():
     return _ext
 
 
-@torch.library.custom_op("ct3d::conv_transpose3d", mutates_args=())
-def _conv_transpose3d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
-                         padding: list[int], output_padding: list[int], dilation: list[int],
-                         groups: int, algo: int) -> Tensor:
-    return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation,
-                                groups, tf32_allowed(), algo)
+if hasattr(getattr(torch.ops, OP_NAMESPACE), "conv_transpose3d"):
+    # Already registered in this process (this file executed again, as harnesses do):
+    # reuse the registered ops, their fake implementations and autograd.
+    _ns = getattr(torch.ops, OP_NAMESPACE)
+    _conv_transpose3d_op = _ns.conv_transpose3d
+    _grad_input_op = _ns.conv_transpose3d_grad_input
+    _grad_weight_bias_op = _ns.conv_transpose3d_grad_weight_bias
+else:
+    @torch.library.custom_op(f"{OP_NAMESPACE}::conv_transpose3d", mutates_args=())
+    def _conv_transpose3d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int],
+                             padding: list[int], output_padding: list[int], dilation: list[int],
+                             groups: int, algo: int) -> Tensor:
+        return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation,
+                                    groups, tf32_allowed(), algo)
 
 
-@_conv_transpose3d_op.register_fake
-def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):
-    out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
-    return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+    @_conv_transpose3d_op.register_fake
+    def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):
+        out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
+        return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
 
 
-@torch.library.custom_op("ct3d::conv_transpose3d_grad_input", mutates_args=())
-def _grad_input_op(grad_out: Tensor, weight: Tensor, input_size: list[int], stride: list[int],
-                   padding: list[int], output_padding: list[int], dilation: list[int],
-                   groups: int, algo: int) -> Tensor:
-    return _extension().grad_input(grad_out, weight, input_size, stride, padding, output_padding,
-                                   dilation, groups, tf32_allowed(), algo)
+    @torch.library.custom_op(f"{OP_NAMESPACE}::conv_transpose3d_grad_input", mutates_args=())
+    def _grad_input_op(grad_out: Tensor, weight: Tensor, input_size: list[int], stride: list[int],
+                       padding: list[int], output_padding: list[int], dilation: list[int],
+                       groups: int, algo: int) -> Tensor:
+        return _extension().grad_input(grad_out, weight, input_size, stride, padding, output_padding,
+                                       dilation, groups, tf32_allowed(), algo)
 
 
-@_grad_input_op.register_fake
-def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups, algo):
-    return grad_out.new_empty(input_size)
+    @_grad_input_op.register_fake
+    def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups, algo):
+        return grad_out.new_empty(input_size)
 
 
-@torch.library.custom_op("ct3d::conv_transpose3d_grad_weight_bias", mutates_args=())
-def _grad_weight_bias_op(grad_out: Tensor, x: Tensor, weight_size: list[int], stride: list[int],
-                         padding: list[int], output_padding: list[int], dilation: list[int],
-                         groups: int, need_weight: bool, need_bias: bool,
-                         algo: int) -> tuple[Tensor, Tensor]:
-    dw, db = _extension().grad_weight_bias(grad_out, x, weight_size, stride, padding,
-                                           output_padding, dilation, groups, need_weight,
-                                           need_bias, tf32_allowed(), algo)
-    return dw, db
+    @torch.library.custom_op(f"{OP_NAMESPACE}::conv_transpose3d_grad_weight_bias", mutates_args=())
+    def _grad_weight_bias_op(grad_out: Tensor, x: Tensor, weight_size: list[int], stride: list[int],
+                             padding: list[int], output_padding: list[int], dilation: list[int],
+                             groups: int, need_weight: bool, need_bias: bool,
+                             algo: int) -> tuple[Tensor, Tensor]:
+        dw, db = _extension().grad_weight_bias(grad_out, x, weight_size, stride, padding,
+                                               output_padding, dilation, groups, need_weight,
+                                               need_bias, tf32_allowed(), algo)
+        return dw, db
 
 
-@_grad_weight_bias_op.register_fake
-def _(grad_out, x, weight_size, stride, padding, output_padding, dilation, groups, need_weight,
-      need_bias, algo):
-    dw = grad_out.new_empty(weight_size if need_weight else (0,))
-    db = grad_out.new_empty((grad_out.shape[1],) if need_bias else (0,))
-    return dw, db
+    @_grad_weight_bias_op.register_fake
+    def _(grad_out, x, weight_size, stride, padding, output_padding, dilation, groups, need_weight,
+          need_bias, algo):
+        dw = grad_out.new_empty(weight_size if need_weight else (0,))
+        db = grad_out.new_empty((grad_out.shape[1],) if need_bias else (0,))
+        return dw, db
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, output_padding, dilation, groups, algo = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.args = (stride, padding, output_padding, dilation, groups)
-    ctx.algo = algo
-    ctx.has_bias = bias is not None
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, stride, padding, output_padding, dilation, groups, algo = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.args = (stride, padding, output_padding, dilation, groups)
+        ctx.algo = algo
+        ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_out):
-    x, weight = ctx.saved_tensors
-    stride, padding, output_padding, dilation, groups = ctx.args
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    need_b = need_b and ctx.has_bias
-    dx = dw = db = None
-    if need_x:
-        dx = _grad_input_op(grad_out, weight, list(x.shape), stride, padding, output_padding,
-                            dilation, groups, ctx.algo)
-    if need_w or need_b:
-        gw, gb = _grad_weight_bias_op(grad_out, x, list(weight.shape), stride, padding,
-                                      output_padding, dilation, groups, need_w, need_b, ctx.algo)
-        dw = gw if need_w else None
-        db = gb if need_b else None
-    return dx, dw, db, None, None, None, None, None, None
+    def _backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, output_padding, dilation, groups = ctx.args
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
+        dx = dw = db = None
+        if need_x:
+            dx = _grad_input_op(grad_out, weight, list(x.shape), stride, padding, output_padding,
+                                dilation, groups, ctx.algo)
+        if need_w or need_b:
+            gw, gb = _grad_weight_bias_op(grad_out, x, list(weight.shape), stride, padding,
+                                          output_padding, dilation, groups, need_w, need_b, ctx.algo)
+            dw = gw if need_w else None
+            db = gb if need_b else None
+        return dx, dw, db, None, None, None, None, None, None
 
 
-_conv_transpose3d_op.register_autograd(_backward, setup_context=_setup_context)
+    _conv_transpose3d_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ----------------------------------------------------------------------------------------
