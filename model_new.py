@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+import torch._prims_common
 import torch.nn as nn
 from torch import Tensor
 from torch.nn import init
@@ -65,6 +66,7 @@ def kernel_sources() -> tuple[str, str]:
 
 
 _ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
+_AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 _ext = None
 
 
@@ -171,6 +173,10 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
         raise RuntimeError("dilation should be greater than zero")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
+    if weight.shape[0] < groups:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
+            f"but got weight of size {list(weight.shape)} instead")
     if weight.shape[0] % groups != 0:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
@@ -191,6 +197,9 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
             "output_padding_depth: {} output_padding_height: {} output_padding_width: {} "
             "stride_depth: {} stride_height: {} stride_width: {} dilation_depth: {} "
             "dilation_height: {} dilation_width: {}".format(*output_padding, *stride, *dilation))
+    if any(e == 0 for e in x.shape[2:]):
+        raise RuntimeError(
+            f"Only zero batch or zero channel inputs are supported, but got input shape: {list(x.shape)}")
     out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
     if any(o <= 0 for o in out):
         raise RuntimeError(
@@ -201,6 +210,19 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
         raise RuntimeError(
             f"conv_transpose3d: our kernels run on CUDA tensors only, but the input is on "
             f"{x.device}. Move the module and its input to a CUDA device (.cuda()).")
+
+
+def suggest_format(act: Tensor, weight: Tensor, stride, output_padding) -> torch.memory_format:
+    """Memory format of the activation PyTorch makes from ``act`` and ``weight`` (ATen's
+    cudnn_conv_suggest_memory_format), which ours makes too: channels_last_3d if either is
+    laid out so, except in fp64 and where output_padding >= stride (PyTorch then runs its
+    own kernel, which writes contiguous tensors). api.cu's suggest_format is the same rule."""
+    if act.dtype == torch.float64 or any(op >= s for op, s in zip(output_padding, stride)):
+        return torch.contiguous_format
+    suggest = torch._prims_common.suggest_memory_format
+    if torch.channels_last_3d in (suggest(act), suggest(weight)):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,7 +257,8 @@ else:
     @_conv_transpose3d_op.register_fake
     def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):
         out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
-        return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+        return torch.empty((x.shape[0], weight.shape[1] * groups, *out), dtype=x.dtype,
+                           device=x.device, memory_format=suggest_format(x, weight, stride, output_padding))
 
 
     @torch.library.custom_op(f"{OP_NAMESPACE}::conv_transpose3d_grad_input", mutates_args=())
@@ -248,7 +271,8 @@ else:
 
     @_grad_input_op.register_fake
     def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups, algo):
-        return grad_out.new_empty(input_size)
+        return torch.empty(input_size, dtype=grad_out.dtype, device=grad_out.device,
+                           memory_format=suggest_format(grad_out, weight, stride, output_padding))
 
 
     @torch.library.custom_op(f"{OP_NAMESPACE}::conv_transpose3d_grad_weight_bias", mutates_args=())
@@ -315,6 +339,11 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     output_padding, dilation = _triple(output_padding, "output_padding"), _triple(dilation, "dilation")
     if algo not in _ALGOS:
         raise ValueError(f"algo must be one of {sorted(_ALGOS)}, got {algo!r}")
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # As autocast does for PyTorch's convolution: run in the autocast dtype; fp64 stays.
+        low = torch.get_autocast_dtype("cuda")
+        x, weight, bias = (t.to(low) if t is not None and t.dtype in _AUTOCAST_CASTS else t
+                           for t in (x, weight, bias))
     unbatched = x.dim() == 4
     if unbatched:
         x = x.unsqueeze(0)

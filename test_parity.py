@@ -160,16 +160,41 @@ def rel_l2(a: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def run_module(m, x, dy):
-    """Forward and backward; returns (y, dx, dw, db) as float64."""
-    x = x.detach().clone().requires_grad_(True)
+    """Forward and backward; returns (y, dx, dw, db) as float64 (y keeps its layout)."""
+    x = x.detach().requires_grad_(True)  # a leaf with x's strides (no copy)
     y = m(x)
     y.backward(dy.to(y.dtype))
     out = [y, x.grad, m.weight.grad, m.bias.grad if m.bias is not None else None]
     return [None if t is None else t.detach().double() for t in out]
 
 
+# Memory layouts of the activations (input and grad_output) a check runs with:
+LAYOUTS = {
+    "contiguous": None,
+    # channels_last_3d input, grad_output and weight: addressed in place (no copy)
+    "channels_last": torch.channels_last_3d,
+    # a view of the middle channels of a larger tensor: addressed in place
+    "channel_slice": "slice",
+    # a view with a stride in the W dimension: our op copies it to contiguous first
+    "strided_w": "strided_w",
+}
+
+
+def make_activation(shape, dtype, layout: str, dev="cuda"):
+    """Random activation of the given shape, laid out as LAYOUTS[layout] says."""
+    kind = LAYOUTS[layout]
+    if kind == "slice":
+        n, c, *sp = shape
+        return torch.randn(n, c + 3, *sp, device=dev).to(dtype)[:, 2:2 + c]
+    if kind == "strided_w":
+        *lead, w = shape
+        return torch.randn(*lead, 2 * w, device=dev).to(dtype)[..., ::2]
+    t = torch.randn(shape, device=dev).to(dtype)
+    return t if kind is None else t.contiguous(memory_format=kind)
+
+
 def check_against_truth(cfg, mode: str, algo: str = "auto", batch=None, seed: int = 0,
-                        check_reference: bool = True):
+                        check_reference: bool = True, layout: str = "contiguous"):
     """Runs ours, the reference and a float64 ground truth on one configuration and mode;
     asserts the contract for the output and all three gradients."""
     dtype, allow = MODES[mode]
@@ -180,14 +205,17 @@ def check_against_truth(cfg, mode: str, algo: str = "auto", batch=None, seed: in
     ours.load_state_dict(refm.state_dict())
     ours.algo = algo
     n = cfg["batch"] if batch is None else batch
-    x = torch.randn(n, cfg["in_channels"], *cfg["input"], device=dev).to(dtype)
+    x = make_activation((n, cfg["in_channels"], *cfg["input"]), dtype, layout)
     with torch.no_grad():  # fresh random parameters, not only the init distribution
         refm.weight.copy_(torch.randn_like(refm.weight) * refm.weight.abs().max())
         if refm.bias is not None:
             refm.bias.copy_(torch.randn_like(refm.bias))
+        if layout == "channels_last":
+            refm.to(memory_format=torch.channels_last_3d)
+            ours.to(memory_format=torch.channels_last_3d)
         ours.load_state_dict(refm.state_dict())
     out_shape = refm(x).shape
-    dy = torch.randn(out_shape, device=dev).to(dtype)  # one grad_output shared by all
+    dy = make_activation(out_shape, dtype, layout)  # one grad_output shared by all
 
     with tf32(allow):
         got = run_module(ours, x, dy)
@@ -204,6 +232,9 @@ def check_against_truth(cfg, mode: str, algo: str = "auto", batch=None, seed: in
     truth_m.zero_grad()
     mag = run_module(truth_m, x.double().abs(), dy.double().abs())
 
+    if got[0].numel() > 0:  # the memory layout PyTorch gives
+        assert got[0].stride() == exp[0].stride(), \
+            f"output strides {got[0].stride()}, reference {exp[0].stride()} [{layout}]"
     names = ["output", "grad_input", "grad_weight", "grad_bias"]
     for name, g, e, t, s in zip(names, got, exp, truth, mag):
         if t is None:

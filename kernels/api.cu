@@ -60,7 +60,44 @@ Problem make_problem(at::IntArrayRef xs, at::IntArrayRef ws, at::IntArrayRef str
   }
   TORCH_CHECK(P.in_vol() < (int64_t(1) << 31) && P.out_vol() < (int64_t(1) << 31),
               "conv_transpose3d: more than 2^31 voxels in one channel is not supported");
+  P.xl = Layout{P.Cin * P.in_vol(), P.in_vol(), 1};  // contiguous until the caller says otherwise
+  P.yl = Layout{P.Cout * P.out_vol(), P.out_vol(), 1};
   return P;
+}
+
+// The Layout (common.cuh) of a 5D activation tensor, if its strides have that form: the
+// voxel stride is the stride of the innermost spatial dimension of size > 1, and every
+// spatial dimension of size > 1 must step by it times the voxels inside that dimension.
+static c10::optional<Layout> layout_of(const at::Tensor& t) {
+  const auto sz = t.sizes();
+  const auto st = t.strides();
+  int64_t inner = 1, sv = -1;
+  for (int e = 4; e >= 2; --e) {
+    if (sz[e] == 1) continue;
+    if (sv < 0) sv = st[e];
+    if (st[e] != sv * inner) return c10::nullopt;
+    inner *= sz[e];
+  }
+  return Layout{st[0], st[1], sv < 0 ? 1 : sv};
+}
+
+// The tensor itself where the kernels can address it, else a contiguous copy (a view
+// that slices or permutes the spatial dimensions).
+static at::Tensor addressable(const at::Tensor& t) {
+  return layout_of(t).has_value() ? t : t.contiguous();
+}
+
+// Memory format of the activation PyTorch makes from act and w (ATen's
+// cudnn_conv_suggest_memory_format): channels_last_3d if either one is laid out so, except
+// in fp64 and where output_padding >= stride (PyTorch then leaves cuDNN for its own
+// kernel, which writes contiguous tensors).
+static at::MemoryFormat suggest_format(const at::Tensor& act, const at::Tensor& w, const Problem& P) {
+  if (act.scalar_type() == at::kDouble) return at::MemoryFormat::Contiguous;
+  for (int e = 0; e < 3; ++e)
+    if (P.op[e] >= P.s[e]) return at::MemoryFormat::Contiguous;
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  return act.suggest_memory_format() == cl || w.suggest_memory_format() == cl ? cl
+                                                                               : at::MemoryFormat::Contiguous;
 }
 
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& like) {
@@ -100,17 +137,20 @@ at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::option
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                    at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(w_, "weight", x_);
-  const Problem P = make_problem(x_.sizes(), w_.sizes(), stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(x_.sizes(), w_.sizes(), stride, padding, output_padding, dilation, groups);
   c10::cuda::CUDAGuard guard(x_.device());
-  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  const at::Tensor x = addressable(x_), w = w_.contiguous();
   at::Tensor bias;
   if (bias_.has_value() && bias_->defined()) {
     check_cuda_tensor(*bias_, "bias", x_);
     TORCH_CHECK(bias_->dim() == 1 && bias_->size(0) == P.Cout, "conv_transpose3d: bias must have ", P.Cout, " elements");
     bias = bias_->contiguous();
   }
-  at::Tensor y = at::empty({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}, x.options());
+  at::Tensor y = at::empty({P.N, P.Cout, P.out[0], P.out[1], P.out[2]},
+                           x.options().memory_format(suggest_format(x_, w_, P)));
   if (y.numel() == 0) return y;
+  P.xl = *layout_of(x);
+  P.yl = *layout_of(y);
   poison(y);
   const at::Tensor* b = bias.defined() ? &bias : nullptr;
   const bool direct = use_direct(x, algo);
@@ -131,13 +171,15 @@ at::Tensor grad_input(const at::Tensor& dy_, const at::Tensor& w_, at::IntArrayR
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                       at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(w_, "weight", dy_);
-  const Problem P = make_problem(input_size, w_.sizes(), stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(input_size, w_.sizes(), stride, padding, output_padding, dilation, groups);
   TORCH_CHECK(dy_.sizes() == at::IntArrayRef({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}),
               "conv_transpose3d: grad_output has size ", dy_.sizes(), ", which is not the output size");
   c10::cuda::CUDAGuard guard(dy_.device());
-  const at::Tensor dy = dy_.contiguous(), w = w_.contiguous();
-  at::Tensor dx = at::empty(input_size, dy.options());
+  const at::Tensor dy = addressable(dy_), w = w_.contiguous();
+  at::Tensor dx = at::empty(input_size, dy.options().memory_format(suggest_format(dy_, w_, P)));
   if (dx.numel() == 0) return dx;
+  P.xl = *layout_of(dx);
+  P.yl = *layout_of(dy);
   poison(dx);
   const bool direct = use_direct(dy, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "ct3d_grad_input", [&] {
@@ -159,11 +201,13 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
                                          at::IntArrayRef dilation, int64_t groups, bool need_weight,
                                          bool need_bias, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(x_, "input", dy_);
-  const Problem P = make_problem(x_.sizes(), weight_size, stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(x_.sizes(), weight_size, stride, padding, output_padding, dilation, groups);
   TORCH_CHECK(dy_.sizes() == at::IntArrayRef({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}),
               "conv_transpose3d: grad_output has size ", dy_.sizes(), ", which is not the output size");
   c10::cuda::CUDAGuard guard(dy_.device());
-  const at::Tensor dy = dy_.contiguous(), x = x_.contiguous();
+  const at::Tensor dy = addressable(dy_), x = addressable(x_);
+  if (dy.numel() > 0) P.yl = *layout_of(dy);
+  if (x.numel() > 0) P.xl = *layout_of(x);
   at::Tensor dw = need_weight ? at::empty(weight_size, dy.options()) : at::empty({0}, dy.options());
   at::Tensor db = need_bias ? at::empty({P.Cout}, dy.options()) : at::empty({0}, dy.options());
   poison(dw);

@@ -29,12 +29,25 @@ namespace ct3d {
 // ============================================================================
 // Problem size: every launcher takes one.
 // ============================================================================
+// Element strides of an activation tensor: voxel v (d, h, w flattened) of channel c of
+// batch item n sits at n*sn + c*sc + v*sv. Contiguous NCDHW (sv = 1) and channels_last_3d
+// (sc = 1, sv = C) both have this form, as do views that slice the batch or the channels;
+// api.cu copies any other view to contiguous first.
+struct Layout {
+  int64_t n, c, v;
+  __host__ __device__ int64_t at(int64_t n_, int64_t c_, int64_t v_) const {
+    return n_ * n + c_ * c + v_ * v;
+  }
+};
+
 struct Problem {
   int64_t N, Cin, Cout, G;  // batch, input and output channels, groups
   int64_t in[3];            // D, H, W of x
   int64_t out[3];           // Do, Ho, Wo of y
   int64_t k[3];             // kD, kH, kW
   int64_t s[3], p[3], op[3], d[3];  // stride, padding, output_padding, dilation
+  Layout xl;                // the tensor of the input's shape in this call: x or dx
+  Layout yl;                // the tensor of the output's shape: y or dy
 
   __host__ __device__ int64_t cin_g() const { return Cin / G; }
   __host__ __device__ int64_t cout_g() const { return Cout / G; }

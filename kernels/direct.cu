@@ -2,7 +2,7 @@
 // tiled kernels are tested against (selectable for every dtype with algo="direct").
 //
 // No GEMM view, no tiles: one thread per output element of the job (one block
-// per dw element, whose sum is long), each walking its whole reduction
+// per dw element, whose sum is long; activations addressed through P.xl / P.yl), each walking its whole reduction
 // through the index rule (1) of common.cuh, accumulating in fp64 and rounding
 // once. Slow, obviously right, and bitwise deterministic.
 //
@@ -40,15 +40,14 @@ __global__ void forward_direct_kernel(const T* __restrict__ x, const T* __restri
           for (int64_t rw = 0; rw < P.k[2]; ++rw) {
             const int64_t nw = ow + P.p[2] - rw * P.d[2];
             if (nw % P.s[2] != 0 || nw < 0 || nw / P.s[2] >= P.in[2]) continue;
-            const int64_t xi = ((n * P.Cin + ci) * P.in[0] + nd / P.s[0]) * P.in[1] * P.in[2] +
-                               (nh / P.s[1]) * P.in[2] + nw / P.s[2];
+            const int64_t xi = P.xl.at(n, ci, ((nd / P.s[0]) * P.in[1] + nh / P.s[1]) * P.in[2] + nw / P.s[2]);
             const int64_t wi = ((ci * P.cout_g() + cog) * P.k[0] + rd) * P.k[1] * P.k[2] + rh * P.k[2] + rw;
             acc += double(x[xi]) * double(w[wi]);
           }
         }
       }
     }
-    y[idx] = cast_out<T>(acc);
+    y[P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow)] = cast_out<T>(acc);
   }
 }
 
@@ -78,14 +77,14 @@ __global__ void grad_input_direct_kernel(const T* __restrict__ dy, const T* __re
           for (int64_t rw = 0; rw < P.k[2]; ++rw) {
             const int64_t ow = iw * P.s[2] - P.p[2] + rw * P.d[2];
             if (ow < 0 || ow >= P.out[2]) continue;
-            const int64_t yi = ((n * P.Cout + co) * P.out[0] + od) * P.out[1] * P.out[2] + oh * P.out[2] + ow;
+            const int64_t yi = P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow);
             const int64_t wi = ((ci * P.cout_g() + cog) * P.k[0] + rd) * P.k[1] * P.k[2] + rh * P.k[2] + rw;
             acc += double(dy[yi]) * double(w[wi]);
           }
         }
       }
     }
-    dx[idx] = cast_out<T>(acc);
+    dx[P.xl.at(n, ci, (id * P.in[1] + ih) * P.in[2] + iw)] = cast_out<T>(acc);
   }
 }
 
@@ -112,8 +111,8 @@ __global__ void __launch_bounds__(256) grad_weight_direct_kernel(const T* __rest
     const int64_t oh = ih * P.s[1] - P.p[1] + rh * P.d[1];
     const int64_t ow = iw * P.s[2] - P.p[2] + rw * P.d[2];
     if (od < 0 || od >= P.out[0] || oh < 0 || oh >= P.out[1] || ow < 0 || ow >= P.out[2]) continue;
-    const int64_t xi = (n * P.Cin + ci) * P.in_vol() + (id * P.in[1] + ih) * P.in[2] + iw;
-    const int64_t yi = (n * P.Cout + co) * P.out_vol() + (od * P.out[1] + oh) * P.out[2] + ow;
+    const int64_t xi = P.xl.at(n, ci, (id * P.in[1] + ih) * P.in[2] + iw);
+    const int64_t yi = P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow);
     acc += double(x[xi]) * double(dy[yi]);
   }
   const double sum = block_sum_256(acc);

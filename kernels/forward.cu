@@ -45,7 +45,7 @@ struct FwdGemm {
   };
   struct Row {
     int64_t x_base;  // x offset of (n, channel g*Cin/G, voxel 0)
-    int64_t y_base;  // y offset of (n, channel g*Cout/G, voxel (c + s*j))
+    int64_t y_base;  // y offset of (n, channel g*Cout/G, voxel (c + s*j))  (strides: P.xl, P.yl)
     int j[3];
   };
   struct Col {
@@ -82,12 +82,11 @@ struct FwdGemm {
     r.j[1] = int(m % sb.ph[1].P); m /= sb.ph[1].P;
     r.j[0] = int(m % sb.ph[0].P);
     const int64_t n = m / sb.ph[0].P;
-    r.x_base = (n * P.Cin + int64_t(sb.g) * P.cin_g()) * P.in_vol();
+    r.x_base = P.xl.at(n, int64_t(sb.g) * P.cin_g(), 0);
     const int64_t o0 = sb.ph[0].c + int64_t(P.s[0]) * r.j[0];
     const int64_t o1 = sb.ph[1].c + int64_t(P.s[1]) * r.j[1];
     const int64_t o2 = sb.ph[2].c + int64_t(P.s[2]) * r.j[2];
-    r.y_base = (n * P.Cout + int64_t(sb.g) * P.cout_g()) * P.out_vol() +
-               (o0 * P.out[1] + o1) * P.out[2] + o2;
+    r.y_base = P.yl.at(n, int64_t(sb.g) * P.cout_g(), (o0 * P.out[1] + o1) * P.out[2] + o2);
     return r;
   }
 
@@ -113,7 +112,7 @@ struct FwdGemm {
     if (unsigned(id) >= unsigned(P.in[0]) || unsigned(ih) >= unsigned(P.in[1]) ||
         unsigned(iw) >= unsigned(P.in[2]))
       return 0.f;
-    return float(x[r.x_base + ci * P.in_vol() + (int64_t(id) * P.in[1] + ih) * P.in[2] + iw]);
+    return float(x[r.x_base + ci * P.xl.c + ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v]);
   }
 
   __device__ Col col(const Sub& sb, int64_t n) const {
@@ -134,7 +133,7 @@ struct FwdGemm {
 
   __device__ void store(const Sub& sb, const Row& r, const Col& c, float acc) const {
     if (bias) acc += float(bias[int64_t(sb.g) * P.cout_g() + c.co]);
-    y[r.y_base + int64_t(c.co) * P.out_vol()] = T(acc);
+    y[r.y_base + int64_t(c.co) * P.yl.c] = T(acc);
   }
 };
 

@@ -63,8 +63,8 @@ struct DgradGemm {
     r.o0[0] = id * int(P.s[0]) - int(P.p[0]);
     r.o0[1] = ih * int(P.s[1]) - int(P.p[1]);
     r.o0[2] = iw * int(P.s[2]) - int(P.p[2]);
-    r.dy_base = (n * P.Cout + int64_t(sb.g) * P.cout_g()) * P.out_vol();
-    r.dx_base = (n * P.Cin + int64_t(sb.g) * P.cin_g()) * P.in_vol() + vox;
+    r.dy_base = P.yl.at(n, int64_t(sb.g) * P.cout_g(), 0);
+    r.dx_base = P.xl.at(n, int64_t(sb.g) * P.cin_g(), vox);
     return r;
   }
 
@@ -81,7 +81,7 @@ struct DgradGemm {
     if (unsigned(od) >= unsigned(P.out[0]) || unsigned(oh) >= unsigned(P.out[1]) ||
         unsigned(ow) >= unsigned(P.out[2]))
       return 0.f;
-    return float(dy[r.dy_base + co * P.out_vol() + (int64_t(od) * P.out[1] + oh) * P.out[2] + ow]);
+    return float(dy[r.dy_base + co * P.yl.c + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v]);
   }
 
   __device__ Col col(const Sub& sb, int64_t n) const {
@@ -91,7 +91,7 @@ struct DgradGemm {
   __device__ float b(const Sub&, const Col& c, int64_t k) const { return float(w[c.w_base + k]); }
 
   __device__ void store(const Sub&, const Row& r, const Col& c, float acc) const {
-    dx[r.dx_base + c.ci * P.in_vol()] = T(acc);
+    dx[r.dx_base + c.ci * P.xl.c] = T(acc);
   }
 };
 

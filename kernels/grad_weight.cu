@@ -54,7 +54,7 @@ struct WgradGemm {
     int g, split;
   };
   struct Row {
-    int64_t x_base;  // x offset of (n = 0, channel g*Cin/G + ci, voxel 0)
+    int64_t x_base;  // x offset of (n = 0, channel g*Cin/G + ci, voxel 0)  (strides: P.xl, P.yl)
     int64_t ci;
   };
   struct Col {
@@ -76,13 +76,13 @@ struct WgradGemm {
   }
 
   __device__ Row row(const Sub& sb, int64_t m) const {
-    return Row{(int64_t(sb.g) * P.cin_g() + m) * P.in_vol(), m};
+    return Row{(int64_t(sb.g) * P.cin_g() + m) * P.xl.c, m};
   }
 
   __device__ float a(const Sub&, const Row& r, int64_t k) const {
     const int64_t n = k / P.in_vol();
     const int64_t vox = k - n * P.in_vol();
-    return float(x[n * P.Cin * P.in_vol() + r.x_base + vox]);
+    return float(x[n * P.xl.n + r.x_base + vox * P.xl.v]);
   }
 
   __device__ Col col(const Sub& sb, int64_t nn) const {
@@ -96,7 +96,7 @@ struct WgradGemm {
     c.q[0] = rd * int(P.d[0]) - int(P.p[0]);
     c.q[1] = rh * int(P.d[1]) - int(P.p[1]);
     c.q[2] = rw * int(P.d[2]) - int(P.p[2]);
-    c.dy_base = (int64_t(sb.g) * P.cout_g() + co) * P.out_vol();
+    c.dy_base = (int64_t(sb.g) * P.cout_g() + co) * P.yl.c;
     return c;
   }
 
@@ -113,7 +113,7 @@ struct WgradGemm {
     if (unsigned(od) >= unsigned(P.out[0]) || unsigned(oh) >= unsigned(P.out[1]) ||
         unsigned(ow) >= unsigned(P.out[2]))
       return 0.f;
-    return float(dy[n * P.Cout * P.out_vol() + c.dy_base + (int64_t(od) * P.out[1] + oh) * P.out[2] + ow]);
+    return float(dy[n * P.yl.n + c.dy_base + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v]);
   }
 
   __device__ void store(const Sub& sb, const Row& r, const Col& c, float acc) const {
@@ -185,7 +185,6 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
 
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const T* __restrict__ dy = static_cast<const T*>(prm.dy);
-  const int64_t in_vol = P.in_vol(), out_vol = P.out_vol();
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
@@ -195,7 +194,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
     __syncthreads();  // the previous tile's MMAs are done with xs and xt
-    stage_window<T>(xs, dy + (n * P.Cout + int64_t(g) * cout_g + chunk * kTcBK) * out_vol, out_vol,
+    stage_window<T>(xs, dy + P.yl.at(n, int64_t(g) * cout_g + chunk * kTcBK, 0), P.yl.c, P.yl.v,
                     cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
                     wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
                     {P.out[0], P.out[1], P.out[2]}, prm.round_a);
@@ -206,12 +205,12 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     }
     // x tile: rows = channels, columns = the tile's positions (coalesced both ways)
     {
-      const T* xb = x + (n * P.Cin + int64_t(g) * cin_g) * in_vol + int64_t(jd) * plane;
+      const T* xb = x + P.xl.at(n, int64_t(g) * cin_g, int64_t(jd) * plane);
       float v[MT * 8];
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u, ci = e / kWgBM, p = e % kWgBM;
-        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[int64_t(ci) * in_vol + m0 + p]) : 0.f;
+        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
@@ -308,12 +307,12 @@ __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ 
 // One block per output channel: db[c] = sum over n and voxels of dy[n, c, :].
 template <typename T>
 __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, T* __restrict__ db,
-                                                        int64_t N, int64_t C, int64_t vol) {
+                                                        int64_t N, Layout yl, int64_t vol) {
   const int64_t c = blockIdx.x;
   double acc = 0.0;
   for (int64_t n = 0; n < N; ++n) {
-    const T* row = dy + (n * C + c) * vol;
-    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v]);
+    const T* row = dy + yl.at(n, c, 0);
+    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v * yl.v]);
   }
   const double sum = block_sum_256(acc);
   if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
@@ -439,7 +438,7 @@ template <typename T>
 void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   if (db.numel() == 0) return;
   grad_bias_kernel<T><<<P.Cout, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.Cout, P.out_vol());
+      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.yl, P.out_vol());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

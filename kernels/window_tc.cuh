@@ -69,9 +69,9 @@ struct WinParams {
   void* out;
   Problem P;
   int job;
-  int64_t src_c, out_c;   // channels of src and out (all groups)
   int64_t src_cg, out_cg; // per group: K channels and N channels
   int64_t src_sz[3], out_sz[3];
+  Layout src_l, out_l;    // strides of src and out (common.cuh)
   int nchunks, ntiles;    // ceil(src_cg / 8); n8 tiles of the padded out_cg
   int tiles_per_plane;    // grid.x decode: max over sub-problems of ceil(Ph*Pw / BM)
   int pd_max;             // max over sub-problems of Pd
@@ -89,14 +89,14 @@ inline WinParams win_params(int job, const void* src, const void* bias, void* ou
   prm.out = out;
   prm.P = P;
   prm.job = job;
-  prm.src_c = fwd ? P.Cin : P.Cout;
-  prm.out_c = fwd ? P.Cout : P.Cin;
   prm.src_cg = fwd ? P.cin_g() : P.cout_g();
   prm.out_cg = fwd ? P.cout_g() : P.cin_g();
   for (int e = 0; e < 3; ++e) {
     prm.src_sz[e] = fwd ? P.in[e] : P.out[e];
     prm.out_sz[e] = fwd ? P.out[e] : P.in[e];
   }
+  prm.src_l = fwd ? P.xl : P.yl;
+  prm.out_l = fwd ? P.yl : P.xl;
   return prm;
 }
 
@@ -206,14 +206,15 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, float* __restri
 }
 
 // Stages one 8-channel chunk of the window, xs[(td*R + r)*C + c][ci] (stride RS), from
-// base (channel 0 of the chunk) at depth id0 + td*dstep_d, row wh0 + r, column ww0 + c;
+// base (channel 0 of the chunk; channel stride chan_stride, voxel stride vox_stride) at
+// depth id0 + td*dstep_d, row wh0 + r, column ww0 + c;
 // zero outside src and for channels >= valid_chans. Rows go to warps four at a time and each lane
 // loads up to 4 x 4 elements before storing any: the loads are independent and in flight
 // together (one element per lane per row at a time left a warp waiting on ~70 L2 round
 // trips per chunk, 5x the chunk's MMA time).
 template <typename T>
 __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t chan_stride,
-                                             int valid_chans, int Td, int R, int C, int id0,
+                                             int64_t vox_stride, int valid_chans, int Td, int R, int C, int id0,
                                              int dstep_d, int wh0, int ww0, const int64_t (&src_sz)[3],
                                              bool round_a) {
   constexpr int RS = kTcRowStride, ROWS = 4, COLS = 4;
@@ -229,7 +230,7 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
       const int id = id0 + (pr / R) * dstep_d, ih = wh0 + pr % R;
       const bool ok = row < rows_total && ci < valid_chans && unsigned(id) < unsigned(src_sz[0]) &&
                       unsigned(ih) < unsigned(src_sz[1]);
-      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] : nullptr;
+      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] * vox_stride : nullptr;
       dp[q] = row < rows_total ? xs + pr * C * RS + ci : nullptr;
     }
     for (int c0 = 0; c0 < C; c0 += 32 * COLS) {
@@ -239,7 +240,7 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
 #pragma unroll
         for (int u = 0; u < COLS; ++u) {
           const int iw = ww0 + c0 + lane + 32 * u;
-          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw]) : 0.f;
+          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw * vox_stride]) : 0.f;
         }
 #pragma unroll
       for (int q = 0; q < ROWS; ++q)
@@ -322,13 +323,11 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   }
 
   const T* __restrict__ src = static_cast<const T*>(prm.src);
-  const int64_t HW = prm.src_sz[1] * prm.src_sz[2];
-  const int64_t chan_stride = prm.src_sz[0] * HW;
-  const T* src_g = src + (int64_t(n) * prm.src_c + int64_t(g) * prm.src_cg) * chan_stride;
+  const T* src_g = src + prm.src_l.at(n, int64_t(g) * prm.src_cg, 0);
 
   for (int chunk = 0; taps > 0 && chunk < prm.nchunks; ++chunk) {
     __syncthreads();  // the previous chunk's MMAs are done with xs (and the tap table is built)
-    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * chan_stride, chan_stride,
+    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * prm.src_l.c, prm.src_l.c, prm.src_l.v,
                     int(prm.src_cg - chunk * kTcBK), Td, R, C, jd * wd[0].mult + wd[0].off0,
                     wd[0].dstep, wh0, ww0, prm.src_sz, prm.round_a);
     __syncthreads();
@@ -416,7 +415,6 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int64_t out_vol = prm.out_sz[0] * prm.out_sz[1] * prm.out_sz[2];
 #pragma unroll
   for (int i = 0; i < MI; ++i)
 #pragma unroll
@@ -434,7 +432,7 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
           const int64_t c = int64_t(g) * prm.out_cg + co;
           float v = acc[i][j][h * 2 + e] + (SPLIT3 ? cor[i][j][h * 2 + e] : 0.f);
           if (bias) v += float(bias[c]);
-          out[(int64_t(n) * prm.out_c + c) * out_vol + pos] = T(v);
+          out[prm.out_l.at(n, c, pos)] = T(v);
         }
     }
 #endif
@@ -503,10 +501,12 @@ bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
-  transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
-      w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
-      prm.job, int(nchunks), int(ntiles), mode);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (tblocks > 0) {  // none when the reduction is empty (0 source channels): out = bias
+    transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
+        prm.job, int(nchunks), int(ntiles), mode);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 
   prm.wt_big = wt.data_ptr<float>();
   prm.wt_small = split ? wt.data_ptr<float>() + wt_numel : nullptr;
