@@ -10,6 +10,7 @@ max(useful FLOPs / matmul rate, minimum bytes / copy bandwidth).
     python bench.py                    # every problem
     python bench.py --problem kb58     # one problem
     python bench.py --json out.json    # also write every number
+    python bench.py --unet             # also the U-Net upsampling layers under bf16 autocast
 """
 
 from __future__ import annotations
@@ -207,6 +208,81 @@ def bench_problem(name: str, ceil: dict, warmup: int, reps: int) -> list[dict]:
     return rows
 
 
+# U-Net upsampling layers (issue 6): kernel 2, stride 2, fp32 parameters under bf16 autocast,
+# as a 3D U-Net decoder trains. name: (batch, Cin, Cout, input edge)
+UNET_LAYERS = {"unet_320_256_16": (2, 320, 256, 16), "unet_64_32_64": (2, 64, 32, 64)}
+
+
+def bench_unet(ceil: dict, warmup: int, reps: int) -> list[dict]:
+    rows = []
+    for name, (n, cin, cout, edge) in UNET_LAYERS.items():
+        torch.manual_seed(0)
+        refm = torch.nn.ConvTranspose3d(cin, cout, 2, stride=2).cuda()
+        ours = mn.ConvTranspose3d(cin, cout, 2, stride=2).cuda()
+        ours.load_state_dict(refm.state_dict())
+        x = torch.randn(n, cin, edge, edge, edge, device="cuda")
+        dy = torch.randn(n, cout, 2 * edge, 2 * edge, 2 * edge, device="cuda", dtype=torch.bfloat16)
+        row = {"problem": name, "mode": "autocast-bf16"}
+        # ---- check first ----
+        res = {}
+        for tag, m in (("ref", refm), ("ours", ours)):
+            xg = x.clone().requires_grad_(True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = m(xg)
+            y.backward(dy)
+            res[tag] = (y, xg.grad, m.weight.grad, m.bias.grad)
+        errs = [rel(a, b) for a, b in zip(res["ours"], res["ref"])]
+        row["check_rel_err"] = errs
+        row["correct"] = all(e <= CHECK_TOL["bf16"] for e in errs) and res["ours"][0].dtype == torch.bfloat16
+        del res
+        if not row["correct"]:
+            print(f"  {name}: WRONG RESULT (rel err out/dx/dw/db {errs}); not timed", file=sys.stderr)
+            rows.append(row)
+            continue
+        # ---- then time ----
+        xg = x.clone().requires_grad_(True)
+
+        def fwd(m):
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                m(x)
+
+        def fwd_bwd(m):
+            m.zero_grad(set_to_none=True)
+            xg.grad = None
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = m(xg)
+            y.backward(dy)
+
+        for tag, m in (("ref", refm), ("ours", ours)):
+            row[f"{tag}_fwd_ms"] = time_ms(lambda: fwd(m), warmup, reps)
+            row[f"{tag}_fwdbwd_ms"] = time_ms(lambda: fwd_bwd(m), warmup, max(3, reps // 2))
+        flops = 2.0 * n * cin * cout * edge ** 3 * 8
+        x_b, w_b, y_b = x.numel() * 2, cin * cout * 8 * 2, dy.numel() * 2  # bf16 operands
+        for tag, nflops, nbytes in (("fwd", flops, x_b + w_b + y_b),
+                                    ("fwdbwd", 3 * flops, 2 * (x_b + w_b + y_b) + y_b + x_b + w_b)):
+            floor_ms = max(nflops / (ceil["bf16_tflops"] * 1e9), nbytes / (ceil["copy_gbs"] * 1e6))
+            row[f"{tag}_floor_ms"] = floor_ms
+            row[f"{tag}_speedup"] = row[f"ref_{tag}_ms"] / row[f"ours_{tag}_ms"]
+            row[f"{tag}_roofline_pct"] = 100 * floor_ms / row[f"ours_{tag}_ms"]
+        rows.append(row)
+        del refm, ours, x, xg, dy
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_unet_table(rows: list[dict]) -> None:
+    print("\nU-Net upsampling (kernel 2, stride 2, fp32 parameters, bf16 autocast; floor from bf16 bytes / FLOPs)\n")
+    print("| layer | fwd ref ms | fwd ours ms | vs ref | fwd %roof | f+b ref ms | f+b ours ms | vs ref | f+b %roof |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if not r["correct"]:
+            print(f"| {r['problem']} | WRONG RESULT: rel err {r['check_rel_err']} | not timed |")
+            continue
+        print(f"| {r['problem']} | {r['ref_fwd_ms']:.3f} | {r['ours_fwd_ms']:.3f} | {r['fwd_speedup']:.2f}x | "
+              f"{r['fwd_roofline_pct']:.1f}% | {r['ref_fwdbwd_ms']:.3f} | {r['ours_fwdbwd_ms']:.3f} | "
+              f"{r['fwdbwd_speedup']:.2f}x | {r['fwdbwd_roofline_pct']:.1f}% |")
+
+
 def print_table(rows: list[dict], ceil: dict) -> None:
     print(f"\nGPU: {torch.cuda.get_device_name()}  (torch {torch.__version__})")
     print(f"ceilings: TF32 {ceil['tf32_tflops']:.0f} TFLOP/s, strict fp32 {ceil['fp32_tflops']:.0f}, "
@@ -242,6 +318,8 @@ def main() -> int:
     ap.add_argument("--json", help="write every number to this file")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--unet", action="store_true", help="also time the U-Net upsampling layers")
+    ap.add_argument("--unet-only", action="store_true", help="only the U-Net upsampling layers")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench.py needs a CUDA device", file=sys.stderr)
@@ -249,17 +327,22 @@ def main() -> int:
     t0 = time.time()
     ceil = measure_ceilings()
     print(f"ceilings measured ({time.time() - t0:.1f}s): {ceil}", flush=True)
-    rows = []
-    for name in args.problem or list(ref.PROBLEMS):
+    rows, unet_rows = [], []
+    for name in [] if args.unet_only else (args.problem or list(ref.PROBLEMS)):
         t = time.time()
         rows += bench_problem(name, ceil, args.warmup, args.reps)
         print(f"[{name}] done in {time.time() - t:.1f}s", flush=True)
-    print_table(rows, ceil)
+    if args.unet or args.unet_only:
+        unet_rows = bench_unet(ceil, args.warmup, args.reps)
+    if rows:
+        print_table(rows, ceil)
+    if unet_rows:
+        print_unet_table(unet_rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                       "ceilings": ceil, "rows": rows}, f, indent=1)
-    return 0 if all(r["correct"] for r in rows) else 1
+                       "ceilings": ceil, "rows": rows, "unet_rows": unet_rows}, f, indent=1)
+    return 0 if all(r["correct"] for r in rows + unet_rows) else 1
 
 
 if __name__ == "__main__":

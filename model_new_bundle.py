@@ -32,12 +32,20 @@ _CUDA_SOURCE = r'''#include <torch/extension.h>
 #include <c10/cuda/CUDAException.h>
 #include <cstdint>
 namespace ct3d {
+struct Layout {
+  int64_t n, c, v;
+  __host__ __device__ int64_t at(int64_t n_, int64_t c_, int64_t v_) const {
+    return n_ * n + c_ * c + v_ * v;
+  }
+};
 struct Problem {
   int64_t N, Cin, Cout, G;
   int64_t in[3];
   int64_t out[3];
   int64_t k[3];
   int64_t s[3], p[3], op[3], d[3];
+  Layout xl;
+  Layout yl;
   __host__ __device__ int64_t cin_g() const { return Cin / G; }
   __host__ __device__ int64_t cout_g() const { return Cout / G; }
   __host__ __device__ int64_t in_vol() const { return in[0] * in[1] * in[2]; }
@@ -247,9 +255,9 @@ struct WinParams {
   void* out;
   Problem P;
   int job;
-  int64_t src_c, out_c;
   int64_t src_cg, out_cg;
   int64_t src_sz[3], out_sz[3];
+  Layout src_l, out_l;
   int nchunks, ntiles;
   int tiles_per_plane;
   int pd_max;
@@ -264,14 +272,14 @@ inline WinParams win_params(int job, const void* src, const void* bias, void* ou
   prm.out = out;
   prm.P = P;
   prm.job = job;
-  prm.src_c = fwd ? P.Cin : P.Cout;
-  prm.out_c = fwd ? P.Cout : P.Cin;
   prm.src_cg = fwd ? P.cin_g() : P.cout_g();
   prm.out_cg = fwd ? P.cout_g() : P.cin_g();
   for (int e = 0; e < 3; ++e) {
     prm.src_sz[e] = fwd ? P.in[e] : P.out[e];
     prm.out_sz[e] = fwd ? P.out[e] : P.in[e];
   }
+  prm.src_l = fwd ? P.xl : P.yl;
+  prm.out_l = fwd ? P.yl : P.xl;
   return prm;
 }
 __host__ __device__ inline int win_dims(const Problem& P, int job, int z, WinDim (&wd)[3]) {
@@ -362,7 +370,7 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, float* __restri
 }
 template <typename T>
 __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t chan_stride,
-                                             int valid_chans, int Td, int R, int C, int id0,
+                                             int64_t vox_stride, int valid_chans, int Td, int R, int C, int id0,
                                              int dstep_d, int wh0, int ww0, const int64_t (&src_sz)[3],
                                              bool round_a) {
   constexpr int RS = kTcRowStride, ROWS = 4, COLS = 4;
@@ -378,7 +386,7 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
       const int id = id0 + (pr / R) * dstep_d, ih = wh0 + pr % R;
       const bool ok = row < rows_total && ci < valid_chans && unsigned(id) < unsigned(src_sz[0]) &&
                       unsigned(ih) < unsigned(src_sz[1]);
-      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] : nullptr;
+      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] * vox_stride : nullptr;
       dp[q] = row < rows_total ? xs + pr * C * RS + ci : nullptr;
     }
     for (int c0 = 0; c0 < C; c0 += 32 * COLS) {
@@ -388,7 +396,7 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
 #pragma unroll
         for (int u = 0; u < COLS; ++u) {
           const int iw = ww0 + c0 + lane + 32 * u;
-          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw]) : 0.f;
+          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw * vox_stride]) : 0.f;
         }
 #pragma unroll
       for (int q = 0; q < ROWS; ++q)
@@ -453,12 +461,10 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
     tab[t] = make_int2(int(r * tap_stride), ((td * R + sh) * C + sw) * RS);
   }
   const T* __restrict__ src = static_cast<const T*>(prm.src);
-  const int64_t HW = prm.src_sz[1] * prm.src_sz[2];
-  const int64_t chan_stride = prm.src_sz[0] * HW;
-  const T* src_g = src + (int64_t(n) * prm.src_c + int64_t(g) * prm.src_cg) * chan_stride;
+  const T* src_g = src + prm.src_l.at(n, int64_t(g) * prm.src_cg, 0);
   for (int chunk = 0; taps > 0 && chunk < prm.nchunks; ++chunk) {
     __syncthreads();
-    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * chan_stride, chan_stride,
+    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * prm.src_l.c, prm.src_l.c, prm.src_l.v,
                     int(prm.src_cg - chunk * kTcBK), Td, R, C, jd * wd[0].mult + wd[0].off0,
                     wd[0].dstep, wh0, ww0, prm.src_sz, prm.round_a);
     __syncthreads();
@@ -540,7 +546,6 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int64_t out_vol = prm.out_sz[0] * prm.out_sz[1] * prm.out_sz[2];
 #pragma unroll
   for (int i = 0; i < MI; ++i)
 #pragma unroll
@@ -558,7 +563,7 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
           const int64_t c = int64_t(g) * prm.out_cg + co;
           float v = acc[i][j][h * 2 + e] + (SPLIT3 ? cor[i][j][h * 2 + e] : 0.f);
           if (bias) v += float(bias[c]);
-          out[(int64_t(n) * prm.out_c + c) * out_vol + pos] = T(v);
+          out[prm.out_l.at(n, c, pos)] = T(v);
         }
     }
 #endif
@@ -611,10 +616,12 @@ bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
-  transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
-      w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
-      prm.job, int(nchunks), int(ntiles), mode);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (tblocks > 0) {
+    transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
+        prm.job, int(nchunks), int(ntiles), mode);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   prm.wt_big = wt.data_ptr<float>();
   prm.wt_small = split ? wt.data_ptr<float>() + wt_numel : nullptr;
   prm.nchunks = int(nchunks);
@@ -687,12 +694,11 @@ struct FwdGemm {
     r.j[1] = int(m % sb.ph[1].P); m /= sb.ph[1].P;
     r.j[0] = int(m % sb.ph[0].P);
     const int64_t n = m / sb.ph[0].P;
-    r.x_base = (n * P.Cin + int64_t(sb.g) * P.cin_g()) * P.in_vol();
+    r.x_base = P.xl.at(n, int64_t(sb.g) * P.cin_g(), 0);
     const int64_t o0 = sb.ph[0].c + int64_t(P.s[0]) * r.j[0];
     const int64_t o1 = sb.ph[1].c + int64_t(P.s[1]) * r.j[1];
     const int64_t o2 = sb.ph[2].c + int64_t(P.s[2]) * r.j[2];
-    r.y_base = (n * P.Cout + int64_t(sb.g) * P.cout_g()) * P.out_vol() +
-               (o0 * P.out[1] + o1) * P.out[2] + o2;
+    r.y_base = P.yl.at(n, int64_t(sb.g) * P.cout_g(), (o0 * P.out[1] + o1) * P.out[2] + o2);
     return r;
   }
   __device__ static int64_t decode_k(const Sub& sb, int64_t k, int& td, int& th, int& tw) {
@@ -714,7 +720,7 @@ struct FwdGemm {
     if (unsigned(id) >= unsigned(P.in[0]) || unsigned(ih) >= unsigned(P.in[1]) ||
         unsigned(iw) >= unsigned(P.in[2]))
       return 0.f;
-    return float(x[r.x_base + ci * P.in_vol() + (int64_t(id) * P.in[1] + ih) * P.in[2] + iw]);
+    return float(x[r.x_base + ci * P.xl.c + ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v]);
   }
   __device__ Col col(const Sub& sb, int64_t n) const {
     Col c;
@@ -732,7 +738,7 @@ struct FwdGemm {
   }
   __device__ void store(const Sub& sb, const Row& r, const Col& c, float acc) const {
     if (bias) acc += float(bias[int64_t(sb.g) * P.cout_g() + c.co]);
-    y[r.y_base + int64_t(c.co) * P.out_vol()] = T(acc);
+    y[r.y_base + int64_t(c.co) * P.yl.c] = T(acc);
   }
 };
 template <typename T>
@@ -805,8 +811,8 @@ struct DgradGemm {
     r.o0[0] = id * int(P.s[0]) - int(P.p[0]);
     r.o0[1] = ih * int(P.s[1]) - int(P.p[1]);
     r.o0[2] = iw * int(P.s[2]) - int(P.p[2]);
-    r.dy_base = (n * P.Cout + int64_t(sb.g) * P.cout_g()) * P.out_vol();
-    r.dx_base = (n * P.Cin + int64_t(sb.g) * P.cin_g()) * P.in_vol() + vox;
+    r.dy_base = P.yl.at(n, int64_t(sb.g) * P.cout_g(), 0);
+    r.dx_base = P.xl.at(n, int64_t(sb.g) * P.cin_g(), vox);
     return r;
   }
   __device__ float a(const Sub&, const Row& r, int64_t k) const {
@@ -821,14 +827,14 @@ struct DgradGemm {
     if (unsigned(od) >= unsigned(P.out[0]) || unsigned(oh) >= unsigned(P.out[1]) ||
         unsigned(ow) >= unsigned(P.out[2]))
       return 0.f;
-    return float(dy[r.dy_base + co * P.out_vol() + (int64_t(od) * P.out[1] + oh) * P.out[2] + ow]);
+    return float(dy[r.dy_base + co * P.yl.c + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v]);
   }
   __device__ Col col(const Sub& sb, int64_t n) const {
     return Col{(int64_t(sb.g) * P.cin_g() + n) * P.cout_g() * P.kvol(), n};
   }
   __device__ float b(const Sub&, const Col& c, int64_t k) const { return float(w[c.w_base + k]); }
   __device__ void store(const Sub&, const Row& r, const Col& c, float acc) const {
-    dx[r.dx_base + c.ci * P.in_vol()] = T(acc);
+    dx[r.dx_base + c.ci * P.xl.c] = T(acc);
   }
 };
 template <typename T>
@@ -889,12 +895,12 @@ struct WgradGemm {
     return sb;
   }
   __device__ Row row(const Sub& sb, int64_t m) const {
-    return Row{(int64_t(sb.g) * P.cin_g() + m) * P.in_vol(), m};
+    return Row{(int64_t(sb.g) * P.cin_g() + m) * P.xl.c, m};
   }
   __device__ float a(const Sub&, const Row& r, int64_t k) const {
     const int64_t n = k / P.in_vol();
     const int64_t vox = k - n * P.in_vol();
-    return float(x[n * P.Cin * P.in_vol() + r.x_base + vox]);
+    return float(x[n * P.xl.n + r.x_base + vox * P.xl.v]);
   }
   __device__ Col col(const Sub& sb, int64_t nn) const {
     Col c;
@@ -907,7 +913,7 @@ struct WgradGemm {
     c.q[0] = rd * int(P.d[0]) - int(P.p[0]);
     c.q[1] = rh * int(P.d[1]) - int(P.p[1]);
     c.q[2] = rw * int(P.d[2]) - int(P.p[2]);
-    c.dy_base = (int64_t(sb.g) * P.cout_g() + co) * P.out_vol();
+    c.dy_base = (int64_t(sb.g) * P.cout_g() + co) * P.yl.c;
     return c;
   }
   __device__ float b(const Sub&, const Col& c, int64_t k) const {
@@ -922,7 +928,7 @@ struct WgradGemm {
     if (unsigned(od) >= unsigned(P.out[0]) || unsigned(oh) >= unsigned(P.out[1]) ||
         unsigned(ow) >= unsigned(P.out[2]))
       return 0.f;
-    return float(dy[n * P.Cout * P.out_vol() + c.dy_base + (int64_t(od) * P.out[1] + oh) * P.out[2] + ow]);
+    return float(dy[n * P.yl.n + c.dy_base + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v]);
   }
   __device__ void store(const Sub& sb, const Row& r, const Col& c, float acc) const {
     const int64_t numel = P.Cin * P.cout_g() * P.kvol();
@@ -982,7 +988,6 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
       for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const T* __restrict__ dy = static_cast<const T*>(prm.dy);
-  const int64_t in_vol = P.in_vol(), out_vol = P.out_vol();
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   for (int64_t tile = t_begin; tile < t_end; ++tile) {
@@ -992,7 +997,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
     __syncthreads();
-    stage_window<T>(xs, dy + (n * P.Cout + int64_t(g) * cout_g + chunk * kTcBK) * out_vol, out_vol,
+    stage_window<T>(xs, dy + P.yl.at(n, int64_t(g) * cout_g + chunk * kTcBK, 0), P.yl.c, P.yl.v,
                     cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
                     wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
                     {P.out[0], P.out[1], P.out[2]}, prm.round_a);
@@ -1001,12 +1006,12 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
     }
     {
-      const T* xb = x + (n * P.Cin + int64_t(g) * cin_g) * in_vol + int64_t(jd) * plane;
+      const T* xb = x + P.xl.at(n, int64_t(g) * cin_g, int64_t(jd) * plane);
       float v[MT * 8];
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u, ci = e / kWgBM, p = e % kWgBM;
-        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[int64_t(ci) * in_vol + m0 + p]) : 0.f;
+        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : 0.f;
       }
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
@@ -1093,12 +1098,12 @@ __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ 
 }
 template <typename T>
 __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, T* __restrict__ db,
-                                                        int64_t N, int64_t C, int64_t vol) {
+                                                        int64_t N, Layout yl, int64_t vol) {
   const int64_t c = blockIdx.x;
   double acc = 0.0;
   for (int64_t n = 0; n < N; ++n) {
-    const T* row = dy + (n * C + c) * vol;
-    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v]);
+    const T* row = dy + yl.at(n, c, 0);
+    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v * yl.v]);
   }
   const double sum = block_sum_256(acc);
   if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
@@ -1205,7 +1210,7 @@ template <typename T>
 void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   if (db.numel() == 0) return;
   grad_bias_kernel<T><<<P.Cout, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.Cout, P.out_vol());
+      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.yl, P.out_vol());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 #define CT3D_INSTANTIATE_WGRAD(T)                                                            \
@@ -1247,15 +1252,14 @@ __global__ void forward_direct_kernel(const T* __restrict__ x, const T* __restri
           for (int64_t rw = 0; rw < P.k[2]; ++rw) {
             const int64_t nw = ow + P.p[2] - rw * P.d[2];
             if (nw % P.s[2] != 0 || nw < 0 || nw / P.s[2] >= P.in[2]) continue;
-            const int64_t xi = ((n * P.Cin + ci) * P.in[0] + nd / P.s[0]) * P.in[1] * P.in[2] +
-                               (nh / P.s[1]) * P.in[2] + nw / P.s[2];
+            const int64_t xi = P.xl.at(n, ci, ((nd / P.s[0]) * P.in[1] + nh / P.s[1]) * P.in[2] + nw / P.s[2]);
             const int64_t wi = ((ci * P.cout_g() + cog) * P.k[0] + rd) * P.k[1] * P.k[2] + rh * P.k[2] + rw;
             acc += double(x[xi]) * double(w[wi]);
           }
         }
       }
     }
-    y[idx] = cast_out<T>(acc);
+    y[P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow)] = cast_out<T>(acc);
   }
 }
 template <typename T>
@@ -1283,14 +1287,14 @@ __global__ void grad_input_direct_kernel(const T* __restrict__ dy, const T* __re
           for (int64_t rw = 0; rw < P.k[2]; ++rw) {
             const int64_t ow = iw * P.s[2] - P.p[2] + rw * P.d[2];
             if (ow < 0 || ow >= P.out[2]) continue;
-            const int64_t yi = ((n * P.Cout + co) * P.out[0] + od) * P.out[1] * P.out[2] + oh * P.out[2] + ow;
+            const int64_t yi = P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow);
             const int64_t wi = ((ci * P.cout_g() + cog) * P.k[0] + rd) * P.k[1] * P.k[2] + rh * P.k[2] + rw;
             acc += double(dy[yi]) * double(w[wi]);
           }
         }
       }
     }
-    dx[idx] = cast_out<T>(acc);
+    dx[P.xl.at(n, ci, (id * P.in[1] + ih) * P.in[2] + iw)] = cast_out<T>(acc);
   }
 }
 template <typename T>
@@ -1315,8 +1319,8 @@ __global__ void __launch_bounds__(256) grad_weight_direct_kernel(const T* __rest
     const int64_t oh = ih * P.s[1] - P.p[1] + rh * P.d[1];
     const int64_t ow = iw * P.s[2] - P.p[2] + rw * P.d[2];
     if (od < 0 || od >= P.out[0] || oh < 0 || oh >= P.out[1] || ow < 0 || ow >= P.out[2]) continue;
-    const int64_t xi = (n * P.Cin + ci) * P.in_vol() + (id * P.in[1] + ih) * P.in[2] + iw;
-    const int64_t yi = (n * P.Cout + co) * P.out_vol() + (od * P.out[1] + oh) * P.out[2] + ow;
+    const int64_t xi = P.xl.at(n, ci, (id * P.in[1] + ih) * P.in[2] + iw);
+    const int64_t yi = P.yl.at(n, co, (od * P.out[1] + oh) * P.out[2] + ow);
     acc += double(x[xi]) * double(dy[yi]);
   }
   const double sum = block_sum_256(acc);
@@ -1408,7 +1412,32 @@ Problem make_problem(at::IntArrayRef xs, at::IntArrayRef ws, at::IntArrayRef str
   }
   TORCH_CHECK(P.in_vol() < (int64_t(1) << 31) && P.out_vol() < (int64_t(1) << 31),
               "conv_transpose3d: more than 2^31 voxels in one channel is not supported");
+  P.xl = Layout{P.Cin * P.in_vol(), P.in_vol(), 1};
+  P.yl = Layout{P.Cout * P.out_vol(), P.out_vol(), 1};
   return P;
+}
+static c10::optional<Layout> layout_of(const at::Tensor& t) {
+  const auto sz = t.sizes();
+  const auto st = t.strides();
+  int64_t inner = 1, sv = -1;
+  for (int e = 4; e >= 2; --e) {
+    if (sz[e] == 1) continue;
+    if (sv < 0) sv = st[e];
+    if (st[e] != sv * inner) return c10::nullopt;
+    inner *= sz[e];
+  }
+  return Layout{st[0], st[1], sv < 0 ? 1 : sv};
+}
+static at::Tensor addressable(const at::Tensor& t) {
+  return layout_of(t).has_value() ? t : t.contiguous();
+}
+static at::MemoryFormat suggest_format(const at::Tensor& act, const at::Tensor& w, const Problem& P) {
+  if (act.scalar_type() == at::kDouble) return at::MemoryFormat::Contiguous;
+  for (int e = 0; e < 3; ++e)
+    if (P.op[e] >= P.s[e]) return at::MemoryFormat::Contiguous;
+  const auto cl = at::MemoryFormat::ChannelsLast3d;
+  return act.suggest_memory_format() == cl || w.suggest_memory_format() == cl ? cl
+                                                                               : at::MemoryFormat::Contiguous;
 }
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& like) {
   TORCH_CHECK(t.is_cuda(), "conv_transpose3d: ", name, " must be a CUDA tensor");
@@ -1438,17 +1467,20 @@ at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::option
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                    at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(w_, "weight", x_);
-  const Problem P = make_problem(x_.sizes(), w_.sizes(), stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(x_.sizes(), w_.sizes(), stride, padding, output_padding, dilation, groups);
   c10::cuda::CUDAGuard guard(x_.device());
-  const at::Tensor x = x_.contiguous(), w = w_.contiguous();
+  const at::Tensor x = addressable(x_), w = w_.contiguous();
   at::Tensor bias;
   if (bias_.has_value() && bias_->defined()) {
     check_cuda_tensor(*bias_, "bias", x_);
     TORCH_CHECK(bias_->dim() == 1 && bias_->size(0) == P.Cout, "conv_transpose3d: bias must have ", P.Cout, " elements");
     bias = bias_->contiguous();
   }
-  at::Tensor y = at::empty({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}, x.options());
+  at::Tensor y = at::empty({P.N, P.Cout, P.out[0], P.out[1], P.out[2]},
+                           x.options().memory_format(suggest_format(x_, w_, P)));
   if (y.numel() == 0) return y;
+  P.xl = *layout_of(x);
+  P.yl = *layout_of(y);
   poison(y);
   const at::Tensor* b = bias.defined() ? &bias : nullptr;
   const bool direct = use_direct(x, algo);
@@ -1468,13 +1500,15 @@ at::Tensor grad_input(const at::Tensor& dy_, const at::Tensor& w_, at::IntArrayR
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                       at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(w_, "weight", dy_);
-  const Problem P = make_problem(input_size, w_.sizes(), stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(input_size, w_.sizes(), stride, padding, output_padding, dilation, groups);
   TORCH_CHECK(dy_.sizes() == at::IntArrayRef({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}),
               "conv_transpose3d: grad_output has size ", dy_.sizes(), ", which is not the output size");
   c10::cuda::CUDAGuard guard(dy_.device());
-  const at::Tensor dy = dy_.contiguous(), w = w_.contiguous();
-  at::Tensor dx = at::empty(input_size, dy.options());
+  const at::Tensor dy = addressable(dy_), w = w_.contiguous();
+  at::Tensor dx = at::empty(input_size, dy.options().memory_format(suggest_format(dy_, w_, P)));
   if (dx.numel() == 0) return dx;
+  P.xl = *layout_of(dx);
+  P.yl = *layout_of(dy);
   poison(dx);
   const bool direct = use_direct(dy, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "ct3d_grad_input", [&] {
@@ -1495,11 +1529,13 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
                                          at::IntArrayRef dilation, int64_t groups, bool need_weight,
                                          bool need_bias, bool allow_tf32, int64_t algo) {
   check_cuda_tensor(x_, "input", dy_);
-  const Problem P = make_problem(x_.sizes(), weight_size, stride, padding, output_padding, dilation, groups);
+  Problem P = make_problem(x_.sizes(), weight_size, stride, padding, output_padding, dilation, groups);
   TORCH_CHECK(dy_.sizes() == at::IntArrayRef({P.N, P.Cout, P.out[0], P.out[1], P.out[2]}),
               "conv_transpose3d: grad_output has size ", dy_.sizes(), ", which is not the output size");
   c10::cuda::CUDAGuard guard(dy_.device());
-  const at::Tensor dy = dy_.contiguous(), x = x_.contiguous();
+  const at::Tensor dy = addressable(dy_), x = addressable(x_);
+  if (dy.numel() > 0) P.yl = *layout_of(dy);
+  if (x.numel() > 0) P.xl = *layout_of(x);
   at::Tensor dw = need_weight ? at::empty(weight_size, dy.options()) : at::empty({0}, dy.options());
   at::Tensor db = need_bias ? at::empty({P.Cout}, dy.options()) : at::empty({0}, dy.options());
   poison(dw);
@@ -1529,6 +1565,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 import torch
+import torch._prims_common
 import torch.nn as nn
 from torch import Tensor
 from torch.nn import init
@@ -1541,6 +1578,7 @@ EXTENSION_NAME = 'ct3d_bundle_ext'
 def kernel_sources():
     return (_CPP_SOURCE, _CUDA_SOURCE)
 _ALGOS = {'auto': 0, 'tiled': 1, 'direct': 2, 'tc': 3}
+_AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 _ext = None
 
 def load_extension(verbose: bool=False, extra_include_paths: Sequence[str]=()):
@@ -1598,6 +1636,8 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, o
         raise RuntimeError('dilation should be greater than zero')
     if groups <= 0:
         raise RuntimeError('non-positive groups is not supported')
+    if weight.shape[0] < groups:
+        raise RuntimeError(f'Given groups={groups}, expected weight to be at least {groups} at dimension 0, but got weight of size {list(weight.shape)} instead')
     if weight.shape[0] % groups != 0:
         raise RuntimeError(f'Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, but got weight of size [{list(weight.shape)}] instead')
     if x.shape[1] != weight.shape[0]:
@@ -1607,11 +1647,21 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, o
         raise RuntimeError(f'Given transposed=1, weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {cout} elements, but got bias of size {list(bias.shape)} instead')
     if any((op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation))):
         raise RuntimeError('output padding must be smaller than either stride or dilation, but got output_padding_depth: {} output_padding_height: {} output_padding_width: {} stride_depth: {} stride_height: {} stride_width: {} dilation_depth: {} dilation_height: {} dilation_width: {}'.format(*output_padding, *stride, *dilation))
+    if any((e == 0 for e in x.shape[2:])):
+        raise RuntimeError(f'Only zero batch or zero channel inputs are supported, but got input shape: {list(x.shape)}')
     out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
     if any((o <= 0 for o in out)):
         raise RuntimeError('Given input size per channel: ({}). Calculated output size per channel: ({}). Output size is too small'.format(' x '.join(map(str, x.shape[2:])), ' x '.join(map(str, out))))
     if x.device.type not in ('cuda', 'meta'):
         raise RuntimeError(f'conv_transpose3d: our kernels run on CUDA tensors only, but the input is on {x.device}. Move the module and its input to a CUDA device (.cuda()).')
+
+def suggest_format(act: Tensor, weight: Tensor, stride, output_padding) -> torch.memory_format:
+    if act.dtype == torch.float64 or any((op >= s for op, s in zip(output_padding, stride))):
+        return torch.contiguous_format
+    suggest = torch._prims_common.suggest_memory_format
+    if torch.channels_last_3d in (suggest(act), suggest(weight)):
+        return torch.channels_last_3d
+    return torch.contiguous_format
 
 def _extension():
     if _ext is None:
@@ -1631,7 +1681,7 @@ else:
     @_conv_transpose3d_op.register_fake
     def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):
         out = output_size(x.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
-        return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+        return torch.empty((x.shape[0], weight.shape[1] * groups, *out), dtype=x.dtype, device=x.device, memory_format=suggest_format(x, weight, stride, output_padding))
 
     @torch.library.custom_op(f'{OP_NAMESPACE}::conv_transpose3d_grad_input', mutates_args=())
     def _grad_input_op(grad_out: Tensor, weight: Tensor, input_size: list[int], stride: list[int], padding: list[int], output_padding: list[int], dilation: list[int], groups: int, algo: int) -> Tensor:
@@ -1639,7 +1689,7 @@ else:
 
     @_grad_input_op.register_fake
     def _(grad_out, weight, input_size, stride, padding, output_padding, dilation, groups, algo):
-        return grad_out.new_empty(input_size)
+        return torch.empty(input_size, dtype=grad_out.dtype, device=grad_out.device, memory_format=suggest_format(grad_out, weight, stride, output_padding))
 
     @torch.library.custom_op(f'{OP_NAMESPACE}::conv_transpose3d_grad_weight_bias', mutates_args=())
     def _grad_weight_bias_op(grad_out: Tensor, x: Tensor, weight_size: list[int], stride: list[int], padding: list[int], output_padding: list[int], dilation: list[int], groups: int, need_weight: bool, need_bias: bool, algo: int) -> tuple[Tensor, Tensor]:
@@ -1679,6 +1729,9 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor]=None, str
     output_padding, dilation = (_triple(output_padding, 'output_padding'), _triple(dilation, 'dilation'))
     if algo not in _ALGOS:
         raise ValueError(f'algo must be one of {sorted(_ALGOS)}, got {algo!r}')
+    if x.device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
+        low = torch.get_autocast_dtype('cuda')
+        x, weight, bias = (t.to(low) if t is not None and t.dtype in _AUTOCAST_CASTS else t for t in (x, weight, bias))
     unbatched = x.dim() == 4
     if unbatched:
         x = x.unsqueeze(0)

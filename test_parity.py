@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -459,6 +460,254 @@ def test_cpu_tensor_and_device_mismatch_errors():
         m(torch.randn(1, 2, 2, 2, 2))
     with pytest.raises(RuntimeError, match="should be the same"):
         m.cuda()(torch.randn(1, 2, 2, 2, 2))
+
+
+# ========================================================================================
+# GPU tests: what training code throws at the module (layouts, autocast, CUDA graphs,
+# devices, large tensors, zero sizes, fuzzing)
+# ========================================================================================
+@gpu
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16", "fp64"])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice", "strided_w"])
+@pytest.mark.parametrize("case", ["unet_up", "asymmetric", "groups_bias", "output_padding_dilation",
+                                  "wide_cout", "stride2_dilation2"])
+def test_layouts(case, layout, mode):
+    """Output and all three gradients in every memory layout; the output's strides are
+    PyTorch's (checked inside check_against_truth)."""
+    check_against_truth(EDGE_CASES[case], mode, layout=layout)
+
+
+@gpu
+@pytest.mark.parametrize("algo", ["tiled", "direct"])
+@pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
+def test_layouts_other_kernel_families(algo, layout):
+    for case in ("asymmetric", "groups_bias", "long_k"):
+        check_against_truth(EDGE_CASES[case], "fp32_strict", algo=algo, layout=layout)
+
+
+@gpu
+def test_channels_last_input_is_not_copied():
+    """A channels_last_3d input is read in place: the forward allocates the output (and the
+    small rearranged weight), not a copy of the input."""
+    cl = torch.channels_last_3d
+    m = mn.ConvTranspose3d(32, 8, 1).cuda().to(memory_format=cl)
+    x = torch.randn(2, 32, 32, 32, 32, device="cuda").contiguous(memory_format=cl)  # 8 MiB
+    with torch.no_grad():
+        m(x)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        y = m(x)
+        torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert y.is_contiguous(memory_format=cl)
+    assert extra < y.numel() * 4 + (1 << 20), f"{extra / 2**20:.1f} MiB allocated: the input was copied"
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast(dtype):
+    """Under torch.autocast the op runs in the autocast dtype, as PyTorch's convolution does:
+    output in that dtype, fp32 parameters get fp32 gradients; fp64 is left alone."""
+    torch.manual_seed(0)
+    refm = nn.ConvTranspose3d(16, 8, 2, stride=2, bias=True).cuda()
+    ours = mn.ConvTranspose3d(16, 8, 2, stride=2, bias=True).cuda()
+    ours.load_state_dict(refm.state_dict())
+    x = torch.randn(2, 16, 6, 7, 8, device="cuda")
+    dy = torch.randn(2, 8, 12, 14, 16, device="cuda")
+    res = []
+    for m in (refm, ours):
+        xx = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", dtype=dtype):
+            y = m(xx)
+        y.backward(dy.to(y.dtype))
+        res.append((y, xx.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*res):
+        assert a.dtype == b.dtype, (a.dtype, b.dtype)
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-2 * a.abs().max().item(), rtol=2e-2)
+    assert res[0][0].dtype == dtype and res[1][2].dtype == torch.float32
+    with torch.autocast("cuda", dtype=dtype):
+        assert ours.double()(x.double()).dtype == torch.float64
+
+
+def _fresh_like(m):
+    c = mn.ConvTranspose3d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                           m.output_padding, m.groups, m.bias is not None, m.dilation).cuda()
+    c.load_state_dict(m.state_dict())
+    return c
+
+
+@gpu
+def test_cuda_graph_capture_and_replay():
+    """Forward and backward captured in a CUDA graph and replayed on new data give the same
+    bits as eager runs (no host sync, allocations from PyTorch's allocator, current stream)."""
+    torch.manual_seed(0)
+    m = mn.ConvTranspose3d(8, 12, 3, stride=2, padding=1, output_padding=1, bias=True).cuda()
+    static_x = torch.randn(2, 8, 5, 6, 7, device="cuda", requires_grad=True)
+    static_dy = torch.randn(2, 12, 10, 12, 14, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as PyTorch's docs do
+        for _ in range(2):
+            m.zero_grad(set_to_none=True)
+            static_x.grad = None
+            m(static_x).backward(static_dy)
+    torch.cuda.current_stream().wait_stream(side)
+    m.zero_grad(set_to_none=True)
+    static_x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = m(static_x)
+        static_y.backward(static_dy)
+    for _ in range(3):
+        with torch.no_grad():
+            static_x.copy_(torch.randn_like(static_x))
+            static_dy.copy_(torch.randn_like(static_dy))
+        graph.replay()
+        torch.cuda.synchronize()
+        e = _fresh_like(m)
+        x = static_x.detach().clone().requires_grad_(True)
+        y = e(x)
+        y.backward(static_dy)
+        for got, want in ((static_y, y), (static_x.grad, x.grad), (m.weight.grad, e.weight.grad),
+                          (m.bias.grad, e.bias.grad)):
+            assert torch.equal(got, want)
+
+
+@gpu
+def test_compile_reduce_overhead():
+    """torch.compile(mode="reduce-overhead") (CUDA graphs under the hood), forward and backward."""
+    torch.manual_seed(0)
+    m = mn.ModelNew(4, 6, (3, 2, 3), (2, 1, 2), (1, 0, 1), (1, 0, 0), 2, True).cuda()
+    e = mn.ModelNew(4, 6, (3, 2, 3), (2, 1, 2), (1, 0, 1), (1, 0, 0), 2, True).cuda()
+    e.load_state_dict(m.state_dict())
+    compiled = torch.compile(m, mode="reduce-overhead", fullgraph=True)
+    for _ in range(4):
+        x = torch.randn(2, 4, 3, 4, 5, device="cuda")
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya = compiled(xa)
+        yb = e(xb)
+        torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+        dy = torch.randn_like(yb)
+        ya.backward(dy)
+        yb.backward(dy)
+        torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+
+
+two_gpus = pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2,
+                              reason="needs two CUDA devices (device index 1, DDP)")
+
+
+@two_gpus
+def test_device_index_1():
+    """Tensors on cuda:1 while the current device is cuda:0: the kernels run on cuda:1."""
+    torch.manual_seed(0)
+    with torch.cuda.device(0), tf32(False):
+        refm = nn.ConvTranspose3d(6, 4, 3, stride=2, padding=1, bias=True).to("cuda:1")
+        ours = mn.ConvTranspose3d(6, 4, 3, stride=2, padding=1, bias=True).to("cuda:1")
+        ours.load_state_dict(refm.state_dict())
+        x = torch.randn(2, 6, 4, 5, 6, device="cuda:1")
+        dy = torch.randn(refm(x).shape, device="cuda:1")
+        got, exp = run_module(ours, x, dy), run_module(refm, x, dy)
+        assert torch.cuda.current_device() == 0
+    for a, b in zip(got, exp):
+        assert a.device == torch.device("cuda:1")
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@two_gpus
+def test_distributed_data_parallel():
+    """Two processes, one GPU each, DDP over NCCL: the averaged gradients equal those of
+    the reference module on the whole batch (scripts/ddp_check.py)."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "ddp_check.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "DDP-OK" in r.stdout, r.stdout[-3000:] + r.stderr[-6000:]
+
+
+@gpu
+@pytest.mark.skipif(HAS_CUDA and torch.cuda.get_device_properties(0).total_memory < 40 * 2**30,
+                    reason="needs a GPU with 40 GiB or more")
+def test_output_above_2_pow_31_elements():
+    """A bf16 output of 2.2e9 elements (> 2^31), forward and backward. Channel slices are
+    checked against the reference run on just those channels; gradients against the sum of
+    the reference's gradients over channel chunks (no tensor of the reference exceeds 2^31)."""
+    torch.manual_seed(0)
+    cout, bf = 264, torch.bfloat16
+    m = mn.ConvTranspose3d(4, cout, 2, stride=2, bias=True).cuda().to(bf)
+    x = torch.randn(1, 4, 64, 128, 128, device="cuda", dtype=bf, requires_grad=True)
+    y = m(x)
+    assert y.numel() > 2 ** 31
+    w, b = m.weight.detach(), m.bias.detach()
+    for sl in (slice(0, 8), slice(cout - 8, cout)):  # the last channels sit past 2^31
+        want = F.conv_transpose3d(x.detach(), w[:, sl], b[sl], stride=2)
+        torch.testing.assert_close(y[:, sl], want, atol=1e-2, rtol=1e-2)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    del y
+    dx = torch.zeros(x.shape, device="cuda")
+    for c0 in range(0, cout, 66):
+        sl = slice(c0, c0 + 66)
+        xr = x.detach().clone().requires_grad_(True)
+        wr = w[:, sl].clone().requires_grad_(True)
+        gx, gw = torch.autograd.grad(F.conv_transpose3d(xr, wr, None, stride=2), (xr, wr), dy[:, sl])
+        dx += gx.float()
+        torch.testing.assert_close(m.weight.grad[:, sl].float(), gw.float(),
+                                   atol=2e-2 * gw.abs().max().item(), rtol=2e-2)
+    torch.testing.assert_close(x.grad.float(), dx, atol=2e-2 * dx.abs().max().item(), rtol=2e-2)
+    db = dy.float().sum(dim=(0, 2, 3, 4))
+    torch.testing.assert_close(m.bias.grad.float(), db, atol=2e-2 * db.abs().max().item(), rtol=2e-2)
+
+
+ZERO_CASES = {
+    # batch 0: empty output and input gradient, zero weight and bias gradients
+    "batch0": ((0, 4, 3, 4, 5), (4, 6, 3), {}),
+    # no output channels: an empty output, a zero input gradient
+    "cout0": ((2, 4, 3, 4, 5), (4, 0, 3), {}),
+    # batch 0 with stride, groups and channels_last
+    "batch0_strided_groups": ((0, 4, 3, 4, 5), (4, 6, 3), dict(stride=2, groups=2)),
+    # a zero spatial size: PyTorch raises, so must we
+    "depth0": ((1, 4, 0, 4, 5), (4, 6, 3), {}),
+}
+
+
+@gpu
+@pytest.mark.parametrize("case", list(ZERO_CASES))
+def test_zero_sizes(case):
+    xs, margs, kw = ZERO_CASES[case]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore")
+        refm = nn.ConvTranspose3d(*margs, bias=True, **kw).cuda()
+        ours = mn.ConvTranspose3d(*margs, bias=True, **kw).cuda()
+    ours.load_state_dict(refm.state_dict())
+    x = torch.randn(xs, device="cuda")
+    outcome = []
+    for m in (refm, ours):
+        xx = x.clone().requires_grad_(True)
+        try:
+            y = m(xx)
+        except RuntimeError as err:
+            outcome.append(("error", str(err).split("\n")[0]))
+            continue
+        y.backward(torch.randn_like(y))
+        outcome.append(("ok", y, xx.grad, m.weight.grad, m.bias.grad))
+    assert outcome[0][0] == outcome[1][0], outcome
+    if outcome[0][0] == "error":
+        assert outcome[1][1] == outcome[0][1]
+        return
+    for a, b in zip(outcome[0][1:], outcome[1][1:]):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+@gpu
+def test_fuzz_short():
+    """The short version of scripts/fuzz.py: random configurations, dtypes, modes, layouts
+    and kernel families against a float64 ground truth."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import fuzz
+    mismatches = fuzz.run(count=80, seed=20261122)
+    assert not mismatches, "\n".join(m["repro"] + "\n  " + m["error"] for m in mismatches[:5])
 
 
 # ========================================================================================

@@ -6,6 +6,7 @@ TF32 (relative L2 error ~1e-4) or exact (~1e-7); it also records the kernel name
 Writes one JSON line per configuration. Needs a GPU; calls PyTorch's convolution on purpose.
 """
 import json
+import math
 import random
 import sys
 
@@ -51,6 +52,20 @@ def random_cfg(rng):
     return dict(n=rng.randint(1, 4), cin=cin, cout=cout, k=k, s=s, p=p, op=op, d=d, g=g, sp=sp)
 
 
+def large_cfg(rng):
+    """KernelBench-scale shapes: batch 4-16, 16-64 channels, 8-48 voxels an edge."""
+    g = rng.choice([1, 1, 1, 2, 4, 8])
+    cin = rng.choice([16, 32, 48, 64])
+    cout = rng.choice([16, 32, 48, 64])
+    k = tuple(rng.choice([2, 3, 3, 5]) for _ in range(3))
+    s = tuple(rng.choice([1, 1, 2]) for _ in range(3))
+    d = tuple(rng.choice([1, 1, 1, 2]) for _ in range(3))
+    p = tuple(rng.randint(0, (d[i] * (k[i] - 1)) // 2) for i in range(3))
+    op = tuple(rng.randint(0, max(s[i], d[i]) - 1) if rng.random() < 0.3 else 0 for i in range(3))
+    sp = tuple(rng.choice([8, 16, 24, 32, 48]) for _ in range(3))
+    return dict(n=rng.choice([4, 8, 16]), cin=cin, cout=cout, k=k, s=s, p=p, op=op, d=d, g=g, sp=sp)
+
+
 NAMED = [
     dict(name="kb58", n=16, cin=32, cout=16, k=(3, 5, 7), s=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), d=(1, 1, 1), g=1, sp=(16, 32, 64)),
     dict(name="kb61", n=8, cin=48, cout=48, k=(3, 3, 3), s=(1, 1, 1), p=(0, 0, 0), op=(0, 0, 0), d=(1, 1, 1), g=1, sp=(64, 64, 64)),
@@ -64,6 +79,16 @@ NAMED = [
 
 if __name__ == "__main__":
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    if len(sys.argv) > 2 and sys.argv[2] == "--large":
+        rng = random.Random(1)
+        torch.manual_seed(1)
+        for i in range(count):
+            cfg = large_cfg(rng)
+            vox = cfg["n"] * cfg["cout"] * 8 * math.prod(cfg["sp"]) * max(cfg["s"]) ** 3
+            if vox > 4e8:  # keep each case quick (the fp64 reference is slow)
+                continue
+            print(json.dumps(classify(cfg, i < 40)), flush=True)
+        sys.exit(0)
     rng = random.Random(0)
     torch.manual_seed(0)
     for cfg in NAMED:
