@@ -118,7 +118,7 @@ struct TileCfg {
 using TileWide = TileCfg<64, 64, 16, 4, 4>;
 using TileNarrow = TileCfg<128, 16, 16, 4, 2>;
 template <class Cfg, class Gemm>
-__global__ void __launch_bounds__(256) igemm_ffma_kernel(const Gemm gemm, bool tf32) {
+__global__ void __launch_bounds__(256, Gemm::kMinBlocks) igemm_ffma_kernel(const Gemm gemm, bool tf32) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   const auto sub = gemm.sub(blockIdx.z);
   const int64_t m0 = int64_t(blockIdx.x) * BM;
@@ -241,7 +241,6 @@ namespace ct3d {
 constexpr int kTcBK = 8;
 constexpr int kTcRowStride = 12;
 constexpr int kFlushTaps = 8;
-constexpr int64_t kExactK = 256;
 enum WinJob : int { kJobForward = 0, kJobGradInput = 1 };
 enum WeightMode : int { kWeightExact = 0, kWeightTf32 = 1, kWeightSplit = 2 };
 struct WinDim {
@@ -610,7 +609,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
   const int64_t nchunks = (prm.src_cg + kTcBK - 1) / kTcBK;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
   const bool fp32 = std::is_same<T, float>::value;
-  const bool split = fp32 && (!tf32 || prm.src_cg * max_taps <= kExactK);
+  const bool split = fp32 && !tf32;
   const int mode = !fp32 ? kWeightExact : split ? kWeightSplit : kWeightTf32;
   const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));
@@ -647,6 +646,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
 namespace ct3d {
 template <typename T>
 struct FwdGemm {
+  static constexpr int kMinBlocks = 1;
   const T* x;
   const T* w;
   const T* bias;
@@ -720,7 +720,8 @@ struct FwdGemm {
     if (unsigned(id) >= unsigned(P.in[0]) || unsigned(ih) >= unsigned(P.in[1]) ||
         unsigned(iw) >= unsigned(P.in[2]))
       return 0.f;
-    return float(x[r.x_base + ci * P.xl.c + ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v]);
+    const int vox = (id * int(P.in[1]) + ih) * int(P.in[2]) + iw;
+    return float(x[r.x_base + ci * P.xl.c + vox * P.xl.v]);
   }
   __device__ Col col(const Sub& sb, int64_t n) const {
     Col c;
@@ -775,6 +776,7 @@ template void forward_tiled<at::BFloat16>(const at::Tensor&, const at::Tensor&, 
 namespace ct3d {
 template <typename T>
 struct DgradGemm {
+  static constexpr int kMinBlocks = 2;
   const T* dy;
   const T* w;
   T* dx;
@@ -864,6 +866,7 @@ namespace ct3d {
 constexpr int kMaxSplits = 32;
 template <typename T>
 struct WgradGemm {
+  static constexpr int kMinBlocks = 2;
   const T* x;
   const T* dy;
   float* ws;
@@ -1613,6 +1616,13 @@ def tf32_allowed() -> bool:
         return False
     return bool(torch._C._get_cudnn_allow_tf32())
 
+def forward_tf32(groups: int, stride, output_padding) -> bool:
+    if not tf32_allowed():
+        return False
+    if any((op >= s for op, s in zip(output_padding, stride))):
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return groups == 1
+
 def output_size(in_size: Sequence[int], kernel: Sequence[int], stride, padding, output_padding, dilation) -> list[int]:
     return [(i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, k, s, p, op, d in zip(in_size, kernel, stride, padding, output_padding, dilation)]
 
@@ -1643,6 +1653,8 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, o
     if x.shape[1] != weight.shape[0]:
         raise RuntimeError(f'Given transposed=1, weight of size {list(weight.shape)}, expected input{list(x.shape)} to have {weight.shape[0]} channels, but got {x.shape[1]} channels instead')
     cout = weight.shape[1] * groups
+    if cout == 0:
+        raise RuntimeError(f"conv_transpose3d: weight of size {list(weight.shape)} has no output channels; PyTorch's ConvTranspose3d rejects that too")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
         raise RuntimeError(f'Given transposed=1, weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {cout} elements, but got bias of size {list(bias.shape)} instead')
     if any((op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation))):
@@ -1676,7 +1688,7 @@ else:
 
     @torch.library.custom_op(f'{OP_NAMESPACE}::conv_transpose3d', mutates_args=())
     def _conv_transpose3d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int], output_padding: list[int], dilation: list[int], groups: int, algo: int) -> Tensor:
-        return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation, groups, tf32_allowed(), algo)
+        return _extension().forward(x, weight, bias, stride, padding, output_padding, dilation, groups, forward_tf32(groups, stride, output_padding), algo)
 
     @_conv_transpose3d_op.register_fake
     def _(x, weight, bias, stride, padding, output_padding, dilation, groups, algo):

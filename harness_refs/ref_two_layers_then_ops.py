@@ -15,8 +15,8 @@ class Model(nn.Module):
 
 
 def get_inputs():
-    return [torch.rand(2, 16, 4, 5, 6)]
+    return [torch.rand(4, 32, 8, 10, 12)]
 
 
 def get_init_inputs():
-    return [16, 12, 8]
+    return [32, 32, 16]

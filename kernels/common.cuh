@@ -150,7 +150,8 @@ __device__ __forceinline__ double block_sum_256(double v) {
 //   Col  col(const Sub&, int64_t n)        per-column state
 //   float b(const Sub&, const Col&, int64_t k)      B element
 //   void store(const Sub&, const Row&, const Col&, float acc)
-// Sub has members M, Nn, k_begin, k_end.
+// Sub has members M, Nn, k_begin, k_end. kMinBlocks: blocks per SM the registers must allow
+// (2 caps them at 128; the forward's gather needs more, so it asks for 1 rather than spill).
 //
 // Tile: BM x BN outputs per block of 256 threads, BK deep, two shared-memory
 // buffers with the next tile prefetched into registers while the current one
@@ -173,7 +174,7 @@ using TileWide = TileCfg<64, 64, 16, 4, 4>;     // GEMM N > 16
 using TileNarrow = TileCfg<128, 16, 16, 4, 2>;  // GEMM N <= 16 (few channels, many groups)
 
 template <class Cfg, class Gemm>
-__global__ void __launch_bounds__(256) igemm_ffma_kernel(const Gemm gemm, bool tf32) {
+__global__ void __launch_bounds__(256, Gemm::kMinBlocks) igemm_ffma_kernel(const Gemm gemm, bool tf32) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
   const auto sub = gemm.sub(blockIdx.z);
   const int64_t m0 = int64_t(blockIdx.x) * BM;

@@ -32,6 +32,7 @@ namespace ct3d {
 // ============================================================================
 template <typename T>
 struct FwdGemm {
+  static constexpr int kMinBlocks = 1;  // see igemm_ffma_kernel
   const T* x;
   const T* w;
   const T* bias;  // may be null
@@ -112,7 +113,8 @@ struct FwdGemm {
     if (unsigned(id) >= unsigned(P.in[0]) || unsigned(ih) >= unsigned(P.in[1]) ||
         unsigned(iw) >= unsigned(P.in[2]))
       return 0.f;
-    return float(x[r.x_base + ci * P.xl.c + ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v]);
+    const int vox = (id * int(P.in[1]) + ih) * int(P.in[2]) + iw;  // < 2^31 (make_problem)
+    return float(x[r.x_base + ci * P.xl.c + vox * P.xl.v]);
   }
 
   __device__ Col col(const Sub& sb, int64_t n) const {

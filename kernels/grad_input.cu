@@ -24,6 +24,7 @@ namespace ct3d {
 // ============================================================================
 template <typename T>
 struct DgradGemm {
+  static constexpr int kMinBlocks = 2;  // see igemm_ffma_kernel
   const T* dy;
   const T* w;
   T* dx;

@@ -42,6 +42,7 @@ constexpr int kMaxSplits = 32;
 // ============================================================================
 template <typename T>
 struct WgradGemm {
+  static constexpr int kMinBlocks = 2;  // see igemm_ffma_kernel
   const T* x;
   const T* dy;
   float* ws;  // [S, numel(dw)]

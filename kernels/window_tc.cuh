@@ -46,7 +46,6 @@ namespace ct3d {
 constexpr int kTcBK = 8;          // source channels per staged window (one k8 MMA step)
 constexpr int kTcRowStride = 12;  // floats per window position (8 channels + 4 pad)
 constexpr int kFlushTaps = 8;     // 3xTF32: taps between flushes of the big*big MMA chain
-constexpr int64_t kExactK = 256;  // reductions this short use 3xTF32 even in TF32 mode
 
 enum WinJob : int { kJobForward = 0, kJobGradInput = 1 };
 enum WeightMode : int { kWeightExact = 0, kWeightTf32 = 1, kWeightSplit = 2 };
@@ -490,12 +489,10 @@ bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
 
   const int64_t nchunks = (prm.src_cg + kTcBK - 1) / kTcBK;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
-  // Short reductions (K = source channels x taps <= kExactK) are bound by data movement,
-  // not MMAs: they take 3xTF32 even where TF32 is allowed, as accurate as strict fp32 (the
-  // contract allows more precision than TF32; cuDNN, too, picks an exact algorithm on
-  // such shapes, and harnesses compare against it with allclose(1e-4)).
+  // fp32: TF32 where the caller allows it, else 3xTF32 (the Python layer decides; it also
+  // asks for exact results on the shapes where PyTorch computes exactly under TF32).
   const bool fp32 = std::is_same<T, float>::value;
-  const bool split = fp32 && (!tf32 || prm.src_cg * max_taps <= kExactK);
+  const bool split = fp32 && !tf32;
   const int mode = !fp32 ? kWeightExact : split ? kWeightSplit : kWeightTf32;
   const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));

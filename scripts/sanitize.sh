@@ -14,9 +14,7 @@ python3 -c "import model_new" || exit 2
 export PYTORCH_NO_CUDA_MEMORY_CACHING=1
 status=0
 for tool in memcheck racecheck initcheck; do
-  extra=""
-  [ "$tool" = initcheck ] && extra="--track-unused-memory=no"
-  "$SAN" --tool "$tool" $extra --error-exitcode 99 --print-limit 50 \
+  "$SAN" --tool "$tool" --error-exitcode 99 --print-limit 50 \
       python3 scripts/sanitize_cases.py > "$OUT/sanitize_$tool.log" 2>&1
   rc=$?
   summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize_$tool.log" | tail -1)

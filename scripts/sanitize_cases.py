@@ -6,7 +6,7 @@ each tile width (BN 16/32/64) and precision (TF32, 3xTF32, fp16, bf16), stride p
 dilation, groups; the FFMA tiled kernels (narrow and wide tiles); the direct kernels (fp64
 and others); grad weight on tensor cores (MT 1/2/4, TF32 and 3xTF32) and its FFMA fallback
 (Cin/G > 64); grad bias, the split-K sum, the weight transform; channels_last_3d and
-channel-sliced inputs; zero-size batch and output channels. Prints SANITIZE-CASES-OK.
+channel-sliced inputs; batch 0. Prints SANITIZE-CASES-OK.
 
     compute-sanitizer --tool memcheck python scripts/sanitize_cases.py   (scripts/sanitize.sh)
 """
@@ -67,9 +67,8 @@ def main() -> int:
         run(*case, torch.float32, False, "auto", "channel_slice")
         n += 6
     run("batch0", 4, 6, 3, 2, 0, 0, 1, 1, (2, 3, 4), 0, torch.float32, True, "auto", "contiguous")
-    run("cout0", 4, 0, 3, 1, 0, 0, 1, 1, (2, 3, 4), 2, torch.float32, True, "auto", "contiguous")
     torch.cuda.synchronize()
-    print(f"SANITIZE-CASES-OK {n + 2} runs")
+    print(f"SANITIZE-CASES-OK {n + 1} runs")
     return 0
 
 
