@@ -1653,8 +1653,6 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, o
     if x.shape[1] != weight.shape[0]:
         raise RuntimeError(f'Given transposed=1, weight of size {list(weight.shape)}, expected input{list(x.shape)} to have {weight.shape[0]} channels, but got {x.shape[1]} channels instead')
     cout = weight.shape[1] * groups
-    if cout == 0:
-        raise RuntimeError(f"conv_transpose3d: weight of size {list(weight.shape)} has no output channels; PyTorch's ConvTranspose3d rejects that too")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] != cout):
         raise RuntimeError(f'Given transposed=1, weight of size {list(weight.shape)}, expected bias to be 1-dimensional with {cout} elements, but got bias of size {list(bias.shape)} instead')
     if any((op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation))):
