@@ -611,8 +611,7 @@ def test_compile_reduce_overhead():
     e.load_state_dict(m.state_dict())
     compiled = torch.compile(m, mode="reduce-overhead", fullgraph=True)
     dy_shape = e(torch.randn(2, 4, 3, 4, 5, device="cuda")).shape
-    for _ in range(4):  # a training loop as PyTorch's docs write it
-        torch.compiler.cudagraph_mark_step_begin()
+    for _ in range(4):  # a training loop: each backward ends a cudagraph-trees iteration
         x = torch.randn(2, 4, 3, 4, 5, device="cuda")
         dy = torch.randn(dy_shape, device="cuda")
         xa = x.clone().requires_grad_(True)
