@@ -69,8 +69,9 @@ def repro_line(case: dict) -> str:
     return f"python scripts/fuzz.py --repro '{json.dumps(case)}'"
 
 
-def run(count: int, seed: int, log=None) -> list[dict]:
-    """Runs count random cases; returns the mismatches (case, error, repro line)."""
+def run(count: int, seed: int, log=None, tally: dict | None = None) -> list[dict]:
+    """Runs count random cases; returns the mismatches (case, error, repro line). tally, if
+    given, counts the cases per mode and per layout."""
     import model_new as mn
     mn.load_extension().set_poison(True)  # unwritten outputs stay NaN and fail the checks
     rng = random.Random(seed)
@@ -78,6 +79,9 @@ def run(count: int, seed: int, log=None) -> list[dict]:
     t0 = time.time()
     for i in range(count):
         case = fuzz_case(rng)
+        if tally is not None:
+            for key in (case["mode"], case["layout"]):
+                tally[key] = tally.get(key, 0) + 1
         try:
             run_case(case)
         except Exception as err:  # a failed check or an error: report it, keep going
@@ -112,23 +116,12 @@ def main() -> int:
         print("case passes")
         return 0
     t0 = time.time()
-    mismatches = run(args.count, args.seed, log=sys.stdout)
-    modes = {}
-    rng = random.Random(args.seed)
-    for _ in range(args.count):
-        c = fuzz_case(rng)
-        key = (c["mode"], c["layout"], c["algo"])
-        modes[key] = modes.get(key, 0) + 1
+    tally = {}
+    mismatches = run(args.count, args.seed, log=sys.stdout, tally=tally)
     print(f"\nfuzz: {args.count} cases (seed {args.seed}) in {time.time() - t0:.0f}s on "
           f"{torch.cuda.get_device_name()}: {len(mismatches)} mismatches")
-    by_mode = {}
-    for (mode, layout, algo), n in modes.items():
-        by_mode[mode] = by_mode.get(mode, 0) + n
-    print("cases per mode:", ", ".join(f"{k} {v}" for k, v in sorted(by_mode.items())))
-    by_layout = {}
-    for (mode, layout, algo), n in modes.items():
-        by_layout[layout] = by_layout.get(layout, 0) + n
-    print("cases per layout:", ", ".join(f"{k} {v}" for k, v in sorted(by_layout.items())))
+    for what, names in (("mode", tp.MODES), ("layout", tp.LAYOUTS)):
+        print(f"cases per {what}:", ", ".join(f"{k} {tally[k]}" for k in sorted(names) if k in tally))
     for m in mismatches:
         print(f"- {m['error'][:300]}\n  {m['repro']}")
     if args.json:
