@@ -146,9 +146,8 @@ struct FwdGemm {
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32) {
-  const WinParams prm = win_params(kJobForward, x.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
-                                   y.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, w, tf32);
+  const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
+  return run_window_tc<T>(prm, x, w, tf32);
 }
 
 template <typename T>

@@ -103,8 +103,8 @@ struct DgradGemm {
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32) {
-  const WinParams prm = win_params(kJobGradInput, dy.data_ptr<T>(), nullptr, dx.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, w, tf32);
+  const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
+  return run_window_tc<T>(prm, dy, w, tf32);
 }
 
 template <typename T>

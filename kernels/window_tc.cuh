@@ -6,49 +6,65 @@
 //   forward (one stride phase): src = x, mult = 1, taps t of the phase, off(t) = off0 - t*doff,
 //                               weight tap r0 + t*rs, out = y at c + s*j  (common.cuh)
 //   grad input:                 src = dy, mult = s, all taps, off(r) = r*d - p, out = dx at j
-// GEMM view: M = output positions j, N = output channels (per group), K = (8-channel
-// chunk of src, tap).
+// GEMM view: M = output positions j, N = output channels (per group), K = (chunk of
+// source channels, tap). A chunk is 32 bytes of channels: 8 fp32 (one m16n8k8 TF32 MMA
+// step) or 16 fp16/bf16 (one m16n8k16 step).
 //
 // Block tile: BM consecutive positions of one output plane (flattened (jh, jw) of one
-// batch item n and one depth index jd) x BN output channels (16, 32 or 64; more take
-// several blocks along grid.y). BM = 128 for BN = 64 (4 x 2 warps), 256 for thinner N
-// (8 x 1 warps): every warp tile is 32 x (BN / WARPS_N), m16n8k8 TF32 MMAs.
+// batch item n and one depth index jd) x BN output channels (16, 32, 48 or 64; more take
+// several blocks along grid.y); 8 warps, each 32 x (BN / WARPS_N) (win_bn, win_bm).
 //
-// The input window. Every tap's A operand is the same block of src, shifted. For each
-// chunk of 8 source channels the block stages, once, the window of src that any of its
-// positions reads through any tap: T_d planes (one per depth tap) x R rows x C columns,
-// as xs[position][8 channels] (12 floats a position: 48 bytes keeps ldmatrix free of
-// bank conflicts at mult 1). Then, for every tap, each lane hands ldmatrix the window
-// address of its row shifted by the tap's offset: the im2col happens in the address,
-// and src is read from global memory a few times instead of once per tap.
+// The source is first packed channels-innermost, src_p[n][position][g][chunk][32 bytes]
+// (pack_src_kernel: zero-padded to whole chunks, rounded to TF32 in TF32 mode), so one
+// window position of one chunk is 32 contiguous bytes that cp.async copies straight
+// into shared memory. A channels_last_3d source whose channels need no padding or
+// rounding (fp16/bf16, fp32 strict) is used in place.
+//
+// Pipeline. The K loop walks stages (chunk, depth tap td); a stage is the window of one
+// source plane that any of the block's positions reads through any (th, tw) tap: R rows
+// x C columns, xs[position][32 bytes + 16 of pad] (48 bytes keep ldmatrix conflict-free at
+// mult 1). Stages are copied with cp.async (zero-fill outside src) `stages` deep, so the
+// copy of stage k+2 overlaps the MMAs of stage k. Source planes outside src are skipped
+// (their taps add nothing). Within a stage, every (th, tw) tap's A operand is the window
+// shifted: each lane hands ldmatrix its row's window address plus the tap's shift, so the
+// im2col happens in the address. The same ldmatrix.x4 gives the TF32 m16n8k8 and the
+// 16-bit m16n8k16 A fragments (both are 16 rows x 32 bytes).
 //
 // B (weights) is rearranged once per call by transform_weight_kernel into mma fragment
-// order [g][tap][chunk][n8 tile][lane][2], zero-padded, already rounded or split, so a
-// lane loads its B fragment with one 8-byte load. One chunk's weights for all taps
-// outgrow L1 (150 KB on kb68), so B is prefetched two taps ahead; a tap table in shared
-// memory (weight offset, window shift) replaces per-tap index math.
+// order [g][tap][chunk][n8 tile][lane][2 words], zero-padded, already rounded or split
+// (16-bit: two k-consecutive values per word), so a lane loads its B fragment with one
+// 8-byte load, prefetched two taps ahead across stage boundaries.
 //
-// Precision. fp32 with TF32 allowed: A rounded to TF32 (nearest-even) when staged, B in
-// the transform, fp32 accumulation: what cuDNN does. fp32 strict: 3xTF32; each operand
-// splits into big = tf32(v) and small = tf32(v - big); big*big accumulates in one set of
-// registers, big*small + small*big in another. The tensor core's fp32 accumulation
-// truncates when it aligns, so its error grows with the length of an MMA chain: the
-// big*big chain restarts every kFlushTaps taps and is added into a round-to-nearest
-// register sum. fp16 / bf16 values are exact in TF32: one TF32 MMA gives exact products,
-// fp32 accumulation, one rounding of the output.
+// Precision. fp32 with TF32 allowed: A rounded to TF32 (nearest-even) by the pack, B by the
+// transform, fp32 accumulation: what cuDNN does. fp32 strict: 3xTF32; each operand splits
+// into big = tf32(v) and small = tf32(v - big); big*big accumulates in one set of registers,
+// big*small + small*big in another. The tensor core's fp32 accumulation truncates when it
+// aligns, so its error grows with the length of an MMA chain: the big*big chain restarts
+// every kFlushTaps taps and is added into a round-to-nearest register sum. fp16 / bf16:
+// m16n8k16 with fp32 accumulation, one rounding of the output.
 //
-// Sections: descriptors, PTX helpers, kernels (weight transform, window conv), host.
+// Sections: descriptors, PTX helpers, kernels (source pack, weight transform, window conv),
+// host.
 #pragma once
 #include "common.cuh"
 
+#include <cstdlib>
+#include <type_traits>
+
 namespace ct3d {
 
-constexpr int kTcBK = 8;          // source channels per staged window (one k8 MMA step)
-constexpr int kTcRowStride = 12;  // floats per window position (8 channels + 4 pad)
+constexpr int kTcBK = 8;          // grad weight: dy channels per staged window (one k8 step)
+constexpr int kTcRowStride = 12;  // grad weight: floats per window position (8 channels + 4 pad)
 constexpr int kFlushTaps = 8;     // 3xTF32: taps between flushes of the big*big MMA chain
+constexpr int kWinPos = 48;       // bytes per window position: a 32-byte chunk + 16 of pad
 
 enum WinJob : int { kJobForward = 0, kJobGradInput = 1 };
-enum WeightMode : int { kWeightExact = 0, kWeightTf32 = 1, kWeightSplit = 2 };
+enum WeightMode : int { kWeightTf32 = 0, kWeightSplit = 1, kWeight16 = 2 };
+
+// Element type of the packed source and the window: fp32 for fp32 (TF32 or 3xTF32 MMAs),
+// else the 16-bit type itself.
+template <typename T> struct WinElem { using type = T; };
+template <> struct WinElem<float> { using type = float; };
 
 // ============================================================================
 // Descriptors
@@ -61,29 +77,29 @@ struct WinDim {
 };
 
 struct WinParams {
-  const void* src;
-  const float* wt_big;    // [G][kvol][nchunks][ntiles][32][2]
-  const float* wt_small;  // same layout, 3xTF32 only
+  const void* src;        // packed source (E): element n*pk_n + position*pk_v + g*cg_pad + channel
+  int64_t pk_n, pk_v, cg_pad;
+  const uint32_t* wt_big;    // [G][kvol][nchunks][ntiles][32][2]
+  const uint32_t* wt_small;  // same layout, 3xTF32 only
   const void* bias;       // forward only; may be null
   void* out;
   Problem P;
   int job;
   int64_t src_cg, out_cg; // per group: K channels and N channels
   int64_t src_sz[3], out_sz[3];
-  Layout src_l, out_l;    // strides of src and out (common.cuh)
-  int nchunks, ntiles;    // ceil(src_cg / 8); n8 tiles of the padded out_cg
+  Layout out_l;           // strides of out (common.cuh)
+  int nchunks, ntiles;    // chunks of src_cg; n8 tiles of the padded out_cg
   int tiles_per_plane;    // grid.x decode: max over sub-problems of ceil(Ph*Pw / BM)
   int pd_max;             // max over sub-problems of Pd
-  int window_floats;      // shared memory: the window, then the tap table (int2 per tap)
-  bool round_a;           // TF32 mode: round A to TF32 when staging
+  int stage_bytes;        // one pipeline stage (R*C window positions), a multiple of 128
+  int stages;             // pipeline depth, 2..4
 };
 
 // The tensors and sizes of a job: forward reads x (Cin channels) and writes y (Cout);
 // grad input reads dy (Cout) and writes dx (Cin). run_window_tc fills in the rest.
-inline WinParams win_params(int job, const void* src, const void* bias, void* out, const Problem& P) {
+inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
   const bool fwd = job == kJobForward;
   WinParams prm{};
-  prm.src = src;
   prm.bias = bias;
   prm.out = out;
   prm.P = P;
@@ -94,7 +110,6 @@ inline WinParams win_params(int job, const void* src, const void* bias, void* ou
     prm.src_sz[e] = fwd ? P.in[e] : P.out[e];
     prm.out_sz[e] = fwd ? P.out[e] : P.in[e];
   }
-  prm.src_l = fwd ? P.xl : P.yl;
   prm.out_l = fwd ? P.yl : P.xl;
   return prm;
 }
@@ -154,6 +169,26 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 #endif
 }
 
+// m16n8k16 with fp32 accumulation: each A and B register holds two k-consecutive values.
+template <typename T>
+__device__ __forceinline__ void mma_k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
+
 // TF32 rounding for the 3xTF32 split (any rounding works there; cvt.rna is one instruction).
 __device__ __forceinline__ uint32_t tf32_rna(float v) {
   uint32_t r = 0;
@@ -163,16 +198,64 @@ __device__ __forceinline__ uint32_t tf32_rna(float v) {
   return r;
 }
 
+// 16-byte global -> shared copy; src_bytes = 0 writes zeros (the source is not read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most n (0..3, uniform) of this thread's copy groups are still in flight.
+__device__ __forceinline__ void cp_async_wait(int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (n <= 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+#endif
+}
+
 // ============================================================================
 // Kernels
 // ============================================================================
-// w [Cin, Cout/G, kvol] -> fragment order. Element (lane, e) of n8 tile nt, chunk ch,
-// tap r is B[k = ch*8 + lane%4 + 4e][n = nt*8 + lane/4], where B[k][n] is
-// w[g*Cin/G + k, n, r] for the forward (K = input channels) and w[g*Cin/G + n, k, r]
-// for grad input (K = output channels).
+// src (strides l) -> dst[n][v][g*cg_pad + cc] (E), zero for cc >= cg, rounded to TF32 (ties
+// to even) when round. A 32 x 32 (position x packed channel) tile transposes through
+// shared memory so both the reads along positions and the writes along channels coalesce.
+// grid: (ceil(vol/32), ceil(gc/32), N), 256 threads.
+template <typename T, typename E>
+__global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round) {
+  __shared__ float tile[32][33];
+  const int64_t v0 = int64_t(blockIdx.x) * 32, c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  for (int i = ty; i < 32; i += 8) {
+    const int64_t c = c0 + i, v = v0 + tx;
+    const int64_t g = c / cg_pad, cc = c - g * cg_pad;
+    tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+  }
+  __syncthreads();
+  for (int i = ty; i < 32; i += 8) {
+    const int64_t v = v0 + i, c = c0 + tx;
+    if (v < vol && c < gc) {
+      const float val = tile[tx][i];
+      dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+    }
+  }
+}
+
+// w [Cin, Cout/G, kvol] -> fragment order, one 32-bit word per element (lane, e) of n8
+// tile nt, chunk ch, tap r. n = nt*8 + lane/4. fp32 (kc = 8 channels a chunk): the word is
+// B[k = ch*8 + lane%4 + 4e][n], rounded (TF32) or split (big, small). 16-bit (kc = 16): the
+// word packs B[k][n] (low half) and B[k + 1][n], k = ch*16 + 2*(lane%4) + 8e. B[k][n] is
+// w[g*Cin/G + k, n, r] for the forward (K = input channels) and w[g*Cin/G + n, k, r] for
+// grad input (K = output channels); zero outside.
 template <typename T>
-__global__ void transform_weight_kernel(const T* __restrict__ w, float* __restrict__ big,
-                                        float* __restrict__ small, Problem P, int job,
+__global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __restrict__ big,
+                                        uint32_t* __restrict__ small, Problem P, int job,
                                         int nchunks, int ntiles, int mode) {
   const int64_t total = P.G * P.kvol() * nchunks * ntiles * 64;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
@@ -186,25 +269,30 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, float* __restri
     const int ch = int(t % nchunks); t /= nchunks;
     const int64_t r = t % P.kvol();
     const int64_t g = t / P.kvol();
-    const int64_t k = ch * kTcBK + lane % 4 + 4 * e, n = nt * 8 + lane / 4;
-    float v = 0.f;
-    if (k < kc && n < nc) {
+    const int64_t n = nt * 8 + lane / 4;
+    auto value = [&](int64_t k) -> float {
+      if (k >= kc || n >= nc) return 0.f;
       const int64_t ci = job == kJobForward ? k : n, co = job == kJobForward ? n : k;
-      v = float(w[((g * P.cin_g() + ci) * P.cout_g() + co) * P.kvol() + r]);
-    }
-    if (mode == kWeightExact) {
-      big[idx] = v;
-    } else if (mode == kWeightTf32) {
-      big[idx] = round_tf32(v);
+      return float(w[((g * P.cin_g() + ci) * P.cout_g() + co) * P.kvol() + r]);
+    };
+    if (mode == kWeight16) {
+      const int64_t k = ch * 16 + 2 * (lane % 4) + 8 * e;
+      const T lo = T(value(k)), hi = T(value(k + 1));  // exact: the values are T already
+      uint16_t ulo, uhi;
+      memcpy(&ulo, &lo, 2);
+      memcpy(&uhi, &hi, 2);
+      big[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
     } else {
+      const float v = value(ch * 8 + lane % 4 + 4 * e);
       const float b = round_tf32(v);
-      big[idx] = b;
-      small[idx] = round_tf32(v - b);
+      big[idx] = __float_as_uint(b);
+      if (mode == kWeightSplit) small[idx] = __float_as_uint(round_tf32(v - b));
     }
   }
 }
 
-// Stages one 8-channel chunk of the window, xs[(td*R + r)*C + c][ci] (stride RS), from
+// grad_weight.cu's staging of a dy window (fp32, from any layout, one 8-channel chunk):
+// xs[(td*R + r)*C + c][ci] (stride RS), from
 // base (channel 0 of the chunk; channel stride chan_stride, voxel stride vox_stride) at
 // depth id0 + td*dstep_d, row wh0 + r, column ww0 + c;
 // zero outside src and for channels >= valid_chans. Rows go to warps four at a time and each lane
@@ -252,16 +340,19 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
   }
 }
 
-// Two blocks per SM (<= 128 registers) for one accumulator set; 3xTF32 keeps three and
-// runs one block per SM rather than spill.
+// The window convolution. Two blocks per SM (<= 128 registers) for one accumulator set;
+// 3xTF32 keeps three and runs one block per SM rather than spill.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool SPLIT3>
 __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const WinParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using E = typename WinElem<T>::type;
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
   constexpr int MI = WM / 16, NI = WN / 8;
-  constexpr int RS = kTcRowStride;
   static_assert(WARPS_M * WARPS_N == 8 && MI >= 1 && NI >= 1, "8 warps, whole m16/n8 tiles");
-  extern __shared__ __align__(16) float xs[];
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_nvt;
   const Problem& P = prm.P;
 
   // ---- which sub-problem (group, phase), plane tile, channel tile ----
@@ -275,11 +366,10 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   const int m0 = pt * BM;
   if (jd >= wd[0].P || m0 >= Pplane) return;
   const int co0 = blockIdx.y * BN;
-  const int taps = wd[0].T * wd[1].T * wd[2].T;
+  const int Thw = wd[1].T * wd[2].T;
 
-  // ---- window geometry: T_d planes x R rows x C columns ----
+  // ---- window geometry: R rows x C columns of one source plane ----
   const int jh0 = m0 / Pw, jh1 = min(wd[1].P - 1, (m0 + BM - 1) / Pw);
-  const int Td = max(wd[0].T, 1);
   const int R = (jh1 - jh0) * wd[1].mult + win_span(wd[1]) + 1;
   const int C = (Pw - 1) * wd[2].mult + win_span(wd[2]) + 1;
   const int wh0 = jh0 * wd[1].mult + win_off_min(wd[1]);  // source row of window row 0
@@ -289,14 +379,62 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   const int warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
   const int gq = lane / 4, tq = lane % 4;
 
+  // Tables after the stages: w_tab[t] = weight offset of tap t (words), sh_tab[(th, tw)] =
+  // window shift of that tap (bytes), vtd = the depth taps whose source plane is inside src.
+  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* sh_tab = w_tab + P.kvol();
+  int* vtd = sh_tab + P.k[1] * P.k[2];
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * tap_stride);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = (sh * C + sw) * kWinPos;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+  const int nK = nvt * prm.nchunks;  // stages
+
   // ldmatrix row of this lane in each m16 tile: row (lane & 7) + 8 * ((lane >> 3) & 1),
-  // channels 4 * (lane >> 4) .. +3; its window position before the tap's shift.
+  // bytes 16 * (lane >> 4) of the chunk; its window byte offset before the tap's shift.
   int a_base[MI];
 #pragma unroll
   for (int i = 0; i < MI; ++i) {
     const int m = min(m0 + warp_m * WM + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, Pplane - 1);
-    a_base[i] = ((m / Pw - jh0) * wd[1].mult * C + (m % Pw) * wd[2].mult) * RS + (lane >> 4) * 4;
+    a_base[i] = ((m / Pw - jh0) * wd[1].mult * C + (m % Pw) * wd[2].mult) * kWinPos + (lane >> 4) * 16;
   }
+
+  // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
+  const E* __restrict__ src = static_cast<const E*>(prm.src);
+  const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
+  const uint32_t smem0 = smem_u32(smem);
+  auto issue = [&](int kk) {
+    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
+    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
+      const int p = q >> 1, r = p / C, c = p - r * C;
+      const int ih = wh0 + r, iw = ww0 + c;
+      const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+      cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+    }
+  };
 
   // acc: the running sum. 3xTF32 also keeps blk (the bounded big*big MMA chain, added
   // into acc every kFlushTaps taps) and cor (big*small + small*big).
@@ -308,62 +446,58 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = blk[i][j][e] = cor[i][j][e] = 0.f;
 
-  // Tap table, built once per block: weight offset of the tap's B fragments, and the
-  // window shift of its A rows, (td*R + off_h(th) - off_min_h) * C + off_w(tw) - off_min_w.
-  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
-  int2* tab = reinterpret_cast<int2*>(xs + prm.window_floats);
-  for (int t = threadIdx.x; t < taps; t += blockDim.x) {
-    const int tw = t % wd[2].T, th = (t / wd[2].T) % wd[1].T, td = t / (wd[2].T * wd[1].T);
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-    const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-    tab[t] = make_int2(int(r * tap_stride), ((td * R + sh) * C + sw) * RS);
-  }
-
-  const T* __restrict__ src = static_cast<const T*>(prm.src);
-  const T* src_g = src + prm.src_l.at(n, int64_t(g) * prm.src_cg, 0);
-
-  for (int chunk = 0; taps > 0 && chunk < prm.nchunks; ++chunk) {
-    __syncthreads();  // the previous chunk's MMAs are done with xs (and the tap table is built)
-    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * prm.src_l.c, prm.src_l.c, prm.src_l.v,
-                    int(prm.src_cg - chunk * kTcBK), Td, R, C, jd * wd[0].mult + wd[0].off0,
-                    wd[0].dstep, wh0, ww0, prm.src_sz, prm.round_a);
-    __syncthreads();
-
-    // ---- every tap: B prefetched two taps ahead, A from the window through ldmatrix ----
-    const float* wb = prm.wt_big + ((int64_t(g) * P.kvol() * prm.nchunks + chunk) * prm.ntiles +
-                                    co0 / 8 + warp_n * NI) * 64 + lane * 2;
-    const int64_t small_off = SPLIT3 ? prm.wt_small - prm.wt_big : 0;
-    float2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
-    auto load_b = [&](int t, float2 (&bb)[NI], float2 (&bs)[NI]) {
-      if (t < taps) {
-        const float* p = wb + tab[t].x;
+  // ---- B: prefetched two taps ahead along the sequence (stage, tap) ----
+  const uint32_t* wb0 = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8 + warp_n * NI) * 64 + lane * 2;
+  const int64_t small_off = SPLIT3 ? prm.wt_small - prm.wt_big : 0;
+  int pf_chunk = 0, pf_tdi = 0, pf_thw = 0, pf_left = nK * Thw;
+  uint2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
+  auto load_b = [&](uint2 (&bb)[NI], uint2 (&bs)[NI]) {
+    if (pf_left > 0) {
+      const uint32_t* p = wb0 + pf_chunk * int64_t(prm.ntiles) * 64 + w_tab[vtd[pf_tdi] * Thw + pf_thw];
 #pragma unroll
-        for (int j = 0; j < NI; ++j) {
-          bb[j] = __ldg(reinterpret_cast<const float2*>(p + j * 64));
-          if (SPLIT3) bs[j] = __ldg(reinterpret_cast<const float2*>(p + small_off + j * 64));
-        }
+      for (int j = 0; j < NI; ++j) {
+        bb[j] = __ldg(reinterpret_cast<const uint2*>(p + j * 64));
+        if (SPLIT3) bs[j] = __ldg(reinterpret_cast<const uint2*>(p + small_off + j * 64));
       }
-    };
-    // A fragments are software-pipelined too: tap t+1's ldmatrix is issued before tap t's
-    // MMAs (the asm is volatile, so program order is issue order), hiding its latency.
+      --pf_left;
+      if (++pf_thw == Thw) {
+        pf_thw = 0;
+        if (++pf_tdi == nvt) { pf_tdi = 0; ++pf_chunk; }
+      }
+    }
+  };
+  load_b(b0, s0);
+  load_b(b1, s1);
+
+  for (int s = 0; s < prm.stages - 1; ++s) {
+    if (s < nK) issue(s);
+    cp_async_commit();
+  }
+  for (int kk = 0; kk < nK; ++kk) {
+    cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies) ...
+    __syncthreads();                // ... everyone's; and stage kk - 1's MMAs are done
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);  // into stage kk - 1's buffer
+    cp_async_commit();
+
+    const uint32_t xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    // A fragments are software-pipelined: tap t+1's ldmatrix is issued before tap t's MMAs.
     uint32_t a_cur[MI][4], a_nxt[MI][4];
-    auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
-      const int shift = tab[t].y;
+    auto load_a = [&](int thw, uint32_t (&a)[MI][4]) {
+      const int shift = sh_tab[thw];
 #pragma unroll
-      for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], smem_u32(xs + a_base[i] + shift));
+      for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], xs + a_base[i] + shift);
     };
-    load_b(0, b0, s0);
-    load_b(1, b1, s1);
     load_a(0, a_cur);
-    for (int t = 0; t < taps; ++t) {
-      load_b(t + 2, b2, s2);
-      if (t + 1 < taps) load_a(t + 1, a_nxt);
+    for (int thw = 0; thw < Thw; ++thw) {
+      load_b(b2, s2);
+      if (thw + 1 < Thw) load_a(thw + 1, a_nxt);
 #pragma unroll
       for (int i = 0; i < MI; ++i) {
         const uint32_t (&a)[4] = a_cur[i];
-        if (SPLIT3) {
+        if constexpr (k16) {
+#pragma unroll
+          for (int j = 0; j < NI; ++j) mma_k16<T>(acc[i][j], a, b0[j].x, b0[j].y);
+        } else if (SPLIT3) {
           uint32_t ab[4], as[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
@@ -372,22 +506,20 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
           }
 #pragma unroll
           for (int j = 0; j < NI; ++j) {
-            const uint32_t bb0 = __float_as_uint(b0[j].x), bb1 = __float_as_uint(b0[j].y);
-            mma_tf32(blk[i][j], ab, bb0, bb1);
-            mma_tf32(cor[i][j], as, bb0, bb1);
-            mma_tf32(cor[i][j], ab, __float_as_uint(s0[j].x), __float_as_uint(s0[j].y));
+            mma_tf32(blk[i][j], ab, b0[j].x, b0[j].y);
+            mma_tf32(cor[i][j], as, b0[j].x, b0[j].y);
+            mma_tf32(cor[i][j], ab, s0[j].x, s0[j].y);
           }
         } else {
 #pragma unroll
-          for (int j = 0; j < NI; ++j)
-            mma_tf32(acc[i][j], a, __float_as_uint(b0[j].x), __float_as_uint(b0[j].y));
+          for (int j = 0; j < NI; ++j) mma_tf32(acc[i][j], a, b0[j].x, b0[j].y);
         }
       }
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) a_cur[i][e] = a_nxt[i][e];
-      if (SPLIT3 && (t % kFlushTaps == kFlushTaps - 1 || t == taps - 1)) {
+      if (SPLIT3 && (thw % kFlushTaps == kFlushTaps - 1 || thw == Thw - 1)) {
 #pragma unroll
         for (int i = 0; i < MI; ++i)
 #pragma unroll
@@ -409,6 +541,7 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
       }
     }
   }
+  cp_async_wait(0);  // no copy may be in flight when the block exits
 
   // ---- epilogue: bias, one rounding, store ----
   T* __restrict__ out = static_cast<T*>(prm.out);
@@ -448,71 +581,126 @@ static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cuda
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Tile shape by the (padded) output channels per group: BN = 48 and 64 run 128 rows on
+// 4 x 2 warps; thinner N runs 256 rows on 8 x 1 warps, so each B fragment feeds two MMAs.
+inline int win_bn(int64_t out_cg) {
+  return out_cg <= 16 ? 16 : out_cg <= 32 ? 32 : out_cg <= 48 ? 48 : 64;
+}
+inline int win_bm(int bn) { return bn >= 48 ? 128 : 256; }
+
 template <typename T, bool SPLIT3>
 static void dispatch_window_bn(int bn, const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
-  // Thin N: 256 rows, so each B fragment feeds two MMAs; BN = 64: 128 rows, 4 x 2 warps.
   if (bn == 16) launch_window_tc<T, 256, 16, 8, 1, SPLIT3>(prm, grid, smem, stream);
   else if (bn == 32) launch_window_tc<T, 256, 32, 8, 1, SPLIT3>(prm, grid, smem, stream);
+  else if (bn == 48) launch_window_tc<T, 128, 48, 4, 2, SPLIT3>(prm, grid, smem, stream);
   else launch_window_tc<T, 128, 64, 4, 2, SPLIT3>(prm, grid, smem, stream);
 }
 
-// Runs one window convolution: fills in the launch geometry of prm (made by win_params),
-// transforms the weight, launches. Returns false
+// Pipeline depth: the most stages (up to 3; CT3D_WIN_STAGES overrides, 2..4) whose shared
+// memory lets `blocks` blocks share an SM; at least 2 if one block fits.
+inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, const cudaDeviceProp* prop) {
+  static const int most = [] {
+    const char* s = std::getenv("CT3D_WIN_STAGES");
+    const int v = s ? std::atoi(s) : 3;
+    return v < 2 ? 2 : v > 4 ? 4 : v;
+  }();
+  const int64_t per_block = int64_t(prop->sharedMemPerMultiprocessor) / blocks - 1024;
+  for (int st = most; st > 2; --st)
+    if (st * stage_bytes + table_bytes <= per_block) return st;
+  return 2;
+}
+
+// Runs one window convolution of src (x or dy): fills in the launch geometry of prm (made
+// by win_params), packs the source, transforms the weight, launches. Returns false
 // (launching nothing) where the kernel does not fit: a GPU older than sm_80, or a window
 // larger than shared memory.
 template <typename T>
-bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
+bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
   const int dev = w.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major < 8) return false;
-  const int bn = prm.out_cg <= 16 ? 16 : prm.out_cg <= 32 ? 32 : 64;
-  const int64_t bm = bn == 64 ? 128 : 256;  // as dispatch_window_bn
+  const bool fp32 = std::is_same<T, float>::value;
+  const bool split = fp32 && !tf32;  // TF32 where the caller allows it, else 3xTF32
+  const int bn = win_bn(prm.out_cg);
+  const int64_t bm = win_bm(bn);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  int64_t tpp = 0, pd_max = 0, max_taps = 0, most = 0;
+  int64_t tpp = 0, pd_max = 0, most = 0;
   for (int64_t z = 0; z < nz; ++z) {  // sub-problems differ by phase only, not by group
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     tpp = std::max<int64_t>(tpp, (int64_t(wd[1].P) * wd[2].P + bm - 1) / bm);
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
-    max_taps = std::max<int64_t>(max_taps, int64_t(wd[0].T) * wd[1].T * wd[2].T);
     const int64_t rows = (std::min<int64_t>(wd[1].P, (bm + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                          win_span(wd[1]) + 1;
     const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
-    most = std::max<int64_t>(most, int64_t(std::max(wd[0].T, 1)) * rows * cols);
+    most = std::max<int64_t>(most, rows * cols);
   }
-  const int64_t wfloats = (most * kTcRowStride + 3) / 4 * 4;  // the tap table stays 16-byte aligned
-  const int64_t smem = (wfloats + 2 * max_taps) * int64_t(sizeof(float));
+  const int64_t stage_bytes = (most * kWinPos + 127) / 128 * 128;
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
+  const int stages = win_stages(stage_bytes, table_bytes, split ? 1 : 2, prop);
+  const int64_t smem = stages * stage_bytes + table_bytes;
   if (tpp == 0 || smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
 
-  const int64_t nchunks = (prm.src_cg + kTcBK - 1) / kTcBK;
+  const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
-  // fp32: TF32 where the caller allows it, else 3xTF32 (the Python layer decides; it also
-  // asks for exact results on the shapes where PyTorch computes exactly under TF32).
-  const bool fp32 = std::is_same<T, float>::value;
-  const bool split = fp32 && !tf32;
-  const int mode = !fp32 ? kWeightExact : split ? kWeightSplit : kWeightTf32;
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));
   auto stream = at::cuda::getCurrentCUDAStream();
+
+  // ---- the source, channels innermost (in place where it already is) ----
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  const int64_t C = P.G * prm.src_cg;
+  const bool in_place = !(fp32 && tf32) && sl.c == 1 && prm.src_cg % KC == 0 &&
+                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
+                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
+                        sl.v >= C;
+  at::Tensor packed;
+  if (in_place) {
+    prm.src = src_t.data_ptr();
+    prm.pk_n = sl.n;
+    prm.pk_v = sl.v;
+    prm.cg_pad = prm.src_cg;
+  } else {
+    const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
+    packed = at::empty({P.N * vol * gc}, src_t.options().dtype(c10::CppTypeToScalarType<E>::value));
+    TORCH_CHECK(P.N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
+    if (packed.numel() > 0) {
+      const dim3 pgrid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
+      pack_src_kernel<T, E><<<pgrid, 256, 0, stream>>>(static_cast<const T*>(src_t.data_ptr()),
+                                                       packed.data_ptr<E>(), sl, vol, prm.src_cg, cg_pad, gc,
+                                                       fp32 && tf32);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    prm.src = packed.data_ptr();
+    prm.pk_n = vol * gc;
+    prm.pk_v = gc;
+    prm.cg_pad = cg_pad;
+  }
+
+  // ---- the weight, in fragment order ----
+  const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
+  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {  // none when the reduction is empty (0 source channels): out = bias
     transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
-        prm.job, int(nchunks), int(ntiles), mode);
+        w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, prm.job, int(nchunks), int(ntiles), mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  prm.wt_big = wt.data_ptr<float>();
-  prm.wt_small = split ? wt.data_ptr<float>() + wt_numel : nullptr;
+  prm.wt_big = wt_ptr;
+  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.nchunks = int(nchunks);
   prm.ntiles = int(ntiles);
   prm.tiles_per_plane = int(tpp);
   prm.pd_max = int(pd_max);
-  prm.window_floats = int(wfloats);
-  prm.round_a = fp32 && !split;
+  prm.stage_bytes = int(stage_bytes);
+  prm.stages = stages;
   const int64_t gx = P.N * pd_max * tpp, gy = (prm.out_cg + bn - 1) / bn;
   TORCH_CHECK(gx < (int64_t(1) << 31) && gy <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
