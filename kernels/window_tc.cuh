@@ -17,13 +17,14 @@
 // The source is first packed channels-innermost, src_p[n][position][g][chunk][32 bytes]
 // (pack_src_kernel: zero-padded to whole chunks, rounded to TF32 in TF32 mode), so one
 // window position of one chunk is 32 contiguous bytes that cp.async copies straight
-// into shared memory. A channels_last_3d source whose channels need no padding or
-// rounding (fp16/bf16, fp32 strict) is used in place.
+// into shared memory. A channels_last_3d source whose channels need no padding is used
+// in place (in TF32 mode each thread then rounds the window pieces it copied once they
+// land).
 //
 // Pipeline. The K loop walks stages (chunk, depth tap td); a stage is the window of one
 // source plane that any of the block's positions reads through any (th, tw) tap: R rows
 // x C columns, xs[position][32 bytes + 16 of pad] (48 bytes keep ldmatrix conflict-free at
-// mult 1). Stages are copied with cp.async (zero-fill outside src) `stages` deep, so the
+// mult 1), then the stage's B (below). Stages are copied with cp.async (zero-fill outside src) `stages` deep, so the
 // copy of stage k+2 overlaps the MMAs of stage k. Source planes outside src are skipped
 // (their taps add nothing). Within a stage, every (th, tw) tap's A operand is the window
 // shifted: each lane hands ldmatrix its row's window address plus the tap's shift, so the
@@ -33,7 +34,11 @@
 // B (weights) is rearranged once per call by transform_weight_kernel into mma fragment
 // order [g][tap][chunk][n8 tile][lane][2 words], zero-padded, already rounded or split
 // (16-bit: two k-consecutive values per word), so a lane loads its B fragment with one
-// 8-byte load, prefetched two taps ahead across stage boundaries.
+// 8-byte load. With one accumulator set, each stage also copies the B of its taps for the
+// block's n8 tiles into shared memory after the window ([thw][tile][lane][2 words]; LDS.64,
+// conflict-free): a stage's B is tens of KB per block, so loading it per tap from global
+// memory left every tap waiting on an L2 round trip (v8 -> v9 in NOTES.md). 3xTF32 (twice
+// the B bytes) loads B from global memory, two taps ahead across stage boundaries.
 //
 // Precision. fp32 with TF32 allowed: A rounded to TF32 (nearest-even) by the pack, B by the
 // transform, fp32 accumulation: what cuDNN does. fp32 strict: 3xTF32; each operand splits
@@ -49,6 +54,7 @@
 #include "common.cuh"
 
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 namespace ct3d {
@@ -91,8 +97,10 @@ struct WinParams {
   int nchunks, ntiles;    // chunks of src_cg; n8 tiles of the padded out_cg
   int tiles_per_plane;    // grid.x decode: max over sub-problems of ceil(Ph*Pw / BM)
   int pd_max;             // max over sub-problems of Pd
-  int stage_bytes;        // one pipeline stage (R*C window positions), a multiple of 128
+  int window_bytes;       // the window of a stage (R*C positions), a multiple of 128
+  int stage_bytes;        // one pipeline stage: the window, then (one accumulator set) B
   int stages;             // pipeline depth, 2..4
+  bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 
 // The tensors and sizes of a job: forward reads x (Cin channels) and writes y (Cout);
@@ -340,16 +348,17 @@ __device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t c
   }
 }
 
-// The window convolution. Two blocks per SM (<= 128 registers) for one accumulator set;
-// 3xTF32 keeps three and runs one block per SM rather than spill.
+// The window convolution. Narrow tiles with one accumulator set run two blocks per SM
+// (<= 128 registers); wide tiles and 3xTF32 (three sets) one, rather than spill.
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool SPLIT3>
-__global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const WinParams prm) {
+__global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) window_tc_kernel(const WinParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using E = typename WinElem<T>::type;
   constexpr bool k16 = !std::is_same<T, float>::value;
   constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
-  constexpr int MI = WM / 16, NI = WN / 8;
+  constexpr int MI = WM / 16, NI = WN / 8, NT8 = BN / 8;
+  constexpr bool BS = !SPLIT3;  // B staged through shared memory (one accumulator set)
   static_assert(WARPS_M * WARPS_N == 8 && MI >= 1 && NI >= 1, "8 warps, whole m16/n8 tiles");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
@@ -422,6 +431,8 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
+  // B of this block: group g, its n8 tiles from co0 / 8; + chunk and tap offsets
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
   auto issue = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
@@ -433,6 +444,14 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
       const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
       const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
       cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+    }
+    if constexpr (BS) {  // B of the stage's taps: [thw][n8 tile][lane][2 words], 256 bytes a tile
+      const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * 64;
+      const uint32_t bdst = dst + prm.window_bytes;
+      for (int q = threadIdx.x; q < Thw * NT8 * 16; q += blockDim.x) {
+        const int piece = q & 15, tile = q >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(bdst + tile * 256 + piece * 16, wsrc + w_tab[td * Thw + thw] + nt * 64 + piece * 4, 16);
+      }
     }
   };
 
@@ -447,12 +466,11 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
       for (int e = 0; e < 4; ++e) acc[i][j][e] = blk[i][j][e] = cor[i][j][e] = 0.f;
 
   // ---- B: prefetched two taps ahead along the sequence (stage, tap) ----
-  const uint32_t* wb0 = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8 + warp_n * NI) * 64 + lane * 2;
+  const uint32_t* wb0 = wb_blk + warp_n * NI * 64 + lane * 2;
   const int64_t small_off = SPLIT3 ? prm.wt_small - prm.wt_big : 0;
   int pf_chunk = 0, pf_tdi = 0, pf_thw = 0, pf_left = nK * Thw;
-  uint2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
   auto load_b = [&](uint2 (&bb)[NI], uint2 (&bs)[NI]) {
-    if (pf_left > 0) {
+    if (!BS && pf_left > 0) {
       const uint32_t* p = wb0 + pf_chunk * int64_t(prm.ntiles) * 64 + w_tab[vtd[pf_tdi] * Thw + pf_thw];
 #pragma unroll
       for (int j = 0; j < NI; ++j) {
@@ -466,79 +484,115 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
       }
     }
   };
-  load_b(b0, s0);
-  load_b(b1, s1);
 
-  for (int s = 0; s < prm.stages - 1; ++s) {
-    if (s < nK) issue(s);
-    cp_async_commit();
-  }
-  for (int kk = 0; kk < nK; ++kk) {
+  // ---- stages: stage kk is waited for when its first tap comes up ----
+  int kk = 0, thw = 0;
+  uint32_t xs = smem0;
+  auto begin_stage = [&]() {
     cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies) ...
+    if (!k16 && !SPLIT3 && prm.round_a) {  // TF32, source in place: round this thread's copies
+      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
+        float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
+        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+      }
+    }
     __syncthreads();                // ... everyone's; and stage kk - 1's MMAs are done
     if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);  // into stage kk - 1's buffer
     cp_async_commit();
+    xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
+  };
+  auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
+    const uint32_t base = xs + sh_tab[t];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], base + a_base[i]);
+  };
+  const int b_lane = (warp_n * NI * 32 + lane) * 8;  // this lane's B bytes in a tap's tiles
+  auto load_b_smem = [&](int t, uint2 (&bb)[NI]) {
+    const unsigned char* p = smem + (xs - smem0) + prm.window_bytes + t * NT8 * 256 + b_lane;
+#pragma unroll
+    for (int j = 0; j < NI; ++j) bb[j] = *reinterpret_cast<const uint2*>(p + j * 256);
+  };
 
-    const uint32_t xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    // A fragments are software-pipelined: tap t+1's ldmatrix is issued before tap t's MMAs.
-    uint32_t a_cur[MI][4], a_nxt[MI][4];
-    auto load_a = [&](int thw, uint32_t (&a)[MI][4]) {
-      const int shift = sh_tab[thw];
+  // One tap: A from the window (a_use, loaded the step before) and B (b_use). It loads the
+  // next tap's A into a_load (after the barrier when that tap opens a new stage). B staged
+  // in shared memory (BS) goes like A: the next tap's into b_load. B from global memory
+  // is loaded two taps ahead into b_load, across stages. The register sets rotate by name
+  // in an unrolled loop (A alternates 2 sets; global B cycles 3, so 6 taps), not by
+  // copying. Returns false after the last tap.
+  auto step = [&](uint32_t (&a_use)[MI][4], uint32_t (&a_load)[MI][4], uint2 (&b_use)[NI], uint2 (&s_use)[NI],
+                  uint2 (&b_load)[NI], uint2 (&s_load)[NI]) -> bool {
+    if (kk >= nK) return false;
+    load_b(b_load, s_load);
+    if (thw + 1 < Thw) {
+      load_a(thw + 1, a_load);
+      if constexpr (BS) load_b_smem(thw + 1, b_load);
+    }
 #pragma unroll
-      for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], xs + a_base[i] + shift);
-    };
-    load_a(0, a_cur);
-    for (int thw = 0; thw < Thw; ++thw) {
-      load_b(b2, s2);
-      if (thw + 1 < Thw) load_a(thw + 1, a_nxt);
+    for (int i = 0; i < MI; ++i) {
+      const uint32_t (&a)[4] = a_use[i];
+      if constexpr (k16) {
 #pragma unroll
-      for (int i = 0; i < MI; ++i) {
-        const uint32_t (&a)[4] = a_cur[i];
-        if constexpr (k16) {
+        for (int j = 0; j < NI; ++j) mma_k16<T>(acc[i][j], a, b_use[j].x, b_use[j].y);
+      } else if (SPLIT3) {
+        uint32_t ab[4], as[4];
 #pragma unroll
-          for (int j = 0; j < NI; ++j) mma_k16<T>(acc[i][j], a, b0[j].x, b0[j].y);
-        } else if (SPLIT3) {
-          uint32_t ab[4], as[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            ab[e] = tf32_rna(__uint_as_float(a[e]));
-            as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
-          }
-#pragma unroll
-          for (int j = 0; j < NI; ++j) {
-            mma_tf32(blk[i][j], ab, b0[j].x, b0[j].y);
-            mma_tf32(cor[i][j], as, b0[j].x, b0[j].y);
-            mma_tf32(cor[i][j], ab, s0[j].x, s0[j].y);
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < NI; ++j) mma_tf32(acc[i][j], a, b0[j].x, b0[j].y);
+        for (int e = 0; e < 4; ++e) {
+          ab[e] = tf32_rna(__uint_as_float(a[e]));
+          as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
         }
+#pragma unroll
+        for (int j = 0; j < NI; ++j) {
+          mma_tf32(blk[i][j], ab, b_use[j].x, b_use[j].y);
+          mma_tf32(cor[i][j], as, b_use[j].x, b_use[j].y);
+          mma_tf32(cor[i][j], ab, s_use[j].x, s_use[j].y);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) mma_tf32(acc[i][j], a, b_use[j].x, b_use[j].y);
       }
+    }
+    if (SPLIT3 && (thw % kFlushTaps == kFlushTaps - 1 || thw == Thw - 1)) {
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) a_cur[i][e] = a_nxt[i][e];
-      if (SPLIT3 && (thw % kFlushTaps == kFlushTaps - 1 || thw == Thw - 1)) {
+        for (int j = 0; j < NI; ++j)
 #pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-          for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              acc[i][j][e] += blk[i][j][e];
-              blk[i][j][e] = 0.f;
-            }
+          for (int e = 0; e < 4; ++e) {
+            acc[i][j][e] += blk[i][j][e];
+            blk[i][j][e] = 0.f;
+          }
+    }
+    if (++thw == Thw) {
+      thw = 0;
+      if (++kk < nK) {
+        begin_stage();
+        load_a(0, a_load);
+        if constexpr (BS) load_b_smem(0, b_load);
       }
-#pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        b0[j] = b1[j];
-        b1[j] = b2[j];
-        if (SPLIT3) {
-          s0[j] = s1[j];
-          s1[j] = s2[j];
-        }
-      }
+    }
+    return true;
+  };
+
+  uint32_t a0[MI][4], a1[MI][4];
+  uint2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
+  load_b(b0, s0);
+  load_b(b1, s1);
+  for (int st = 0; st < prm.stages - 1; ++st) {
+    if (st < nK) issue(st);
+    cp_async_commit();
+  }
+  if (nK > 0) {
+    begin_stage();
+    load_a(0, a0);
+    if constexpr (BS) load_b_smem(0, b0);
+  }
+  if constexpr (BS) {
+    while (step(a0, a1, b0, s0, b1, s1) && step(a1, a0, b1, s1, b0, s0)) {
+    }
+  } else {
+    while (step(a0, a1, b0, s0, b2, s2) && step(a1, a0, b1, s1, b0, s0) && step(a0, a1, b2, s2, b1, s1) &&
+           step(a1, a0, b0, s0, b2, s2) && step(a0, a1, b1, s1, b0, s0) && step(a1, a0, b2, s2, b1, s1)) {
     }
   }
   cp_async_wait(0);  // no copy may be in flight when the block exits
@@ -581,15 +635,38 @@ static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cuda
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Tile shape by the (padded) output channels per group: BN = 48 and 64 run 128 rows on
-// 4 x 2 warps; thinner N runs 256 rows on 8 x 1 warps, so each B fragment feeds two MMAs.
+// Tile shape by the (padded) output channels per group. Narrow tiles give each warp
+// 32 rows (MI = 2): BN = 48 and 64 run 128 rows on 4 x 2 warps, thinner N 256 rows on
+// 8 x 1 warps. Wide tiles give each warp 64 rows (MI = 4): twice the rows share each
+// staged B, one block per SM. 3xTF32 keeps three accumulator sets: narrow only.
+// CT3D_WIN_TILE=narrow forbids wide tiles (for timing).
 inline int win_bn(int64_t out_cg) {
   return out_cg <= 16 ? 16 : out_cg <= 32 ? 32 : out_cg <= 48 ? 48 : 64;
 }
-inline int win_bm(int bn) { return bn >= 48 ? 128 : 256; }
+inline bool win_wide(bool split) {
+  static const int env = [] {
+    const char* s = std::getenv("CT3D_WIN_TILE");
+    return s == nullptr ? -1 : std::string(s) == "wide" ? 1 : 0;
+  }();
+  return !split && env != 0;
+}
+inline int win_bm(int bn, bool wide) {
+  const int warps_m = bn >= 48 ? 4 : 8;
+  return warps_m * (wide ? 64 : 32);
+}
 
 template <typename T, bool SPLIT3>
-static void dispatch_window_bn(int bn, const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
+static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 grid, int64_t smem,
+                               cudaStream_t stream) {
+  if constexpr (!SPLIT3) {  // wide tiles: one accumulator set only
+    if (wide) {
+      if (bn == 16) launch_window_tc<T, 512, 16, 8, 1, false>(prm, grid, smem, stream);
+      else if (bn == 32) launch_window_tc<T, 512, 32, 8, 1, false>(prm, grid, smem, stream);
+      else if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
+      else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      return;
+    }
+  }
   if (bn == 16) launch_window_tc<T, 256, 16, 8, 1, SPLIT3>(prm, grid, smem, stream);
   else if (bn == 32) launch_window_tc<T, 256, 32, 8, 1, SPLIT3>(prm, grid, smem, stream);
   else if (bn == 48) launch_window_tc<T, 128, 48, 4, 2, SPLIT3>(prm, grid, smem, stream);
@@ -624,27 +701,62 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (prop->major < 8) return false;
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;  // TF32 where the caller allows it, else 3xTF32
-  const int bn = win_bn(prm.out_cg);
-  const int64_t bm = win_bm(bn);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  int64_t tpp = 0, pd_max = 0, most = 0;
-  for (int64_t z = 0; z < nz; ++z) {  // sub-problems differ by phase only, not by group
-    WinDim wd[3];
-    win_dims(P, prm.job, int(z), wd);
-    if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
-    tpp = std::max<int64_t>(tpp, (int64_t(wd[1].P) * wd[2].P + bm - 1) / bm);
-    pd_max = std::max<int64_t>(pd_max, wd[0].P);
-    const int64_t rows = (std::min<int64_t>(wd[1].P, (bm + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
-                         win_span(wd[1]) + 1;
-    const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
-    most = std::max<int64_t>(most, rows * cols);
-  }
-  const int64_t stage_bytes = (most * kWinPos + 127) / 128 * 128;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
-  const int stages = win_stages(stage_bytes, table_bytes, split ? 1 : 2, prop);
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+
+  // Geometry of a tile shape (BN, narrow or wide): tiles per plane, planes, the bytes of a
+  // stage (the largest window over the sub-problems, then B of the most (th, tw) taps
+  // unless 3xTF32), and the share of the tiles' rows that are real positions.
+  struct Geo {
+    int bn;
+    bool wide, fits;
+    int64_t bm, tpp, pd_max, window_bytes, stage_bytes;
+    double used;
+  };
+  auto geometry = [&](int bn, bool wide) {
+    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0.0};
+    int64_t most = 0, thw_max = 0, pos = 0, rows_run = 0;
+    for (int64_t z = 0; z < nz; ++z) {  // sub-problems differ by phase only, not by group
+      WinDim wd[3];
+      win_dims(P, prm.job, int(z), wd);
+      if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
+      const int64_t plane = int64_t(wd[1].P) * wd[2].P, tiles = (plane + q.bm - 1) / q.bm;
+      q.tpp = std::max(q.tpp, tiles);
+      q.pd_max = std::max<int64_t>(q.pd_max, wd[0].P);
+      pos += plane;
+      rows_run += tiles * q.bm;
+      const int64_t rows = (std::min<int64_t>(wd[1].P, (q.bm + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
+                           win_span(wd[1]) + 1;
+      const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+      most = std::max<int64_t>(most, rows * cols);
+      thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+    }
+    q.window_bytes = (most * kWinPos + 127) / 128 * 128;
+    q.stage_bytes = q.window_bytes + (split ? 0 : thw_max * (bn / 8) * 256);
+    q.fits = q.tpp > 0 && 2 * q.stage_bytes + table_bytes <= optin;  // two stages at least
+    q.used = rows_run > 0 ? double(pos) / double(rows_run) : 0.0;
+    return q;
+  };
+  // Wide tiles unless they waste over 10% more rows than narrow ones in partial tiles, or
+  // do not fit; B of many taps may need a thinner tile.
+  Geo geo{};
+  for (int bn = win_bn(prm.out_cg);; bn = bn > 32 ? 32 : 16) {
+    const Geo narrow = geometry(bn, false);
+    const Geo wide = win_wide(split) ? geometry(bn, true) : narrow;
+    geo = wide.fits && wide.used >= 0.9 * narrow.used ? wide : narrow;
+    if (geo.fits || bn == 16) break;
+  }
+  if (!geo.fits) return false;
+  const int bn = geo.bn;
+  const bool wide = geo.wide;
+  const int64_t tpp = geo.tpp, pd_max = geo.pd_max, window_bytes = geo.window_bytes,
+                stage_bytes = geo.stage_bytes;
+  const int blocks = !wide && !split && 2 * (2 * stage_bytes + table_bytes + 1024) <=
+                                            int64_t(prop->sharedMemPerMultiprocessor) ? 2 : 1;
+  const int stages = win_stages(stage_bytes, table_bytes, blocks, prop);
   const int64_t smem = stages * stage_bytes + table_bytes;
-  if (tpp == 0 || smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
@@ -654,7 +766,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
   const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
   const int64_t C = P.G * prm.src_cg;
-  const bool in_place = !(fp32 && tf32) && sl.c == 1 && prm.src_cg % KC == 0 &&
+  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
                         reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
                         (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
                         sl.v >= C;
@@ -664,6 +776,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     prm.pk_n = sl.n;
     prm.pk_v = sl.v;
     prm.cg_pad = prm.src_cg;
+    prm.round_a = fp32 && tf32;
   } else {
     const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
     packed = at::empty({P.N * vol * gc}, src_t.options().dtype(c10::CppTypeToScalarType<E>::value));
@@ -699,6 +812,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.ntiles = int(ntiles);
   prm.tiles_per_plane = int(tpp);
   prm.pd_max = int(pd_max);
+  prm.window_bytes = int(window_bytes);
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
   const int64_t gx = P.N * pd_max * tpp, gy = (prm.out_cg + bn - 1) / bn;
@@ -707,11 +821,11 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const dim3 grid{unsigned(gx), unsigned(gy), unsigned(nsub)};
   if constexpr (std::is_same<T, float>::value) {
     if (split) {
-      dispatch_window_bn<T, true>(bn, prm, grid, smem, stream);
+      dispatch_window_bn<T, true>(bn, false, prm, grid, smem, stream);
       return true;
     }
   }
-  dispatch_window_bn<T, false>(bn, prm, grid, smem, stream);
+  dispatch_window_bn<T, false>(bn, wide, prm, grid, smem, stream);
   return true;
 }
 

@@ -1,0 +1,63 @@
+"""Times each of our three passes alone (forward, grad input, grad weight + bias) on the named
+problems, per precision mode: where a forward+backward's time goes. No reference, no checks
+(bench.py and the tests do those); kernel tuning knobs come from the environment
+(CT3D_WIN_TILE, CT3D_WIN_STAGES), so run it once per setting:
+
+    CT3D_WIN_TILE=wide python scripts/pass_times.py [--problem kb68] [--mode tf32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # noqa: E402
+import model_new as mn  # noqa: E402
+import reference as ref  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problem", choices=list(ref.PROBLEMS), action="append")
+    ap.add_argument("--mode", choices=list(bench.MODES), action="append")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--passes", default="fwd,dgrad,wgrad")
+    args = ap.parse_args()
+    ext = mn._extension()
+    tag = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("CT3D_WIN"))
+    passes = args.passes.split(",")
+    for name in args.problem or list(ref.PROBLEMS):
+        p = ref.PROBLEMS[name]
+        flops = bench.useful_flops(p, p["batch"])
+        for mode in args.mode or list(bench.MODES):
+            dtype, allow = bench.MODES[mode]
+            torch.manual_seed(0)
+            m = mn.ModelNew(*ref.init_args(p)).cuda().to(dtype)
+            conv = m.conv_transpose3d
+            w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+            x = torch.rand(*ref.input_shape(p), device="cuda", dtype=dtype)
+            st, pad, op, dil, g = list(conv.stride), list(conv.padding), list(conv.output_padding), [1, 1, 1], conv.groups
+            y = ext.forward(x, w, b, st, pad, op, dil, g, allow, 0)
+            dy = torch.randn_like(y)
+            fns = {
+                "fwd": lambda: ext.forward(x, w, b, st, pad, op, dil, g, allow, 0),
+                "dgrad": lambda: ext.grad_input(dy, w, list(x.shape), st, pad, op, dil, g, allow, 0),
+                "wgrad": lambda: ext.grad_weight_bias(dy, x, list(w.shape), st, pad, op, dil, g, True,
+                                                      b is not None, allow, 0),
+            }
+            cells = []
+            for ps in passes:
+                ms = bench.time_ms(fns[ps], 1, args.reps)
+                cells.append(f"{ps} {ms:8.3f} ms {flops / ms / 1e9:6.1f} TF/s")
+            print(f"{name} {mode:4s} | " + " | ".join(cells) + f"   [{tag}]", flush=True)
+            del m, x, y, dy, w, b
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
