@@ -237,36 +237,44 @@ void launch_igemm(const Gemm& gemm, int64_t max_m, int64_t max_n, int64_t z, boo
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 }
+#include <cstdlib>
+#include <string>
+#include <type_traits>
 namespace ct3d {
 constexpr int kTcBK = 8;
 constexpr int kTcRowStride = 12;
 constexpr int kFlushTaps = 8;
+constexpr int kWinPos = 48;
 enum WinJob : int { kJobForward = 0, kJobGradInput = 1 };
-enum WeightMode : int { kWeightExact = 0, kWeightTf32 = 1, kWeightSplit = 2 };
+enum WeightMode : int { kWeightTf32 = 0, kWeightSplit = 1, kWeight16 = 2 };
+template <typename T> struct WinElem { using type = T; };
+template <> struct WinElem<float> { using type = float; };
 struct WinDim {
   int P, mult, T, off0, dstep, r0, rs, oc, os;
 };
 struct WinParams {
   const void* src;
-  const float* wt_big;
-  const float* wt_small;
+  int64_t pk_n, pk_v, cg_pad;
+  const uint32_t* wt_big;
+  const uint32_t* wt_small;
   const void* bias;
   void* out;
   Problem P;
   int job;
   int64_t src_cg, out_cg;
   int64_t src_sz[3], out_sz[3];
-  Layout src_l, out_l;
+  Layout out_l;
   int nchunks, ntiles;
   int tiles_per_plane;
   int pd_max;
-  int window_floats;
+  int window_bytes;
+  int stage_bytes;
+  int stages;
   bool round_a;
 };
-inline WinParams win_params(int job, const void* src, const void* bias, void* out, const Problem& P) {
+inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
   const bool fwd = job == kJobForward;
   WinParams prm{};
-  prm.src = src;
   prm.bias = bias;
   prm.out = out;
   prm.P = P;
@@ -277,7 +285,6 @@ inline WinParams win_params(int job, const void* src, const void* bias, void* ou
     prm.src_sz[e] = fwd ? P.in[e] : P.out[e];
     prm.out_sz[e] = fwd ? P.out[e] : P.in[e];
   }
-  prm.src_l = fwd ? P.xl : P.yl;
   prm.out_l = fwd ? P.yl : P.xl;
   return prm;
 }
@@ -327,6 +334,24 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
+template <typename T>
+__device__ __forceinline__ void mma_k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+#endif
+}
 __device__ __forceinline__ uint32_t tf32_rna(float v) {
   uint32_t r = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -334,9 +359,47 @@ __device__ __forceinline__ uint32_t tf32_rna(float v) {
 #endif
   return r;
 }
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait(int n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if (n <= 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+#endif
+}
+template <typename T, typename E>
+__global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round) {
+  __shared__ float tile[32][33];
+  const int64_t v0 = int64_t(blockIdx.x) * 32, c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  for (int i = ty; i < 32; i += 8) {
+    const int64_t c = c0 + i, v = v0 + tx;
+    const int64_t g = c / cg_pad, cc = c - g * cg_pad;
+    tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+  }
+  __syncthreads();
+  for (int i = ty; i < 32; i += 8) {
+    const int64_t v = v0 + i, c = c0 + tx;
+    if (v < vol && c < gc) {
+      const float val = tile[tx][i];
+      dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+    }
+  }
+}
 template <typename T>
-__global__ void transform_weight_kernel(const T* __restrict__ w, float* __restrict__ big,
-                                        float* __restrict__ small, Problem P, int job,
+__global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __restrict__ big,
+                                        uint32_t* __restrict__ small, Problem P, int job,
                                         int nchunks, int ntiles, int mode) {
   const int64_t total = P.G * P.kvol() * nchunks * ntiles * 64;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
@@ -350,71 +413,39 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, float* __restri
     const int ch = int(t % nchunks); t /= nchunks;
     const int64_t r = t % P.kvol();
     const int64_t g = t / P.kvol();
-    const int64_t k = ch * kTcBK + lane % 4 + 4 * e, n = nt * 8 + lane / 4;
-    float v = 0.f;
-    if (k < kc && n < nc) {
+    const int64_t n = nt * 8 + lane / 4;
+    auto value = [&](int64_t k) -> float {
+      if (k >= kc || n >= nc) return 0.f;
       const int64_t ci = job == kJobForward ? k : n, co = job == kJobForward ? n : k;
-      v = float(w[((g * P.cin_g() + ci) * P.cout_g() + co) * P.kvol() + r]);
-    }
-    if (mode == kWeightExact) {
-      big[idx] = v;
-    } else if (mode == kWeightTf32) {
-      big[idx] = round_tf32(v);
+      return float(w[((g * P.cin_g() + ci) * P.cout_g() + co) * P.kvol() + r]);
+    };
+    if (mode == kWeight16) {
+      const int64_t k = ch * 16 + 2 * (lane % 4) + 8 * e;
+      const T lo = T(value(k)), hi = T(value(k + 1));
+      uint16_t ulo, uhi;
+      memcpy(&ulo, &lo, 2);
+      memcpy(&uhi, &hi, 2);
+      big[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
     } else {
+      const float v = value(ch * 8 + lane % 4 + 4 * e);
       const float b = round_tf32(v);
-      big[idx] = b;
-      small[idx] = round_tf32(v - b);
-    }
-  }
-}
-template <typename T>
-__device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t chan_stride,
-                                             int64_t vox_stride, int valid_chans, int Td, int R, int C, int id0,
-                                             int dstep_d, int wh0, int ww0, const int64_t (&src_sz)[3],
-                                             bool round_a) {
-  constexpr int RS = kTcRowStride, ROWS = 4, COLS = 4;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int rows_total = kTcBK * Td * R;
-  for (int row0 = warp * ROWS; row0 < rows_total; row0 += 8 * ROWS) {
-    const T* rp[ROWS];
-    float* dp[ROWS];
-#pragma unroll
-    for (int q = 0; q < ROWS; ++q) {
-      const int row = row0 + q;
-      const int ci = row / (Td * R), pr = row % (Td * R);
-      const int id = id0 + (pr / R) * dstep_d, ih = wh0 + pr % R;
-      const bool ok = row < rows_total && ci < valid_chans && unsigned(id) < unsigned(src_sz[0]) &&
-                      unsigned(ih) < unsigned(src_sz[1]);
-      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] * vox_stride : nullptr;
-      dp[q] = row < rows_total ? xs + pr * C * RS + ci : nullptr;
-    }
-    for (int c0 = 0; c0 < C; c0 += 32 * COLS) {
-      float v[ROWS][COLS];
-#pragma unroll
-      for (int q = 0; q < ROWS; ++q)
-#pragma unroll
-        for (int u = 0; u < COLS; ++u) {
-          const int iw = ww0 + c0 + lane + 32 * u;
-          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw * vox_stride]) : 0.f;
-        }
-#pragma unroll
-      for (int q = 0; q < ROWS; ++q)
-#pragma unroll
-        for (int u = 0; u < COLS; ++u) {
-          const int c = c0 + lane + 32 * u;
-          if (dp[q] && c < C) dp[q][c * RS] = round_a ? round_tf32(v[q][u]) : v[q][u];
-        }
+      big[idx] = __float_as_uint(b);
+      if (mode == kWeightSplit) small[idx] = __float_as_uint(round_tf32(v - b));
     }
   }
 }
 template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, bool SPLIT3>
-__global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const WinParams prm) {
+__global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) window_tc_kernel(const WinParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using E = typename WinElem<T>::type;
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  constexpr int KC = 32 / int(sizeof(E));
   constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
-  constexpr int MI = WM / 16, NI = WN / 8;
-  constexpr int RS = kTcRowStride;
+  constexpr int MI = WM / 16, NI = WN / 8, NT8 = BN / 8;
+  constexpr bool BS = !SPLIT3;
   static_assert(WARPS_M * WARPS_N == 8 && MI >= 1 && NI >= 1, "8 warps, whole m16/n8 tiles");
-  extern __shared__ __align__(16) float xs[];
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_nvt;
   const Problem& P = prm.P;
   WinDim wd[3];
   const int g = win_dims(P, prm.job, blockIdx.z, wd);
@@ -426,9 +457,8 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   const int m0 = pt * BM;
   if (jd >= wd[0].P || m0 >= Pplane) return;
   const int co0 = blockIdx.y * BN;
-  const int taps = wd[0].T * wd[1].T * wd[2].T;
+  const int Thw = wd[1].T * wd[2].T;
   const int jh0 = m0 / Pw, jh1 = min(wd[1].P - 1, (m0 + BM - 1) / Pw);
-  const int Td = max(wd[0].T, 1);
   const int R = (jh1 - jh0) * wd[1].mult + win_span(wd[1]) + 1;
   const int C = (Pw - 1) * wd[2].mult + win_span(wd[2]) + 1;
   const int wh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
@@ -436,12 +466,64 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
   const int gq = lane / 4, tq = lane % 4;
+  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* sh_tab = w_tab + P.kvol();
+  int* vtd = sh_tab + P.k[1] * P.k[2];
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * tap_stride);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = (sh * C + sw) * kWinPos;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+  const int nK = nvt * prm.nchunks;
   int a_base[MI];
 #pragma unroll
   for (int i = 0; i < MI; ++i) {
     const int m = min(m0 + warp_m * WM + i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, Pplane - 1);
-    a_base[i] = ((m / Pw - jh0) * wd[1].mult * C + (m % Pw) * wd[2].mult) * RS + (lane >> 4) * 4;
+    a_base[i] = ((m / Pw - jh0) * wd[1].mult * C + (m % Pw) * wd[2].mult) * kWinPos + (lane >> 4) * 16;
   }
+  const E* __restrict__ src = static_cast<const E*>(prm.src);
+  const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
+  auto issue = [&](int kk) {
+    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
+    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
+      const int p = q >> 1, r = p / C, c = p - r * C;
+      const int ih = wh0 + r, iw = ww0 + c;
+      const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+      cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+    }
+    if constexpr (BS) {
+      const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * 64;
+      const uint32_t bdst = dst + prm.window_bytes;
+      for (int q = threadIdx.x; q < Thw * NT8 * 16; q += blockDim.x) {
+        const int piece = q & 15, tile = q >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(bdst + tile * 256 + piece * 16, wsrc + w_tab[td * Thw + thw] + nt * 64 + piece * 4, 16);
+      }
+    }
+  };
   float acc[MI][NI][4], blk[MI][NI][4], cor[MI][NI][4];
 #pragma unroll
   for (int i = 0; i < MI; ++i)
@@ -449,99 +531,126 @@ __global__ void __launch_bounds__(256, SPLIT3 ? 1 : 2) window_tc_kernel(const Wi
     for (int j = 0; j < NI; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = blk[i][j][e] = cor[i][j][e] = 0.f;
-  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
-  int2* tab = reinterpret_cast<int2*>(xs + prm.window_floats);
-  for (int t = threadIdx.x; t < taps; t += blockDim.x) {
-    const int tw = t % wd[2].T, th = (t / wd[2].T) % wd[1].T, td = t / (wd[2].T * wd[1].T);
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-    const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-    tab[t] = make_int2(int(r * tap_stride), ((td * R + sh) * C + sw) * RS);
-  }
-  const T* __restrict__ src = static_cast<const T*>(prm.src);
-  const T* src_g = src + prm.src_l.at(n, int64_t(g) * prm.src_cg, 0);
-  for (int chunk = 0; taps > 0 && chunk < prm.nchunks; ++chunk) {
+  const uint32_t* wb0 = wb_blk + warp_n * NI * 64 + lane * 2;
+  const int64_t small_off = SPLIT3 ? prm.wt_small - prm.wt_big : 0;
+  int pf_chunk = 0, pf_tdi = 0, pf_thw = 0, pf_left = nK * Thw;
+  auto load_b = [&](uint2 (&bb)[NI], uint2 (&bs)[NI]) {
+    if (!BS && pf_left > 0) {
+      const uint32_t* p = wb0 + pf_chunk * int64_t(prm.ntiles) * 64 + w_tab[vtd[pf_tdi] * Thw + pf_thw];
+#pragma unroll
+      for (int j = 0; j < NI; ++j) {
+        bb[j] = __ldg(reinterpret_cast<const uint2*>(p + j * 64));
+        if (SPLIT3) bs[j] = __ldg(reinterpret_cast<const uint2*>(p + small_off + j * 64));
+      }
+      --pf_left;
+      if (++pf_thw == Thw) {
+        pf_thw = 0;
+        if (++pf_tdi == nvt) { pf_tdi = 0; ++pf_chunk; }
+      }
+    }
+  };
+  int kk = 0, thw = 0;
+  uint32_t xs = smem0;
+  auto begin_stage = [&]() {
+    cp_async_wait(prm.stages - 2);
+    if (!k16 && !SPLIT3 && prm.round_a) {
+      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
+        float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
+        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+      }
+    }
     __syncthreads();
-    stage_window<T>(xs, src_g + int64_t(chunk) * kTcBK * prm.src_l.c, prm.src_l.c, prm.src_l.v,
-                    int(prm.src_cg - chunk * kTcBK), Td, R, C, jd * wd[0].mult + wd[0].off0,
-                    wd[0].dstep, wh0, ww0, prm.src_sz, prm.round_a);
-    __syncthreads();
-    const float* wb = prm.wt_big + ((int64_t(g) * P.kvol() * prm.nchunks + chunk) * prm.ntiles +
-                                    co0 / 8 + warp_n * NI) * 64 + lane * 2;
-    const int64_t small_off = SPLIT3 ? prm.wt_small - prm.wt_big : 0;
-    float2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
-    auto load_b = [&](int t, float2 (&bb)[NI], float2 (&bs)[NI]) {
-      if (t < taps) {
-        const float* p = wb + tab[t].x;
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    cp_async_commit();
+    xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
+  };
+  auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
+    const uint32_t base = xs + sh_tab[t];
+#pragma unroll
+    for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], base + a_base[i]);
+  };
+  const int b_lane = (warp_n * NI * 32 + lane) * 8;
+  auto load_b_smem = [&](int t, uint2 (&bb)[NI]) {
+    const unsigned char* p = smem + (xs - smem0) + prm.window_bytes + t * NT8 * 256 + b_lane;
+#pragma unroll
+    for (int j = 0; j < NI; ++j) bb[j] = *reinterpret_cast<const uint2*>(p + j * 256);
+  };
+  auto step = [&](uint32_t (&a_use)[MI][4], uint32_t (&a_load)[MI][4], uint2 (&b_use)[NI], uint2 (&s_use)[NI],
+                  uint2 (&b_load)[NI], uint2 (&s_load)[NI]) -> bool {
+    if (kk >= nK) return false;
+    load_b(b_load, s_load);
+    if (thw + 1 < Thw) {
+      load_a(thw + 1, a_load);
+      if constexpr (BS) load_b_smem(thw + 1, b_load);
+    }
+#pragma unroll
+    for (int i = 0; i < MI; ++i) {
+      const uint32_t (&a)[4] = a_use[i];
+      if constexpr (k16) {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) mma_k16<T>(acc[i][j], a, b_use[j].x, b_use[j].y);
+      } else if (SPLIT3) {
+        uint32_t ab[4], as[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          ab[e] = tf32_rna(__uint_as_float(a[e]));
+          as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
+        }
 #pragma unroll
         for (int j = 0; j < NI; ++j) {
-          bb[j] = __ldg(reinterpret_cast<const float2*>(p + j * 64));
-          if (SPLIT3) bs[j] = __ldg(reinterpret_cast<const float2*>(p + small_off + j * 64));
+          mma_tf32(blk[i][j], ab, b_use[j].x, b_use[j].y);
+          mma_tf32(cor[i][j], as, b_use[j].x, b_use[j].y);
+          mma_tf32(cor[i][j], ab, s_use[j].x, s_use[j].y);
         }
+      } else {
+#pragma unroll
+        for (int j = 0; j < NI; ++j) mma_tf32(acc[i][j], a, b_use[j].x, b_use[j].y);
       }
-    };
-    uint32_t a_cur[MI][4], a_nxt[MI][4];
-    auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
-      const int shift = tab[t].y;
-#pragma unroll
-      for (int i = 0; i < MI; ++i) ldmatrix_x4(a[i], smem_u32(xs + a_base[i] + shift));
-    };
-    load_b(0, b0, s0);
-    load_b(1, b1, s1);
-    load_a(0, a_cur);
-    for (int t = 0; t < taps; ++t) {
-      load_b(t + 2, b2, s2);
-      if (t + 1 < taps) load_a(t + 1, a_nxt);
-#pragma unroll
-      for (int i = 0; i < MI; ++i) {
-        const uint32_t (&a)[4] = a_cur[i];
-        if (SPLIT3) {
-          uint32_t ab[4], as[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            ab[e] = tf32_rna(__uint_as_float(a[e]));
-            as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
-          }
-#pragma unroll
-          for (int j = 0; j < NI; ++j) {
-            const uint32_t bb0 = __float_as_uint(b0[j].x), bb1 = __float_as_uint(b0[j].y);
-            mma_tf32(blk[i][j], ab, bb0, bb1);
-            mma_tf32(cor[i][j], as, bb0, bb1);
-            mma_tf32(cor[i][j], ab, __float_as_uint(s0[j].x), __float_as_uint(s0[j].y));
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < NI; ++j)
-            mma_tf32(acc[i][j], a, __float_as_uint(b0[j].x), __float_as_uint(b0[j].y));
-        }
-      }
+    }
+    if (SPLIT3 && (thw % kFlushTaps == kFlushTaps - 1 || thw == Thw - 1)) {
 #pragma unroll
       for (int i = 0; i < MI; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) a_cur[i][e] = a_nxt[i][e];
-      if (SPLIT3 && (t % kFlushTaps == kFlushTaps - 1 || t == taps - 1)) {
+        for (int j = 0; j < NI; ++j)
 #pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-          for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              acc[i][j][e] += blk[i][j][e];
-              blk[i][j][e] = 0.f;
-            }
-      }
-#pragma unroll
-      for (int j = 0; j < NI; ++j) {
-        b0[j] = b1[j];
-        b1[j] = b2[j];
-        if (SPLIT3) {
-          s0[j] = s1[j];
-          s1[j] = s2[j];
-        }
+          for (int e = 0; e < 4; ++e) {
+            acc[i][j][e] += blk[i][j][e];
+            blk[i][j][e] = 0.f;
+          }
+    }
+    if (++thw == Thw) {
+      thw = 0;
+      if (++kk < nK) {
+        begin_stage();
+        load_a(0, a_load);
+        if constexpr (BS) load_b_smem(0, b_load);
       }
     }
+    return true;
+  };
+  uint32_t a0[MI][4], a1[MI][4];
+  uint2 b0[NI], b1[NI], b2[NI], s0[NI], s1[NI], s2[NI];
+  load_b(b0, s0);
+  load_b(b1, s1);
+  for (int st = 0; st < prm.stages - 1; ++st) {
+    if (st < nK) issue(st);
+    cp_async_commit();
   }
+  if (nK > 0) {
+    begin_stage();
+    load_a(0, a0);
+    if constexpr (BS) load_b_smem(0, b0);
+  }
+  if constexpr (BS) {
+    while (step(a0, a1, b0, s0, b1, s1) && step(a1, a0, b1, s1, b0, s0)) {
+    }
+  } else {
+    while (step(a0, a1, b0, s0, b2, s2) && step(a1, a0, b1, s1, b0, s0) && step(a0, a1, b2, s2, b1, s1) &&
+           step(a1, a0, b0, s0, b2, s2) && step(a0, a1, b1, s1, b0, s0) && step(a1, a0, b2, s2, b1, s1)) {
+    }
+  }
+  cp_async_wait(0);
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
@@ -574,72 +683,171 @@ static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cuda
   kernel<<<grid, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+inline int win_bn(int64_t out_cg) {
+  return out_cg <= 16 ? 16 : out_cg <= 32 ? 32 : out_cg <= 48 ? 48 : 64;
+}
+inline bool win_wide(bool split) {
+  static const int env = [] {
+    const char* s = std::getenv("CT3D_WIN_TILE");
+    return s == nullptr ? -1 : std::string(s) == "wide" ? 1 : 0;
+  }();
+  return !split && env != 0;
+}
+inline int win_bm(int bn, bool wide) {
+  const int warps_m = bn >= 48 ? 4 : 8;
+  return warps_m * (wide ? 64 : 32);
+}
 template <typename T, bool SPLIT3>
-static void dispatch_window_bn(int bn, const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
+static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 grid, int64_t smem,
+                               cudaStream_t stream) {
+  if constexpr (!SPLIT3) {
+    if (wide) {
+      if (bn == 16) launch_window_tc<T, 512, 16, 8, 1, false>(prm, grid, smem, stream);
+      else if (bn == 32) launch_window_tc<T, 512, 32, 8, 1, false>(prm, grid, smem, stream);
+      else if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
+      else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      return;
+    }
+  }
   if (bn == 16) launch_window_tc<T, 256, 16, 8, 1, SPLIT3>(prm, grid, smem, stream);
   else if (bn == 32) launch_window_tc<T, 256, 32, 8, 1, SPLIT3>(prm, grid, smem, stream);
+  else if (bn == 48) launch_window_tc<T, 128, 48, 4, 2, SPLIT3>(prm, grid, smem, stream);
   else launch_window_tc<T, 128, 64, 4, 2, SPLIT3>(prm, grid, smem, stream);
 }
+inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, const cudaDeviceProp* prop) {
+  static const int most = [] {
+    const char* s = std::getenv("CT3D_WIN_STAGES");
+    const int v = s ? std::atoi(s) : 3;
+    return v < 2 ? 2 : v > 4 ? 4 : v;
+  }();
+  const int64_t per_block = int64_t(prop->sharedMemPerMultiprocessor) / blocks - 1024;
+  for (int st = most; st > 2; --st)
+    if (st * stage_bytes + table_bytes <= per_block) return st;
+  return 2;
+}
 template <typename T>
-bool run_window_tc(WinParams prm, const at::Tensor& w, bool tf32) {
+bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
   const int dev = w.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major < 8) return false;
-  const int bn = prm.out_cg <= 16 ? 16 : prm.out_cg <= 32 ? 32 : 64;
-  const int64_t bm = bn == 64 ? 128 : 256;
-  const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
-  const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  int64_t tpp = 0, pd_max = 0, max_taps = 0, most = 0;
-  for (int64_t z = 0; z < nz; ++z) {
-    WinDim wd[3];
-    win_dims(P, prm.job, int(z), wd);
-    if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
-    tpp = std::max<int64_t>(tpp, (int64_t(wd[1].P) * wd[2].P + bm - 1) / bm);
-    pd_max = std::max<int64_t>(pd_max, wd[0].P);
-    max_taps = std::max<int64_t>(max_taps, int64_t(wd[0].T) * wd[1].T * wd[2].T);
-    const int64_t rows = (std::min<int64_t>(wd[1].P, (bm + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
-                         win_span(wd[1]) + 1;
-    const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
-    most = std::max<int64_t>(most, int64_t(std::max(wd[0].T, 1)) * rows * cols);
-  }
-  const int64_t wfloats = (most * kTcRowStride + 3) / 4 * 4;
-  const int64_t smem = (wfloats + 2 * max_taps) * int64_t(sizeof(float));
-  if (tpp == 0 || smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
-  const int64_t nchunks = (prm.src_cg + kTcBK - 1) / kTcBK;
-  const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;
-  const int mode = !fp32 ? kWeightExact : split ? kWeightSplit : kWeightTf32;
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kFloat));
+  const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
+  const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  struct Geo {
+    int bn;
+    bool wide, fits;
+    int64_t bm, tpp, pd_max, window_bytes, stage_bytes;
+    double used;
+  };
+  auto geometry = [&](int bn, bool wide) {
+    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0.0};
+    int64_t most = 0, thw_max = 0, pos = 0, rows_run = 0;
+    for (int64_t z = 0; z < nz; ++z) {
+      WinDim wd[3];
+      win_dims(P, prm.job, int(z), wd);
+      if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
+      const int64_t plane = int64_t(wd[1].P) * wd[2].P, tiles = (plane + q.bm - 1) / q.bm;
+      q.tpp = std::max(q.tpp, tiles);
+      q.pd_max = std::max<int64_t>(q.pd_max, wd[0].P);
+      pos += plane;
+      rows_run += tiles * q.bm;
+      const int64_t rows = (std::min<int64_t>(wd[1].P, (q.bm + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
+                           win_span(wd[1]) + 1;
+      const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+      most = std::max<int64_t>(most, rows * cols);
+      thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+    }
+    q.window_bytes = (most * kWinPos + 127) / 128 * 128;
+    q.stage_bytes = q.window_bytes + (split ? 0 : thw_max * (bn / 8) * 256);
+    q.fits = q.tpp > 0 && 2 * q.stage_bytes + table_bytes <= optin;
+    q.used = rows_run > 0 ? double(pos) / double(rows_run) : 0.0;
+    return q;
+  };
+  Geo geo{};
+  for (int bn = win_bn(prm.out_cg);; bn = bn > 32 ? 32 : 16) {
+    const Geo narrow = geometry(bn, false);
+    const Geo wide = win_wide(split) ? geometry(bn, true) : narrow;
+    geo = wide.fits && wide.used >= 0.9 * narrow.used ? wide : narrow;
+    if (geo.fits || bn == 16) break;
+  }
+  if (!geo.fits) return false;
+  const int bn = geo.bn;
+  const bool wide = geo.wide;
+  const int64_t tpp = geo.tpp, pd_max = geo.pd_max, window_bytes = geo.window_bytes,
+                stage_bytes = geo.stage_bytes;
+  const int blocks = !wide && !split && 2 * (2 * stage_bytes + table_bytes + 1024) <=
+                                            int64_t(prop->sharedMemPerMultiprocessor) ? 2 : 1;
+  const int stages = win_stages(stage_bytes, table_bytes, blocks, prop);
+  const int64_t smem = stages * stage_bytes + table_bytes;
+  const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
+  const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
   auto stream = at::cuda::getCurrentCUDAStream();
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  const int64_t C = P.G * prm.src_cg;
+  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
+                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
+                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
+                        sl.v >= C;
+  at::Tensor packed;
+  if (in_place) {
+    prm.src = src_t.data_ptr();
+    prm.pk_n = sl.n;
+    prm.pk_v = sl.v;
+    prm.cg_pad = prm.src_cg;
+    prm.round_a = fp32 && tf32;
+  } else {
+    const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
+    packed = at::empty({P.N * vol * gc}, src_t.options().dtype(c10::CppTypeToScalarType<E>::value));
+    TORCH_CHECK(P.N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
+    if (packed.numel() > 0) {
+      const dim3 pgrid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
+      pack_src_kernel<T, E><<<pgrid, 256, 0, stream>>>(static_cast<const T*>(src_t.data_ptr()),
+                                                       packed.data_ptr<E>(), sl, vol, prm.src_cg, cg_pad, gc,
+                                                       fp32 && tf32);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    prm.src = packed.data_ptr();
+    prm.pk_n = vol * gc;
+    prm.pk_v = gc;
+    prm.cg_pad = cg_pad;
+  }
+  const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
+  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {
     transform_weight_kernel<T><<<tblocks, 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<float>(), split ? wt.data_ptr<float>() + wt_numel : nullptr, P,
-        prm.job, int(nchunks), int(ntiles), mode);
+        w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, prm.job, int(nchunks), int(ntiles), mode);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  prm.wt_big = wt.data_ptr<float>();
-  prm.wt_small = split ? wt.data_ptr<float>() + wt_numel : nullptr;
+  prm.wt_big = wt_ptr;
+  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.nchunks = int(nchunks);
   prm.ntiles = int(ntiles);
   prm.tiles_per_plane = int(tpp);
   prm.pd_max = int(pd_max);
-  prm.window_floats = int(wfloats);
-  prm.round_a = fp32 && !split;
+  prm.window_bytes = int(window_bytes);
+  prm.stage_bytes = int(stage_bytes);
+  prm.stages = stages;
   const int64_t gx = P.N * pd_max * tpp, gy = (prm.out_cg + bn - 1) / bn;
   TORCH_CHECK(gx < (int64_t(1) << 31) && gy <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
   const dim3 grid{unsigned(gx), unsigned(gy), unsigned(nsub)};
   if constexpr (std::is_same<T, float>::value) {
     if (split) {
-      dispatch_window_bn<T, true>(bn, prm, grid, smem, stream);
+      dispatch_window_bn<T, true>(bn, false, prm, grid, smem, stream);
       return true;
     }
   }
-  dispatch_window_bn<T, false>(bn, prm, grid, smem, stream);
+  dispatch_window_bn<T, false>(bn, wide, prm, grid, smem, stream);
   return true;
 }
 }
@@ -745,9 +953,8 @@ struct FwdGemm {
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32) {
-  const WinParams prm = win_params(kJobForward, x.data_ptr<T>(), bias ? bias->data_ptr<T>() : nullptr,
-                                   y.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, w, tf32);
+  const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
+  return run_window_tc<T>(prm, x, w, tf32);
 }
 template <typename T>
 void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
@@ -842,8 +1049,8 @@ struct DgradGemm {
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32) {
-  const WinParams prm = win_params(kJobGradInput, dy.data_ptr<T>(), nullptr, dx.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, w, tf32);
+  const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
+  return run_window_tc<T>(prm, dy, w, tf32);
 }
 template <typename T>
 void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
@@ -942,7 +1149,8 @@ constexpr int kWgBM = 128;
 constexpr int kWgXStride = kWgBM + 4;
 struct WgradTcParams {
   const void* x;
-  const void* dy;
+  const float* dyp;
+  int64_t pk_n, pk_v, cg_pad;
   float* ws;
   Problem P;
   int tiles_per_plane;
@@ -951,6 +1159,7 @@ struct WgradTcParams {
   int tap_groups;
   int R, C;
   int window_floats;
+  int windows;
   bool round_a;
 };
 template <typename T, int MT, int TPW, bool SPLIT3>
@@ -958,8 +1167,8 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int RS = kTcRowStride;
   extern __shared__ __align__(16) float sm[];
-  float* xs = sm;
-  float* xt = sm + prm.window_floats;
+  float* xt = sm + prm.windows * prm.window_floats;
+  const bool two = prm.windows == 2;
   int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);
   int* pos_tab = tab + 8 * TPW;
   const Problem& P = prm.P;
@@ -990,20 +1199,42 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
   const T* __restrict__ x = static_cast<const T*>(prm.x);
-  const T* __restrict__ dy = static_cast<const T*>(prm.dy);
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  for (int64_t tile = t_begin; tile < t_end; ++tile) {
+  const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const float* dy_g = prm.dyp + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  auto issue_window = [&](int64_t tile, int buf) {
+    const int pt = int(tile % prm.tiles_per_plane);
+    const int64_t rest = tile / prm.tiles_per_plane;
+    const int jd = int(rest % wd[0].P);
+    const int64_t n = rest / wd[0].P;
+    const int jh0 = pt * kWgBM / Wd;
+    const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int ow0 = win_off_min(wd[2]);
+    const float* base = dy_g + n * prm.pk_n;
+    const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
+    for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
+      const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
+      const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+      const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+      const float* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
+      cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+    }
+  };
+  if (two && t_begin < t_end) issue_window(t_begin, 0);
+  cp_async_commit();
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
     const int jd = int(rest % wd[0].P);
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
     __syncthreads();
-    stage_window<T>(xs, dy + P.yl.at(n, int64_t(g) * cout_g + chunk * kTcBK, 0), P.yl.c, P.yl.v,
-                    cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
-                    wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
-                    {P.out[0], P.out[1], P.out[2]}, prm.round_a);
+    if (!two) issue_window(tile, 0);
+    else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
+    cp_async_commit();
+    const float* xs = sm + (two ? buf : 0) * prm.window_floats;
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
@@ -1022,6 +1253,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
         xt[(e / kWgBM) * kWgXStride + e % kWgBM] = prm.round_a ? round_tf32(v[u]) : v[u];
       }
     }
+    cp_async_wait(two ? 1 : 0);
     __syncthreads();
     for (int k0 = 0; k0 < kWgBM; k0 += 8) {
       uint32_t a[MT][4];
@@ -1072,6 +1304,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
           }
     }
   }
+  cp_async_wait(0);
   const int64_t numel = P.Cin * P.cout_g() * P.kvol();
 #pragma unroll
   for (int q = 0; q < TPW; ++q) {
@@ -1142,11 +1375,28 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
-  const int64_t smem = (wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
-  if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
+  auto smem_for = [&](int64_t windows) {
+    return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
+  };
+  const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
+  const int64_t smem = smem_for(windows);
+  if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
+  const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
+  auto dyp = at::empty({P.N * out_vol * gc}, dy.options().dtype(at::kFloat));
+  {
+    const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
+    pack_src_kernel<T, float><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<float>(), P.yl,
+                                                         out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
-  prm.dy = dy.data_ptr<T>();
+  prm.dyp = dyp.data_ptr<float>();
+  prm.pk_n = out_vol * gc;
+  prm.pk_v = gc;
+  prm.cg_pad = cg_pad;
   prm.P = P;
   prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
   prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
@@ -1154,8 +1404,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   prm.R = int(rows);
   prm.C = int(cols);
   prm.window_floats = int(wfloats);
+  prm.windows = windows;
   prm.round_a = fp32 && tf32;
-  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t base = chunks * P.G * prm.tap_groups;
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>({(2 * int64_t(prop->multiProcessorCount) + base - 1) / base,
                                                              prm.total_tiles, int64_t(kMaxSplits)}));
@@ -1165,7 +1415,6 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
-  auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
   if constexpr (std::is_same<T, float>::value) {
     if (split3) dispatch_wgrad_mt<T, true>(mt, prm, grid, smem, stream);

@@ -18,7 +18,9 @@
 // per split, per 8-channel chunk of dy and per group of taps, a block walks tiles of 128
 // input positions (one plane of one batch item each). For each tile it stages the x tile
 // xt[ci][position] and the window of dy that the tile's positions reach through the
-// block's taps (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p). Then,
+// block's taps (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p): dy is
+// packed fp32 channels-innermost once per call (pack_src_kernel), so the window is copied
+// with cp.async, the next tile's while this tile's MMAs run (two window buffers). Then,
 // per tap r, MMA D[ci][co] += sum over positions of A[ci][p] * B[p][co] with A = the x tile
 // (ldmatrix) and B = the dy window shifted by tap r (two 4-byte loads a fragment: a shift
 // breaks ldmatrix's 16-byte alignment). Warp w owns taps w, w+8, ... of the group and
@@ -131,7 +133,8 @@ constexpr int kWgXStride = kWgBM + 4;  // floats per x-tile row: 528 B keeps ldm
 
 struct WgradTcParams {
   const void* x;
-  const void* dy;
+  const float* dyp;        // dy packed fp32 channels-innermost (window_tc.cuh's pack_src_kernel):
+  int64_t pk_n, pk_v, cg_pad;  // element n*pk_n + position*pk_v + g*cg_pad + channel
   float* ws;               // [splits, numel(dw)]
   Problem P;
   int tiles_per_plane;     // ceil(H*W / kWgBM)
@@ -139,8 +142,9 @@ struct WgradTcParams {
   int64_t tiles_per_split;
   int tap_groups;          // ceil(kvol / (8 * TPW))
   int R, C;                // window rows and columns (fixed: the most any tile needs)
-  int window_floats;       // shared memory: window | x tile | tap table
-  bool round_a;
+  int window_floats;       // shared memory: windows | x tile | tap table | position table
+  int windows;             // 2: the next tile's window is copied during this tile's MMAs; 1: no room
+  bool round_a;            // TF32: round the x tile (the pack rounds dy)
 };
 
 template <typename T, int MT, int TPW, bool SPLIT3>
@@ -148,8 +152,10 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr int RS = kTcRowStride;
   extern __shared__ __align__(16) float sm[];
-  float* xs = sm;                                   // dy window [position][8 channels]
-  float* xt = sm + prm.window_floats;               // x tile [MT*16 channels][kWgXStride]
+  // one or two dy windows [position][8 channels + 4 pad] (with two, the next tile's is
+  // copied while this tile's MMAs run), then the x tile [MT*16 channels][kWgXStride]
+  float* xt = sm + prm.windows * prm.window_floats;
+  const bool two = prm.windows == 2;
   // then the tap table (8*TPW ints) and the position table (kWgBM ints)
   int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);  // window shift per block tap
   int* pos_tab = tab + 8 * TPW;  // window position (floats) of each tile position, per tile
@@ -185,20 +191,45 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
       for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
 
   const T* __restrict__ x = static_cast<const T*>(prm.x);
-  const T* __restrict__ dy = static_cast<const T*>(prm.dy);
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  for (int64_t tile = t_begin; tile < t_end; ++tile) {
+
+  // The dy window of a tile: kD planes x R rows x C columns of this chunk's 8 channels,
+  // copied with cp.async from the packed dy (32 bytes a position; zero outside dy).
+  const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const float* dy_g = prm.dyp + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  auto issue_window = [&](int64_t tile, int buf) {
+    const int pt = int(tile % prm.tiles_per_plane);
+    const int64_t rest = tile / prm.tiles_per_plane;
+    const int jd = int(rest % wd[0].P);
+    const int64_t n = rest / wd[0].P;
+    const int jh0 = pt * kWgBM / Wd;
+    const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int ow0 = win_off_min(wd[2]);
+    const float* base = dy_g + n * prm.pk_n;
+    const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
+    for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
+      const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
+      const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+      const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+      const float* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
+      cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+    }
+  };
+  if (two && t_begin < t_end) issue_window(t_begin, 0);
+  cp_async_commit();
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
     const int jd = int(rest % wd[0].P);
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
-    __syncthreads();  // the previous tile's MMAs are done with xs and xt
-    stage_window<T>(xs, dy + P.yl.at(n, int64_t(g) * cout_g + chunk * kTcBK, 0), P.yl.c, P.yl.v,
-                    cout_g - chunk * kTcBK, int(P.k[0]), R, C, jd * wd[0].mult + wd[0].off0,
-                    wd[0].dstep, jh0 * wd[1].mult + win_off_min(wd[1]), win_off_min(wd[2]),
-                    {P.out[0], P.out[1], P.out[2]}, prm.round_a);
+    __syncthreads();  // the previous tile's MMAs are done with xt, pos_tab and the other window
+    if (!two) issue_window(tile, 0);
+    else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
+    cp_async_commit();
+    const float* xs = sm + (two ? buf : 0) * prm.window_floats;
     // window position of each tile position (one division each, once per tile)
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
@@ -219,6 +250,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
         xt[(e / kWgBM) * kWgXStride + e % kWgBM] = prm.round_a ? round_tf32(v[u]) : v[u];
       }
     }
+    cp_async_wait(two ? 1 : 0);  // this tile's window has landed (the next one may be in flight)
     __syncthreads();
 
     for (int k0 = 0; k0 < kWgBM; k0 += 8) {
@@ -271,6 +303,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
           }
     }
   }
+  cp_async_wait(0);  // no copy may be in flight when the block exits
 
   // ---- partials of this split: ws[split][g*Cin/G + ci][co][tap] ----
   const int64_t numel = P.Cin * P.cout_g() * P.kvol();
@@ -360,12 +393,32 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
-  const int64_t smem = (wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
-  if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
+  auto smem_for = [&](int64_t windows) {
+    return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
+  };
+  const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
+  const int64_t smem = smem_for(windows);
+  if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+
+  // dy packed fp32 channels-innermost, zero-padded to whole 8-channel chunks (TF32: rounded
+  // to nearest-even), so the window copies are 32-byte cp.async pieces
+  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
+  const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
+  auto dyp = at::empty({P.N * out_vol * gc}, dy.options().dtype(at::kFloat));
+  {
+    const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
+    pack_src_kernel<T, float><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<float>(), P.yl,
+                                                         out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
-  prm.dy = dy.data_ptr<T>();
+  prm.dyp = dyp.data_ptr<float>();
+  prm.pk_n = out_vol * gc;
+  prm.pk_v = gc;
+  prm.cg_pad = cg_pad;
   prm.P = P;
   prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
   prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
@@ -373,8 +426,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   prm.R = int(rows);
   prm.C = int(cols);
   prm.window_floats = int(wfloats);
+  prm.windows = windows;
   prm.round_a = fp32 && tf32;
-  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t base = chunks * P.G * prm.tap_groups;
   // Splits of the position range: about two blocks per SM in all, at most kMaxSplits.
   int64_t splits = std::max<int64_t>(1, std::min<int64_t>({(2 * int64_t(prop->multiProcessorCount) + base - 1) / base,
@@ -386,7 +439,6 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
-  auto stream = at::cuda::getCurrentCUDAStream();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
   if constexpr (std::is_same<T, float>::value) {
     if (split3) dispatch_wgrad_mt<T, true>(mt, prm, grid, smem, stream);

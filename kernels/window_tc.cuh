@@ -59,7 +59,7 @@
 
 namespace ct3d {
 
-constexpr int kTcBK = 8;          // grad weight: dy channels per staged window (one k8 step)
+constexpr int kTcBK = 8;          // grad weight: dy channels per window (one k8 step)
 constexpr int kTcRowStride = 12;  // grad weight: floats per window position (8 channels + 4 pad)
 constexpr int kFlushTaps = 8;     // 3xTF32: taps between flushes of the big*big MMA chain
 constexpr int kWinPos = 48;       // bytes per window position: a 32-byte chunk + 16 of pad
@@ -295,55 +295,6 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __res
       const float b = round_tf32(v);
       big[idx] = __float_as_uint(b);
       if (mode == kWeightSplit) small[idx] = __float_as_uint(round_tf32(v - b));
-    }
-  }
-}
-
-// grad_weight.cu's staging of a dy window (fp32, from any layout, one 8-channel chunk):
-// xs[(td*R + r)*C + c][ci] (stride RS), from
-// base (channel 0 of the chunk; channel stride chan_stride, voxel stride vox_stride) at
-// depth id0 + td*dstep_d, row wh0 + r, column ww0 + c;
-// zero outside src and for channels >= valid_chans. Rows go to warps four at a time and each lane
-// loads up to 4 x 4 elements before storing any: the loads are independent and in flight
-// together (one element per lane per row at a time left a warp waiting on ~70 L2 round
-// trips per chunk, 5x the chunk's MMA time).
-template <typename T>
-__device__ __forceinline__ void stage_window(float* xs, const T* base, int64_t chan_stride,
-                                             int64_t vox_stride, int valid_chans, int Td, int R, int C, int id0,
-                                             int dstep_d, int wh0, int ww0, const int64_t (&src_sz)[3],
-                                             bool round_a) {
-  constexpr int RS = kTcRowStride, ROWS = 4, COLS = 4;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int rows_total = kTcBK * Td * R;
-  for (int row0 = warp * ROWS; row0 < rows_total; row0 += 8 * ROWS) {
-    const T* rp[ROWS];
-    float* dp[ROWS];
-#pragma unroll
-    for (int q = 0; q < ROWS; ++q) {
-      const int row = row0 + q;
-      const int ci = row / (Td * R), pr = row % (Td * R);
-      const int id = id0 + (pr / R) * dstep_d, ih = wh0 + pr % R;
-      const bool ok = row < rows_total && ci < valid_chans && unsigned(id) < unsigned(src_sz[0]) &&
-                      unsigned(ih) < unsigned(src_sz[1]);
-      rp[q] = ok ? base + ci * chan_stride + (int64_t(id) * src_sz[1] + ih) * src_sz[2] * vox_stride : nullptr;
-      dp[q] = row < rows_total ? xs + pr * C * RS + ci : nullptr;
-    }
-    for (int c0 = 0; c0 < C; c0 += 32 * COLS) {
-      float v[ROWS][COLS];
-#pragma unroll
-      for (int q = 0; q < ROWS; ++q)
-#pragma unroll
-        for (int u = 0; u < COLS; ++u) {
-          const int iw = ww0 + c0 + lane + 32 * u;
-          v[q][u] = (rp[q] && unsigned(iw) < unsigned(src_sz[2])) ? float(rp[q][iw * vox_stride]) : 0.f;
-        }
-#pragma unroll
-      for (int q = 0; q < ROWS; ++q)
-#pragma unroll
-        for (int u = 0; u < COLS; ++u) {
-          const int c = c0 + lane + 32 * u;
-          if (dp[q] && c < C) dp[q][c * RS] = round_a ? round_tf32(v[q][u]) : v[q][u];
-        }
     }
   }
 }
