@@ -364,6 +364,11 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int sr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 #endif
 }
+__device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
@@ -1149,7 +1154,7 @@ constexpr int kWgBM = 128;
 constexpr int kWgXStride = kWgBM + 4;
 struct WgradTcParams {
   const void* x;
-  const float* dyp;
+  const void* dyp;
   int64_t pk_n, pk_v, cg_pad;
   float* ws;
   Problem P;
@@ -1163,9 +1168,11 @@ struct WgradTcParams {
   bool round_a;
 };
 template <typename T, int MT, int TPW, bool SPLIT3>
-__global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) {
+__global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using W = typename WinElem<T>::type;
   constexpr int RS = kTcRowStride;
+  constexpr int PIECE = 4 * int(sizeof(W));
   extern __shared__ __align__(16) float sm[];
   float* xt = sm + prm.windows * prm.window_floats;
   const bool two = prm.windows == 2;
@@ -1202,7 +1209,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const float* dy_g = prm.dyp + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * kTcBK;
   auto issue_window = [&](int64_t tile, int buf) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
@@ -1211,14 +1218,15 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     const int jh0 = pt * kWgBM / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
-    const float* base = dy_g + n * prm.pk_n;
+    const W* base = dy_g + n * prm.pk_n;
     const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
     for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
       const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
       const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
       const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const float* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
-      cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
+      if constexpr (PIECE == 16) cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+      else cp_async8(dst + p * (RS * 2) + (q & 1) * 8, src, ok ? 8 : 0);
     }
   };
   if (two && t_begin < t_end) issue_window(t_begin, 0);
@@ -1234,7 +1242,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     if (!two) issue_window(tile, 0);
     else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
     cp_async_commit();
-    const float* xs = sm + (two ? buf : 0) * prm.window_floats;
+    const W* xs = reinterpret_cast<const W*>(sm + (two ? buf : 0) * prm.window_floats);
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
@@ -1276,7 +1284,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
       for (int q = 0; q < TPW; ++q) {
         if (tg * 8 * TPW + q * 8 + warp >= kvol) continue;
         const int sh = tab[q * 8 + warp];
-        const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
+        const float f0 = float(xs[pb[0] + sh]), f1 = float(xs[pb[1] + sh]);
         if (SPLIT3) {
           const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
           const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
@@ -1374,7 +1382,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
-  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
+  using W = typename WinElem<T>::type;
+  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride * int64_t(sizeof(W)) / 4 + 3) / 4 * 4;
   auto smem_for = [&](int64_t windows) {
     return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
   };
@@ -1384,16 +1393,16 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  auto dyp = at::empty({P.N * out_vol * gc}, dy.options().dtype(at::kFloat));
+  auto dyp = at::empty({P.N * out_vol * gc}, dy.options());
   {
     const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
-    pack_src_kernel<T, float><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<float>(), P.yl,
-                                                         out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
+    pack_src_kernel<T, T><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<T>(), P.yl,
+                                                     out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
-  prm.dyp = dyp.data_ptr<float>();
+  prm.dyp = dyp.data_ptr<T>();
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;

@@ -19,8 +19,9 @@
 // input positions (one plane of one batch item each). For each tile it stages the x tile
 // xt[ci][position] and the window of dy that the tile's positions reach through the
 // block's taps (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p): dy is
-// packed fp32 channels-innermost once per call (pack_src_kernel), so the window is copied
-// with cp.async, the next tile's while this tile's MMAs run (two window buffers). Then,
+// packed channels-innermost in its own type once per call (pack_src_kernel), so the
+// window is copied with cp.async, the next tile's while this tile's MMAs run (two window
+// buffers); 16-bit values become fp32 (exactly) when a lane reads its B element. Then,
 // per tap r, MMA D[ci][co] += sum over positions of A[ci][p] * B[p][co] with A = the x tile
 // (ldmatrix) and B = the dy window shifted by tap r (two 4-byte loads a fragment: a shift
 // breaks ldmatrix's 16-byte alignment). Warp w owns taps w, w+8, ... of the group and
@@ -133,8 +134,8 @@ constexpr int kWgXStride = kWgBM + 4;  // floats per x-tile row: 528 B keeps ldm
 
 struct WgradTcParams {
   const void* x;
-  const float* dyp;        // dy packed fp32 channels-innermost (window_tc.cuh's pack_src_kernel):
-  int64_t pk_n, pk_v, cg_pad;  // element n*pk_n + position*pk_v + g*cg_pad + channel
+  const void* dyp;         // dy packed channels-innermost (window_tc.cuh's pack_src_kernel), fp32
+  int64_t pk_n, pk_v, cg_pad;  // or the 16-bit type: element n*pk_n + position*pk_v + g*cg_pad + channel
   float* ws;               // [splits, numel(dw)]
   Problem P;
   int tiles_per_plane;     // ceil(H*W / kWgBM)
@@ -142,15 +143,19 @@ struct WgradTcParams {
   int64_t tiles_per_split;
   int tap_groups;          // ceil(kvol / (8 * TPW))
   int R, C;                // window rows and columns (fixed: the most any tile needs)
-  int window_floats;       // shared memory: windows | x tile | tap table | position table
+  int window_floats;       // shared memory (in floats): windows | x tile | tap table | position table
   int windows;             // 2: the next tile's window is copied during this tile's MMAs; 1: no room
   bool round_a;            // TF32: round the x tile (the pack rounds dy)
 };
 
 template <typename T, int MT, int TPW, bool SPLIT3>
-__global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) {
+__global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  // The dy window holds dy's own type (fp32, or 16-bit: converted when read, exactly):
+  // RS = 12 elements a position (8 channels + 4 pad; 48 or 24 bytes, B loads conflict-free).
+  using W = typename WinElem<T>::type;
   constexpr int RS = kTcRowStride;
+  constexpr int PIECE = 4 * int(sizeof(W));  // bytes of 4 channels: two cp.async pieces a position
   extern __shared__ __align__(16) float sm[];
   // one or two dy windows [position][8 channels + 4 pad] (with two, the next tile's is
   // copied while this tile's MMAs run), then the x tile [MT*16 channels][kWgXStride]
@@ -197,7 +202,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
   // The dy window of a tile: kD planes x R rows x C columns of this chunk's 8 channels,
   // copied with cp.async from the packed dy (32 bytes a position; zero outside dy).
   const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const float* dy_g = prm.dyp + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * kTcBK;
   auto issue_window = [&](int64_t tile, int buf) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
@@ -206,14 +211,15 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     const int jh0 = pt * kWgBM / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
-    const float* base = dy_g + n * prm.pk_n;
+    const W* base = dy_g + n * prm.pk_n;
     const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
     for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
       const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
       const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
       const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const float* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
-      cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
+      if constexpr (PIECE == 16) cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
+      else cp_async8(dst + p * (RS * 2) + (q & 1) * 8, src, ok ? 8 : 0);
     }
   };
   if (two && t_begin < t_end) issue_window(t_begin, 0);
@@ -229,7 +235,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
     if (!two) issue_window(tile, 0);
     else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
     cp_async_commit();
-    const float* xs = sm + (two ? buf : 0) * prm.window_floats;
+    const W* xs = reinterpret_cast<const W*>(sm + (two ? buf : 0) * prm.window_floats);
     // window position of each tile position (one division each, once per tile)
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
@@ -275,7 +281,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgradTcParams prm) 
       for (int q = 0; q < TPW; ++q) {
         if (tg * 8 * TPW + q * 8 + warp >= kvol) continue;  // warp-uniform
         const int sh = tab[q * 8 + warp];
-        const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
+        const float f0 = float(xs[pb[0] + sh]), f1 = float(xs[pb[1] + sh]);
         if (SPLIT3) {
           const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
           const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
@@ -392,7 +398,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
-  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride + 3) / 4 * 4;
+  using W = typename WinElem<T>::type;  // dy window element (see the kernel)
+  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride * int64_t(sizeof(W)) / 4 + 3) / 4 * 4;
   auto smem_for = [&](int64_t windows) {
     return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
   };
@@ -401,21 +408,21 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
 
-  // dy packed fp32 channels-innermost, zero-padded to whole 8-channel chunks (TF32: rounded
-  // to nearest-even), so the window copies are 32-byte cp.async pieces
+  // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
+  // zero-padded to whole 8-channel chunks, so the window copies are cp.async pieces
   const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  auto dyp = at::empty({P.N * out_vol * gc}, dy.options().dtype(at::kFloat));
+  auto dyp = at::empty({P.N * out_vol * gc}, dy.options());
   {
     const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
-    pack_src_kernel<T, float><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<float>(), P.yl,
-                                                         out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
+    pack_src_kernel<T, T><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<T>(), P.yl,
+                                                     out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
-  prm.dyp = dyp.data_ptr<float>();
+  prm.dyp = dyp.data_ptr<T>();
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
