@@ -681,6 +681,20 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     }
 #endif
 }
+template <typename T, typename E>
+at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
+                    int64_t cg_pad, bool round, cudaStream_t stream) {
+  const int64_t gc = G * cg_pad;
+  at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
+  TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
+  if (packed.numel() > 0) {
+    const dim3 grid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(N)};
+    pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
+                                                    l, vol, cg, cg_pad, gc, round);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return packed;
+}
 template <typename T, int BM, int BN, int WM_, int WN_, bool SPLIT3>
 static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
   auto kernel = window_tc_kernel<T, BM, BN, WM_, WN_, SPLIT3>;
@@ -809,15 +823,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     prm.round_a = fp32 && tf32;
   } else {
     const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
-    packed = at::empty({P.N * vol * gc}, src_t.options().dtype(c10::CppTypeToScalarType<E>::value));
-    TORCH_CHECK(P.N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
-    if (packed.numel() > 0) {
-      const dim3 pgrid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
-      pack_src_kernel<T, E><<<pgrid, 256, 0, stream>>>(static_cast<const T*>(src_t.data_ptr()),
-                                                       packed.data_ptr<E>(), sl, vol, prm.src_cg, cg_pad, gc,
-                                                       fp32 && tf32);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
     prm.src = packed.data_ptr();
     prm.pk_n = vol * gc;
     prm.pk_v = gc;
@@ -1393,13 +1399,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  auto dyp = at::empty({P.N * out_vol * gc}, dy.options());
-  {
-    const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
-    pack_src_kernel<T, T><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<T>(), P.yl,
-                                                     out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, fp32 && tf32, stream);
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
   prm.dyp = dyp.data_ptr<T>();

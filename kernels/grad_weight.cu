@@ -134,8 +134,8 @@ constexpr int kWgXStride = kWgBM + 4;  // floats per x-tile row: 528 B keeps ldm
 
 struct WgradTcParams {
   const void* x;
-  const void* dyp;         // dy packed channels-innermost (window_tc.cuh's pack_src_kernel), fp32
-  int64_t pk_n, pk_v, cg_pad;  // or the 16-bit type: element n*pk_n + position*pk_v + g*cg_pad + channel
+  const void* dyp;         // dy packed channels-innermost in its own type (window_tc.cuh's pack_src):
+  int64_t pk_n, pk_v, cg_pad;  // element n*pk_n + position*pk_v + g*cg_pad + channel
   float* ws;               // [splits, numel(dw)]
   Problem P;
   int tiles_per_plane;     // ceil(H*W / kWgBM)
@@ -200,7 +200,8 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
 
   // The dy window of a tile: kD planes x R rows x C columns of this chunk's 8 channels,
-  // copied with cp.async from the packed dy (32 bytes a position; zero outside dy).
+  // copied with cp.async from the packed dy (two pieces of 4 channels a position, 16 or 8
+  // bytes each; zero outside dy).
   const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * kTcBK;
   auto issue_window = [&](int64_t tile, int buf) {
@@ -412,13 +413,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   // zero-padded to whole 8-channel chunks, so the window copies are cp.async pieces
   const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
   const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  auto dyp = at::empty({P.N * out_vol * gc}, dy.options());
-  {
-    const dim3 pgrid{unsigned((out_vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(P.N)};
-    pack_src_kernel<T, T><<<pgrid, 256, 0, stream>>>(dy.data_ptr<T>(), dyp.data_ptr<T>(), P.yl,
-                                                     out_vol, P.cout_g(), cg_pad, gc, fp32 && tf32);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, fp32 && tf32, stream);
 
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
