@@ -436,8 +436,12 @@ def test_only_requested_gradients(monkeypatch):
     assert calls == ["input"]
     calls.clear()
     m.bias.requires_grad_(True)
-    m(x.detach()).sum().backward()  # only bias: no grad-weight GEMM
+    m.bias.grad = None
+    y = m(x.detach())
+    dy = torch.randn_like(y)
+    y.backward(dy)  # only bias: no grad-weight GEMM, grad bias from its own pass
     assert calls == [("weight", False, True)]
+    torch.testing.assert_close(m.bias.grad, dy.double().sum((0, 2, 3, 4)).float(), atol=1e-5, rtol=1e-5)
 
 
 @gpu

@@ -12,7 +12,7 @@ template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, cons
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_bias(const at::Tensor&, at::Tensor&, const Problem&);
 template <typename T> void forward_direct(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&);
@@ -215,17 +215,19 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
   if (need_weight && dw.numel() > 0 && P.N * P.in_vol() == 0) dw.zero_();
   const bool direct = use_direct(dy, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "ct3d_grad_weight", [&] {
+    bool bias_done = false;  // the tensor-core grad weight sums grad bias in its pass over dy
     if (need_weight && P.N * P.in_vol() > 0) {
       if (direct) {
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
-        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, P, allow_tf32);
+        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
         TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
+        bias_done = tc && need_bias;
       }
     }
-    if (need_bias) grad_bias<scalar_t>(dy, db, P);
+    if (need_bias && !bias_done) grad_bias<scalar_t>(dy, db, P);
   });
   return {dw, db};
 }

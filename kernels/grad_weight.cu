@@ -38,7 +38,7 @@
 
 namespace ct3d {
 
-constexpr int kMaxSplits = 32;
+constexpr int kMaxSplits = 64;
 
 // ============================================================================
 // The Gemm: gather rule and epilogue
@@ -129,8 +129,16 @@ struct WgradGemm {
 // ============================================================================
 // Tensor-core kernel
 // ============================================================================
-constexpr int kWgBM = 128;             // input positions per tile: 16 k8 steps
-constexpr int kWgXStride = kWgBM + 4;  // floats per x-tile row: 528 B keeps ldmatrix conflict-free
+constexpr int kWgBM = 128;               // input positions per tile: 16 k8 or 8 k16 steps
+constexpr int kWgXStride = kWgBM + 4;    // fp32 x-tile row, floats (528 B: ldmatrix conflict-free)
+constexpr int kWgXStride16 = kWgBM + 8;  // 16-bit x-tile row, elements (272 B: likewise)
+
+// Elements per dy-window position for NT n8 tiles of dy channels. fp32 (NT = 1): 8
+// channels + 4 pad, 48 B, so the scalar B loads of a warp hit 32 distinct banks. 16-bit:
+// ldmatrix.trans reads 8 positions' 16-byte rows at once: 16 B a position (NT = 1) are
+// 128 contiguous bytes; 16 channels + 8 pad (48 B, NT = 2) put the 8 rows in 8 distinct
+// 16-byte bank groups.
+__host__ __device__ constexpr int wgrad_rs(bool k16, int nt) { return !k16 ? 12 : nt == 1 ? 8 : 24; }
 
 struct WgradTcParams {
   const void* x;
@@ -141,29 +149,43 @@ struct WgradTcParams {
   int tiles_per_plane;     // ceil(H*W / kWgBM)
   int64_t total_tiles;     // N * D * tiles_per_plane
   int64_t tiles_per_split;
-  int tap_groups;          // ceil(kvol / (8 * TPW))
+  int tap_groups;          // blocks along the taps, each with taps_per_group (the last fewer)
+  int taps_per_group;      // <= 8 * TPW
   int R, C;                // window rows and columns (fixed: the most any tile needs)
-  int window_floats;       // shared memory (in floats): windows | x tile | tap table | position table
+  int window_bytes;        // shared memory: windows | x tiles | tap table | position table
   int windows;             // 2: the next tile's window is copied during this tile's MMAs; 1: no room
+  bool x_async;            // x tiles copied with cp.async beside the windows (as many buffers);
+                           // needs positions contiguous and 16-byte aligned; else one x tile
+                           // loaded through registers
   bool round_a;            // TF32: round the x tile (the pack rounds dy)
 };
 
-template <typename T, int MT, int TPW, bool SPLIT3>
+// MT m16 tiles of input channels (all of Cin/G), NT n8 tiles of dy channels (the chunk),
+// TPW taps a warp. fp32: m16n8k8 TF32 (or 3xTF32), B by two 4-byte loads a fragment (a
+// tap's shift breaks ldmatrix's 16-byte alignment in fp32). 16-bit: m16n8k16, B by
+// ldmatrix.trans, which takes one address per position row, so any shift works.
+template <typename T, int MT, int TPW, int NT, bool SPLIT3>
 __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  // The dy window holds dy's own type (fp32, or 16-bit: converted when read, exactly):
-  // RS = 12 elements a position (8 channels + 4 pad; 48 or 24 bytes, B loads conflict-free).
-  using W = typename WinElem<T>::type;
-  constexpr int RS = kTcRowStride;
-  constexpr int PIECE = 4 * int(sizeof(W));  // bytes of 4 channels: two cp.async pieces a position
-  extern __shared__ __align__(16) float sm[];
-  // one or two dy windows [position][8 channels + 4 pad] (with two, the next tile's is
-  // copied while this tile's MMAs run), then the x tile [MT*16 channels][kWgXStride]
-  float* xt = sm + prm.windows * prm.window_floats;
+  constexpr bool K16 = !std::is_same<T, float>::value;
+  using W = typename WinElem<T>::type;         // dy window element: dy's own type
+  using XT = typename std::conditional<K16, W, float>::type;  // x tile element
+  constexpr int RS = wgrad_rs(K16, NT);
+  constexpr int XS = K16 ? kWgXStride16 : kWgXStride;
+  constexpr int CH = NT * 8;                              // dy channels a block
+  constexpr int PIECES = CH * int(sizeof(W)) / 16;        // 16-byte cp.async pieces a position
+  static_assert(!K16 || !SPLIT3, "3xTF32 is fp32 only");
+  static_assert(K16 || NT == 1, "fp32 windows hold one n8 tile");
+  extern __shared__ __align__(16) unsigned char smem[];
+  // one or two dy windows [position][RS] (with two, the next tile's is copied while this
+  // tile's MMAs run), then the x tile(s) [MT*16 channels][XS] (as many as windows when
+  // x_async), the tap table (8*TPW ints: window shift of each block tap) and the position
+  // table (kWgBM ints: window offset of each tile position), both in elements
+  constexpr int XT_ELEMS = MT * 16 * XS;
+  XT* xt0 = reinterpret_cast<XT*>(smem + prm.windows * prm.window_bytes);
+  int* tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
+  int* pos_tab = tab + 8 * TPW;
   const bool two = prm.windows == 2;
-  // then the tap table (8*TPW ints) and the position table (kWgBM ints)
-  int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);  // window shift per block tap
-  int* pos_tab = tab + 8 * TPW;  // window position (floats) of each tile position, per tile
   const Problem& P = prm.P;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);  // positions = input voxels, multiplier s, taps r
@@ -171,14 +193,15 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int chunk = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
+  const int tap0 = tg * prm.taps_per_group, ntaps = min(prm.taps_per_group, kvol - tap0);
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
 
-  // Tap table: window shift of block tap q (tap tg*8*TPW + q), in floats.
+  // Tap table: block tap q is tap tap0 + q; warp w owns block taps w, w + 8, ...
   for (int q = threadIdx.x; q < 8 * TPW; q += blockDim.x) {
-    const int tap = tg * 8 * TPW + q;
+    const int tap = tap0 + q;
     int shift = 0;
-    if (tap < kvol) {
+    if (q < ntaps) {
       const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / int(P.k[2] * P.k[1]);
       const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
       const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
@@ -187,23 +210,26 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
     tab[q] = shift;
   }
 
-  float acc[TPW][MT][4], blk[TPW][MT][4], cor[TPW][MT][4];
+  float acc[TPW][MT][NT][4], blk[SPLIT3 ? TPW : 1][MT][4], cor[SPLIT3 ? TPW : 1][MT][4];
 #pragma unroll
   for (int q = 0; q < TPW; ++q)
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
+      for (int e = 0; e < 4; ++e) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[q][i][j][e] = 0.f;
+        if constexpr (SPLIT3) blk[q][i][e] = cor[q][i][e] = 0.f;
+      }
 
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
 
-  // The dy window of a tile: kD planes x R rows x C columns of this chunk's 8 channels,
-  // copied with cp.async from the packed dy (two pieces of 4 channels a position, 16 or 8
-  // bytes each; zero outside dy).
+  // The dy window of a tile: kD planes x R rows x C columns of this chunk's CH channels,
+  // copied with cp.async from the packed dy in 16-byte pieces (zero outside dy).
   const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
   auto issue_window = [&](int64_t tile, int buf) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
@@ -213,17 +239,34 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
     const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
     const W* base = dy_g + n * prm.pk_n;
-    const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
-    for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
-      const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
+    const uint32_t dst = smem_u32(smem + buf * prm.window_bytes);
+    for (int q = threadIdx.x; q < Td * R * C * PIECES; q += blockDim.x) {
+      const int p = q / PIECES, pc = q % PIECES, c = p % C, rr = p / C, r = rr % R, td = rr / R;
       const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
       const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
-      if constexpr (PIECE == 16) cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
-      else cp_async8(dst + p * (RS * 2) + (q & 1) * 8, src, ok ? 8 : 0);
+      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
+      cp_async16(dst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
     }
   };
-  if (two && t_begin < t_end) issue_window(t_begin, 0);
+  // The x tile by cp.async (x_async): 16-byte pieces of EP positions of one channel; a piece
+  // that runs past the plane's end copies what is left and zero-fills the rest.
+  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;  // elements a piece, pieces a row
+  auto issue_x = [&](int64_t tile, int b) {
+    const int m0 = int(tile % prm.tiles_per_plane) * kWgBM;
+    const int64_t rest = tile / prm.tiles_per_plane;
+    const T* xb = x + P.xl.at(rest / wd[0].P, int64_t(g) * cin_g, (rest % wd[0].P) * plane);
+    const uint32_t dst = smem_u32(xt0 + b * XT_ELEMS);
+    for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
+      const int ci = q / XPR, p = (q % XPR) * EP, left = plane - (m0 + p);
+      const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+      cp_async16(dst + (ci * XS + p) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + p : x, bytes);
+    }
+  };
+  auto issue_tile = [&](int64_t tile, int b) {
+    issue_window(tile, b);
+    if (prm.x_async) issue_x(tile, b);
+  };
+  if (two && t_begin < t_end) issue_tile(t_begin, 0);
   cp_async_commit();
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
@@ -233,81 +276,128 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
     __syncthreads();  // the previous tile's MMAs are done with xt, pos_tab and the other window
-    if (!two) issue_window(tile, 0);
-    else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
+    if (!two) issue_tile(tile, 0);
+    else if (tile + 1 < t_end) issue_tile(tile + 1, buf ^ 1);
     cp_async_commit();
-    const W* xs = reinterpret_cast<const W*>(sm + (two ? buf : 0) * prm.window_floats);
-    // window position of each tile position (one division each, once per tile)
+    const unsigned char* win = smem + (two ? buf : 0) * prm.window_bytes;
+    XT* xt = xt0 + (prm.x_async && two ? buf : 0) * XT_ELEMS;
+    // window offset of each tile position (one division each, once per tile)
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
     }
-    // x tile: rows = channels, columns = the tile's positions (coalesced both ways)
-    {
+    // x tile through registers: rows = channels, columns = the tile's positions
+    if (!prm.x_async) {
       const T* xb = x + P.xl.at(n, int64_t(g) * cin_g, int64_t(jd) * plane);
-      float v[MT * 8];
+      XT v[MT * 8];
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u, ci = e / kWgBM, p = e % kWgBM;
-        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : 0.f;
+        v[u] = (ci < cin_g && m0 + p < plane) ? XT(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : XT(0.f);
       }
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u;
-        xt[(e / kWgBM) * kWgXStride + e % kWgBM] = prm.round_a ? round_tf32(v[u]) : v[u];
+        XT val = v[u];
+        if constexpr (!K16) val = prm.round_a ? round_tf32(val) : val;
+        xt[(e / kWgBM) * XS + e % kWgBM] = val;
       }
     }
-    cp_async_wait(two ? 1 : 0);  // this tile's window has landed (the next one may be in flight)
-    __syncthreads();
-
-    for (int k0 = 0; k0 < kWgBM; k0 += 8) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-        ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kWgXStride +
-                                   k0 + (lane >> 4) * 4));
-      // B rows of this lane: tile positions k0 + tq and k0 + tq + 4, channel gq
-      const int pb[2] = {pos_tab[k0 + tq] + gq, pos_tab[k0 + tq + 4] + gq};
-      uint32_t ab[MT][4], as[MT][4];
-      if (SPLIT3) {
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            ab[i][e] = tf32_rna(__uint_as_float(a[i][e]));
-            as[i][e] = tf32_rna(__uint_as_float(a[i][e]) - __uint_as_float(ab[i][e]));
-          }
-      }
-#pragma unroll
-      for (int q = 0; q < TPW; ++q) {
-        if (tg * 8 * TPW + q * 8 + warp >= kvol) continue;  // warp-uniform
-        const int sh = tab[q * 8 + warp];
-        const float f0 = float(xs[pb[0] + sh]), f1 = float(xs[pb[1] + sh]);
-        if (SPLIT3) {
-          const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
-          const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
-#pragma unroll
-          for (int i = 0; i < MT; ++i) {
-            mma_tf32(blk[q][i], ab[i], bb0, bb1);
-            mma_tf32(cor[q][i], as[i], bb0, bb1);
-            mma_tf32(cor[q][i], ab[i], bs0, bs1);
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < MT; ++i) mma_tf32(acc[q][i], a[i], __float_as_uint(f0), __float_as_uint(f1));
+    cp_async_wait(two ? 1 : 0);  // this tile's copies have landed (the next ones may be in flight)
+    if constexpr (!K16) {
+      if (prm.x_async && prm.round_a) {  // TF32: each thread rounds the x pieces it copied
+        for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
+          float4* v = reinterpret_cast<float4*>(xt + (q / XPR) * XS + (q % XPR) * EP);
+          float4 f = *v;
+          f.x = round_tf32(f.x), f.y = round_tf32(f.y), f.z = round_tf32(f.z), f.w = round_tf32(f.w);
+          *v = f;
         }
       }
     }
-    if (SPLIT3) {  // bounded big*big chains: one tile's 16 k-steps
+    __syncthreads();
+
+    // ldmatrix row of this lane: A (x tile) channel row, B (window) tile-position row
+    const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+    if constexpr (K16) {
+      // D[ci][co] += sum over 16 positions of x[ci][p] * dy[p + shift][co], per tap
+      const uint32_t xs_a = smem_u32(xt) + (lrow * XS + (lane >> 4) * 8) * 2;
+      const uint32_t col_b = NT == 2 ? (lane >> 4) * 8 * 2 : 0;  // second n8 tile: channels 8..15
+#pragma unroll 2
+      for (int k0 = 0; k0 < kWgBM; k0 += 16) {
+        uint32_t a[MT][4];
 #pragma unroll
-      for (int q = 0; q < TPW; ++q)
+        for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], xs_a + (i * 16 * XS + k0) * 2);
+        const uint32_t row_b = smem_u32(win) + pos_tab[k0 + lrow] * 2 + col_b;
+#pragma unroll
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;  // warp-uniform
+          const uint32_t addr = row_b + tab[q * 8 + warp] * 2;
+          if constexpr (NT == 2) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, addr);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+              mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+              mma_k16<T>(acc[q][i][1], a[i], b[2], b[3]);
+            }
+          } else {
+            uint32_t b[2];
+            ldmatrix_x2_trans(b, addr);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+          }
+        }
+      }
+    } else {
+      const float* xs = reinterpret_cast<const float*>(win);
+      for (int k0 = 0; k0 < kWgBM; k0 += 8) {
+        uint32_t a[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
+          ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + lrow) * XS + k0 + (lane >> 4) * 4));
+        // B rows of this lane: tile positions k0 + tq and k0 + tq + 4, channel gq
+        const int pb[2] = {pos_tab[k0 + tq] + gq, pos_tab[k0 + tq + 4] + gq};
+        uint32_t ab[MT][4], as[MT][4];
+        if constexpr (SPLIT3) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            acc[q][i][e] += blk[q][i][e];
-            blk[q][i][e] = 0.f;
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              ab[i][e] = tf32_rna(__uint_as_float(a[i][e]));
+              as[i][e] = tf32_rna(__uint_as_float(a[i][e]) - __uint_as_float(ab[i][e]));
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;  // warp-uniform
+          const int sh = tab[q * 8 + warp];
+          const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
+          if constexpr (SPLIT3) {
+            const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
+            const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+              mma_tf32(blk[q][i], ab[i], bb0, bb1);
+              mma_tf32(cor[q][i], as[i], bb0, bb1);
+              mma_tf32(cor[q][i], ab[i], bs0, bs1);
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_tf32(acc[q][i][0], a[i], __float_as_uint(f0), __float_as_uint(f1));
           }
+        }
+      }
+      if constexpr (SPLIT3) {  // bounded big*big chains: one tile's 16 k-steps
+#pragma unroll
+        for (int q = 0; q < TPW; ++q)
+#pragma unroll
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              acc[q][i][0][e] += blk[q][i][e];
+              blk[q][i][e] = 0.f;
+            }
+      }
     }
   }
   cp_async_wait(0);  // no copy may be in flight when the block exits
@@ -316,17 +406,20 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int64_t numel = P.Cin * P.cout_g() * P.kvol();
 #pragma unroll
   for (int q = 0; q < TPW; ++q) {
-    const int tap = tg * 8 * TPW + q * 8 + warp;
-    if (tap >= kvol) continue;
+    if (q * 8 + warp >= ntaps) continue;
+    const int tap = tap0 + q * 8 + warp;
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ci = i * 16 + gq + 8 * (e / 2), co = chunk * kTcBK + 2 * tq + e % 2;
-        if (ci < cin_g && co < cout_g)
-          prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] =
-              acc[q][i][e] + (SPLIT3 ? cor[q][i][e] : 0.f);
-      }
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ci = i * 16 + gq + 8 * (e / 2), co = chunk * CH + j * 8 + 2 * tq + e % 2;
+          float v = acc[q][i][j][e];
+          if constexpr (SPLIT3) v += cor[q][i][e];
+          if (ci < cin_g && co < cout_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = v;
+        }
   }
 #endif
 }
@@ -362,58 +455,90 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
 // ============================================================================
 // Launchers
 // ============================================================================
-template <typename T, int MT, int TPW, bool SPLIT3>
-static void launch_wgrad_tc(const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
-  auto kernel = wgrad_tc_kernel<T, MT, TPW, SPLIT3>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, 256, smem, stream>>>(prm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+// Taps per warp: as many as keep the accumulators (TPW * MT * NT * 4 floats) at 64 (fp32)
+// or 96 (16-bit: no split registers) a thread, at most 8; 3xTF32 keeps three sets of
+// 16 at most. More taps a block means fewer blocks re-reading the x tile and the window.
+__host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3) {
+  if (split3) return mt >= 4 ? 1 : 4 / mt;
+  const int t = (k16 ? 24 : 16) / (mt * nt);
+  return t < 8 ? t : 8;
 }
 
-// Taps per warp: 8 MMAs per k-step for every MT (the accumulators, TPW * MT * 4 floats,
-// stay at 32 a set); 3xTF32 keeps three sets, so half the taps.
-__host__ __device__ constexpr int wgrad_tpw(int mt, bool split3) {
-  return split3 ? (mt >= 4 ? 1 : 4 / mt) : 8 / mt;
+using WgradKernel = void (*)(WgradTcParams);
+
+template <typename T, int NT, bool SPLIT3>
+static WgradKernel wgrad_kernel_mt(int mt) {
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  if (mt == 1) return wgrad_tc_kernel<T, 1, wgrad_tpw(1, NT, k16, SPLIT3), NT, SPLIT3>;
+  if (mt == 2) return wgrad_tc_kernel<T, 2, wgrad_tpw(2, NT, k16, SPLIT3), NT, SPLIT3>;
+  if (mt == 3) return wgrad_tc_kernel<T, 3, wgrad_tpw(3, NT, k16, SPLIT3), NT, SPLIT3>;
+  return wgrad_tc_kernel<T, 4, wgrad_tpw(4, NT, k16, SPLIT3), NT, SPLIT3>;
 }
 
-template <typename T, bool SPLIT3>
-static void dispatch_wgrad_mt(int mt, const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t s) {
-  if (mt == 1) launch_wgrad_tc<T, 1, wgrad_tpw(1, SPLIT3), SPLIT3>(prm, grid, smem, s);
-  else if (mt == 2) launch_wgrad_tc<T, 2, wgrad_tpw(2, SPLIT3), SPLIT3>(prm, grid, smem, s);
-  else launch_wgrad_tc<T, 4, wgrad_tpw(4, SPLIT3), SPLIT3>(prm, grid, smem, s);
+// The instance for mt m16 tiles of input channels, nt n8 tiles of dy channels.
+template <typename T>
+static WgradKernel wgrad_kernel(int mt, int nt, bool split3) {
+  if constexpr (std::is_same<T, float>::value)
+    return split3 ? wgrad_kernel_mt<T, 1, true>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
+  else
+    return nt == 2 ? wgrad_kernel_mt<T, 2, false>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
+}
+
+// Splits of the position range: the count s (at most most) whose waves, ceil(base * s /
+// slots), take the least time, time ~ waves / s, taking the smallest s within 4% of the
+// best (fewer partials to add). A third wave of 8 blocks costs a third of the run.
+inline int64_t wgrad_splits(int64_t base, int64_t slots, int64_t most) {
+  auto cost = [&](int64_t sp) { return double((base * sp + slots - 1) / slots) / double(sp); };
+  double best = cost(1);
+  for (int64_t sp = 2; sp <= most; ++sp) best = std::min(best, cost(sp));
+  int64_t sp = 1;
+  while (cost(sp) > 1.04 * best) ++sp;
+  return sp;
 }
 
 // Tensor cores; false (launching nothing) where the kernel does not fit: sm < 80,
-// Cin/G > 64, or a window larger than shared memory.
+// Cin/G > 64, or a window larger than shared memory. With db (not null), grad bias comes
+// from the dy pack's channel sums.
 template <typename T>
-bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, const Problem& P,
-                    bool tf32) {
+bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                    const Problem& P, bool tf32) {
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
-  const int mt = P.cin_g() <= 16 ? 1 : P.cin_g() <= 32 ? 2 : 4;
-  const bool fp32 = std::is_same<T, float>::value, split3 = fp32 && !tf32;
-  const int tpw = wgrad_tpw(mt, split3);
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  const int mt = int((P.cin_g() + 15) / 16);
+  const bool split3 = !k16 && !tf32;
+  const int nt = k16 && P.cout_g() > 8 ? 2 : 1;  // dy channels a block: 8 * nt
+  const int tpw = wgrad_tpw(mt, nt, k16, split3);
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   using W = typename WinElem<T>::type;  // dy window element (see the kernel)
-  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride * int64_t(sizeof(W)) / 4 + 3) / 4 * 4;
+  const int64_t wbytes = (P.k[0] * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
+  const int64_t xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
+  // x by cp.async: positions contiguous, every 16-byte piece of a channel row aligned
+  const int64_t ep = 16 / int64_t(sizeof(T));
+  const bool x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
+                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   auto smem_for = [&](int64_t windows) {
-    return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
+    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + (8 * tpw + kWgBM) * 4;
   };
   const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
   const int64_t smem = smem_for(windows);
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
+  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
   auto stream = at::cuda::getCurrentCUDAStream();
 
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
-  // zero-padded to whole 8-channel chunks, so the window copies are cp.async pieces
-  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
-  const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, fp32 && tf32, stream);
+  // zero-padded to whole chunks, so the window copies are 16-byte cp.async pieces
+  const int64_t chunk_ch = 8 * nt, chunks = (P.cout_g() + chunk_ch - 1) / chunk_ch;
+  const int64_t cg_pad = chunks * chunk_ch, gc = P.G * cg_pad, out_vol = P.out_vol();
+  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db);
 
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
@@ -424,16 +549,18 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   prm.P = P;
   prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
   prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+  // taps split evenly over the fewest blocks that hold them
   prm.tap_groups = int((P.kvol() + 8 * tpw - 1) / (8 * tpw));
+  prm.taps_per_group = int((P.kvol() + prm.tap_groups - 1) / prm.tap_groups);
   prm.R = int(rows);
   prm.C = int(cols);
-  prm.window_floats = int(wfloats);
+  prm.window_bytes = int(wbytes);
   prm.windows = windows;
-  prm.round_a = fp32 && tf32;
+  prm.x_async = x_async;
+  prm.round_a = !k16 && tf32;
   const int64_t base = chunks * P.G * prm.tap_groups;
-  // Splits of the position range: about two blocks per SM in all, at most kMaxSplits.
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>({(2 * int64_t(prop->multiProcessorCount) + base - 1) / base,
-                                                             prm.total_tiles, int64_t(kMaxSplits)}));
+  int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
+                                std::min<int64_t>(prm.total_tiles, kMaxSplits));
   prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
   splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
   TORCH_CHECK(chunks <= 65535 && P.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
@@ -442,12 +569,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  if constexpr (std::is_same<T, float>::value) {
-    if (split3) dispatch_wgrad_mt<T, true>(mt, prm, grid, smem, stream);
-    else dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
-  } else {
-    dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
-  }
+  kernel<<<grid, 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
@@ -501,7 +624,7 @@ void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   template void grad_weight_tiled<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,      \
                                      const Problem&, bool);                                  \
   template bool grad_weight_tc<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,         \
-                                  const Problem&, bool);
+                                  at::Tensor*, const Problem&, bool);
 CT3D_INSTANTIATE_WGRAD(float)
 CT3D_INSTANTIATE_WGRAD(at::Half)
 CT3D_INSTANTIATE_WGRAD(at::BFloat16)

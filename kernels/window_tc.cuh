@@ -59,8 +59,6 @@
 
 namespace ct3d {
 
-constexpr int kTcBK = 8;          // grad weight: dy channels per window (one k8 step)
-constexpr int kTcRowStride = 12;  // grad weight: floats per window position (8 channels + 4 pad)
 constexpr int kFlushTaps = 8;     // 3xTF32: taps between flushes of the big*big MMA chain
 constexpr int kWinPos = 48;       // bytes per window position: a 32-byte chunk + 16 of pad
 
@@ -166,6 +164,24 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
 #endif
 }
 
+// Transposed loads: lane l receives elements [2*(l%4), 2*(l%4)+1][l/4] of each 8x8 matrix
+// whose rows (16 bytes each) the lanes 8m..8m+7 address: the B fragment of m16n8k16 when
+// rows are k (positions) and columns n (channels).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(addr));
+#endif
+}
+
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -238,27 +254,58 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // ============================================================================
 // src (strides l) -> dst[n][v][g*cg_pad + cc] (E), zero for cc >= cg, rounded to TF32 (ties
 // to even) when round. A 32 x 32 (position x packed channel) tile transposes through
-// shared memory so both the reads along positions and the writes along channels coalesce.
-// grid: (ceil(vol/32), ceil(gc/32), N), 256 threads.
+// shared memory so both the reads along positions and the writes along channels coalesce;
+// block x walks position tiles x, x + gridDim.x, ...
+// sums (may be null): the block's per-channel sums of the values it read (before any
+// rounding), fp64 in a fixed order, at sums[(n * gridDim.x + blockIdx.x) * gc + c]; grad
+// bias comes from them (pack_bias_kernel), so it needs no pass of its own over dy.
+// grid: (slices, ceil(gc/32), N), 256 threads.
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
-                                int64_t cg, int64_t cg_pad, int64_t gc, bool round) {
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums) {
   __shared__ float tile[32][33];
-  const int64_t v0 = int64_t(blockIdx.x) * 32, c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
+  __shared__ double part[8][32];
+  const int64_t c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  for (int i = ty; i < 32; i += 8) {
-    const int64_t c = c0 + i, v = v0 + tx;
-    const int64_t g = c / cg_pad, cc = c - g * cg_pad;
-    tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
-  }
-  __syncthreads();
-  for (int i = ty; i < 32; i += 8) {
-    const int64_t v = v0 + i, c = c0 + tx;
-    if (v < vol && c < gc) {
-      const float val = tile[tx][i];
-      dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+  double sum = 0.0;  // channel c0 + tx, positions this thread writes
+  for (int64_t v0 = int64_t(blockIdx.x) * 32; v0 < vol; v0 += int64_t(gridDim.x) * 32) {
+    __syncthreads();  // the previous tile has been read out
+    for (int i = ty; i < 32; i += 8) {
+      const int64_t c = c0 + i, v = v0 + tx;
+      const int64_t g = c / cg_pad, cc = c - g * cg_pad;
+      tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+    }
+    __syncthreads();
+    for (int i = ty; i < 32; i += 8) {
+      const int64_t v = v0 + i, c = c0 + tx;
+      if (v < vol && c < gc) {
+        const float val = tile[tx][i];
+        sum += double(val);
+        dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+      }
     }
   }
+  if (sums == nullptr) return;  // uniform
+  part[ty][tx] = sum;
+  __syncthreads();
+  if (ty == 0 && c0 + tx < gc) {
+    double s = 0.0;
+    for (int i = 0; i < 8; ++i) s += part[i][tx];
+    sums[(n * gridDim.x + blockIdx.x) * gc + c0 + tx] = s;
+  }
+}
+
+// db[g*cg + cc] = the sum over n and slices of sums[(n * slices + s) * gc + g*cg_pad + cc],
+// in that order. One thread per channel.
+template <typename T>
+__global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
+                                 int64_t G, int64_t cg, int64_t cg_pad) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= G * cg) return;
+  const int64_t gc = G * cg_pad, pc = (c / cg) * cg_pad + c % cg;
+  double acc = 0.0;
+  for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
+  db[c] = cast_out<T>(acc);
 }
 
 // w [Cin, Cout/G, kvol] -> fragment order, one 32-bit word per element (lane, e) of n8
@@ -586,17 +633,33 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
 // ============================================================================
 // src (strides l: N batch items x G groups of cg channels x vol positions) packed by
 // pack_src_kernel into a new [N][vol][G][cg_pad] tensor of type E (TF32-rounded when round).
+// With bias (a defined tensor of G*cg elements of type T), the pack also writes the sum of
+// src over batch and positions per channel there (grad bias from the grad-weight pack).
 template <typename T, typename E>
 at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
-                    int64_t cg_pad, bool round, cudaStream_t stream) {
+                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr) {
   const int64_t gc = G * cg_pad;
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
+  // Slices of the positions: enough blocks in all to keep the copy busy (about 2048),
+  // a fixed number for a given problem, so the bias sums add in the same order every run.
+  const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
+  const int slices = int(std::max<int64_t>(1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / (N * ctiles))})));
+  at::Tensor sums;
+  if (bias != nullptr) sums = at::empty({N * slices * gc}, src.options().dtype(at::kDouble));
   if (packed.numel() > 0) {
-    const dim3 grid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(N)};
+    const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
     pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
-                                                    l, vol, cg, cg_pad, gc, round);
+                                                    l, vol, cg, cg_pad, gc, round,
+                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (bias != nullptr) {
+      pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
+          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  } else if (bias != nullptr) {
+    bias->zero_();
   }
   return packed;
 }
