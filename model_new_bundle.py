@@ -241,8 +241,6 @@ void launch_igemm(const Gemm& gemm, int64_t max_m, int64_t max_n, int64_t z, boo
 #include <string>
 #include <type_traits>
 namespace ct3d {
-constexpr int kTcBK = 8;
-constexpr int kTcRowStride = 12;
 constexpr int kFlushTaps = 8;
 constexpr int kWinPos = 48;
 enum WinJob : int { kJobForward = 0, kJobGradInput = 1 };
@@ -324,6 +322,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr));
 #endif
 }
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(addr));
+#endif
+}
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -384,23 +396,47 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 }
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
-                                int64_t cg, int64_t cg_pad, int64_t gc, bool round) {
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums) {
   __shared__ float tile[32][33];
-  const int64_t v0 = int64_t(blockIdx.x) * 32, c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
+  __shared__ double part[8][32];
+  const int64_t c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
   const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  for (int i = ty; i < 32; i += 8) {
-    const int64_t c = c0 + i, v = v0 + tx;
-    const int64_t g = c / cg_pad, cc = c - g * cg_pad;
-    tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
-  }
-  __syncthreads();
-  for (int i = ty; i < 32; i += 8) {
-    const int64_t v = v0 + i, c = c0 + tx;
-    if (v < vol && c < gc) {
-      const float val = tile[tx][i];
-      dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+  double sum = 0.0;
+  for (int64_t v0 = int64_t(blockIdx.x) * 32; v0 < vol; v0 += int64_t(gridDim.x) * 32) {
+    __syncthreads();
+    for (int i = ty; i < 32; i += 8) {
+      const int64_t c = c0 + i, v = v0 + tx;
+      const int64_t g = c / cg_pad, cc = c - g * cg_pad;
+      tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+    }
+    __syncthreads();
+    for (int i = ty; i < 32; i += 8) {
+      const int64_t v = v0 + i, c = c0 + tx;
+      if (v < vol && c < gc) {
+        const float val = tile[tx][i];
+        sum += double(val);
+        dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+      }
     }
   }
+  if (sums == nullptr) return;
+  part[ty][tx] = sum;
+  __syncthreads();
+  if (ty == 0 && c0 + tx < gc) {
+    double s = 0.0;
+    for (int i = 0; i < 8; ++i) s += part[i][tx];
+    sums[(n * gridDim.x + blockIdx.x) * gc + c0 + tx] = s;
+  }
+}
+template <typename T>
+__global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
+                                 int64_t G, int64_t cg, int64_t cg_pad) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= G * cg) return;
+  const int64_t gc = G * cg_pad, pc = (c / cg) * cg_pad + c % cg;
+  double acc = 0.0;
+  for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
+  db[c] = cast_out<T>(acc);
 }
 template <typename T>
 __global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __restrict__ big,
@@ -683,15 +719,27 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
 }
 template <typename T, typename E>
 at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
-                    int64_t cg_pad, bool round, cudaStream_t stream) {
+                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr) {
   const int64_t gc = G * cg_pad;
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
+  const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
+  const int slices = int(std::max<int64_t>(1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / (N * ctiles))})));
+  at::Tensor sums;
+  if (bias != nullptr) sums = at::empty({N * slices * gc}, src.options().dtype(at::kDouble));
   if (packed.numel() > 0) {
-    const dim3 grid{unsigned((vol + 31) / 32), unsigned((gc + 31) / 32), unsigned(N)};
+    const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
     pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
-                                                    l, vol, cg, cg_pad, gc, round);
+                                                    l, vol, cg, cg_pad, gc, round,
+                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (bias != nullptr) {
+      pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
+          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  } else if (bias != nullptr) {
+    bias->zero_();
   }
   return packed;
 }
@@ -1081,7 +1129,7 @@ template void grad_input_tiled<at::BFloat16>(const at::Tensor&, const at::Tensor
                                              const Problem&, bool);
 }
 namespace ct3d {
-constexpr int kMaxSplits = 32;
+constexpr int kMaxSplits = 64;
 template <typename T>
 struct WgradGemm {
   static constexpr int kMinBlocks = 2;
@@ -1158,6 +1206,8 @@ struct WgradGemm {
 };
 constexpr int kWgBM = 128;
 constexpr int kWgXStride = kWgBM + 4;
+constexpr int kWgXStride16 = kWgBM + 8;
+__host__ __device__ constexpr int wgrad_rs(bool k16, int nt) { return !k16 ? 12 : nt == 1 ? 8 : 24; }
 struct WgradTcParams {
   const void* x;
   const void* dyp;
@@ -1167,23 +1217,40 @@ struct WgradTcParams {
   int tiles_per_plane;
   int64_t total_tiles;
   int64_t tiles_per_split;
-  int tap_groups;
+  int tap_groups, sub_groups;
+  int taps_per_group;
+  int win_planes;
   int R, C;
-  int window_floats;
+  int window_bytes;
   int windows;
+  bool x_async;
   bool round_a;
 };
-template <typename T, int MT, int TPW, bool SPLIT3>
-__global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams prm) {
+__host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3, bool two) {
+  if (split3) return mt >= 4 ? 1 : 4 / mt;
+  const int t = (two ? 8 : k16 ? 24 : 16) / (mt * nt);
+  return t < 1 ? 1 : t < 8 ? t : 8;
+}
+__host__ __device__ constexpr int wgrad_min_blocks(int mt, int tpw, int nt, bool split3) {
+  return tpw * mt * nt * 4 * (split3 ? 3 : 1) <= 32 ? 2 : 1;
+}
+template <typename T, int MT, int TPW, int NT, bool SPLIT3>
+__global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr bool K16 = !std::is_same<T, float>::value;
   using W = typename WinElem<T>::type;
-  constexpr int RS = kTcRowStride;
-  constexpr int PIECE = 4 * int(sizeof(W));
-  extern __shared__ __align__(16) float sm[];
-  float* xt = sm + prm.windows * prm.window_floats;
+  using XT = typename std::conditional<K16, W, float>::type;
+  constexpr int RS = wgrad_rs(K16, NT);
+  constexpr int XS = K16 ? kWgXStride16 : kWgXStride;
+  constexpr int CH = NT * 8;
+  constexpr int PIECES = CH * int(sizeof(W)) / 16;
+  static_assert(!K16 || !SPLIT3, "3xTF32 is fp32 only");
+  static_assert(K16 || NT == 1, "fp32 windows hold one n8 tile");
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr int XT_ELEMS = MT * 16 * XS;
+  XT* xt0 = reinterpret_cast<XT*>(smem + prm.windows * prm.window_bytes);
+  int* pos_tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
   const bool two = prm.windows == 2;
-  int* tab = reinterpret_cast<int*>(xt + MT * 16 * kWgXStride);
-  int* pos_tab = tab + 8 * TPW;
   const Problem& P = prm.P;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
@@ -1191,51 +1258,76 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int chunk = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
+  const int ptaps = int(P.k[1] * P.k[2]);
+  const int sub = tg % prm.sub_groups, tap0 = (tg / prm.sub_groups) * (prm.sub_groups > 1 ? ptaps : 0) +
+                                               (prm.sub_groups > 1 ? sub : tg) * prm.taps_per_group;
+  const int ntaps = min(prm.taps_per_group, prm.sub_groups > 1 ? ptaps - sub * prm.taps_per_group : kvol - tap0);
+  const int rd0 = tap0 / ptaps;
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
-  for (int q = threadIdx.x; q < 8 * TPW; q += blockDim.x) {
-    const int tap = tg * 8 * TPW + q;
-    int shift = 0;
-    if (tap < kvol) {
-      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / int(P.k[2] * P.k[1]);
+  int shw[TPW];
+#pragma unroll
+  for (int t = 0; t < TPW; ++t) {
+    const int q = t * 8 + warp, tap = tap0 + q;
+    shw[t] = 0;
+    if (q < ntaps) {
+      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
       const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
       const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-      shift = ((rd * R + sh) * C + sw) * RS;
+      shw[t] = ((rd * R + sh) * C + sw) * RS;
     }
-    tab[q] = shift;
   }
-  float acc[TPW][MT][4], blk[TPW][MT][4], cor[TPW][MT][4];
+  float acc[TPW][MT][NT][4], blk[SPLIT3 ? TPW : 1][MT][4], cor[SPLIT3 ? TPW : 1][MT][4];
 #pragma unroll
   for (int q = 0; q < TPW; ++q)
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[q][i][e] = blk[q][i][e] = cor[q][i][e] = 0.f;
+      for (int e = 0; e < 4; ++e) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[q][i][j][e] = 0.f;
+        if constexpr (SPLIT3) blk[q][i][e] = cor[q][i][e] = 0.f;
+      }
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * kTcBK;
+  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
   auto issue_window = [&](int64_t tile, int buf) {
     const int pt = int(tile % prm.tiles_per_plane);
     const int64_t rest = tile / prm.tiles_per_plane;
     const int jd = int(rest % wd[0].P);
     const int64_t n = rest / wd[0].P;
     const int jh0 = pt * kWgBM / Wd;
-    const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
     const W* base = dy_g + n * prm.pk_n;
-    const uint32_t dst = smem_u32(sm + buf * prm.window_floats);
-    for (int q = threadIdx.x; q < Td * R * C * 2; q += blockDim.x) {
-      const int p = q >> 1, c = p % C, rr = p / C, r = rr % R, td = rr / R;
+    const uint32_t dst = smem_u32(smem + buf * prm.window_bytes);
+    for (int q = threadIdx.x; q < Td * R * C * PIECES; q += blockDim.x) {
+      const int p = q / PIECES, pc = q % PIECES, c = p % C, rr = p / C, r = rr % R, td = rr / R;
       const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
       const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + (q & 1) * 4 : base;
-      if constexpr (PIECE == 16) cp_async16(dst + p * (RS * 4) + (q & 1) * 16, src, ok ? 16 : 0);
-      else cp_async8(dst + p * (RS * 2) + (q & 1) * 8, src, ok ? 8 : 0);
+      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
+      cp_async16(dst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
     }
   };
-  if (two && t_begin < t_end) issue_window(t_begin, 0);
+  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;
+  auto issue_x = [&](int64_t tile, int b) {
+    const int m0 = int(tile % prm.tiles_per_plane) * kWgBM;
+    const int64_t rest = tile / prm.tiles_per_plane;
+    const T* xb = x + P.xl.at(rest / wd[0].P, int64_t(g) * cin_g, (rest % wd[0].P) * plane);
+    const uint32_t dst = smem_u32(xt0 + b * XT_ELEMS);
+    for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
+      const int ci = q / XPR, p = (q % XPR) * EP, left = plane - (m0 + p);
+      const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+      cp_async16(dst + (ci * XS + p) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + p : x, bytes);
+    }
+  };
+  auto issue_tile = [&](int64_t tile, int b) {
+    issue_window(tile, b);
+    if (prm.x_async) issue_x(tile, b);
+  };
+  if (two && t_begin < t_end) issue_tile(t_begin, 0);
   cp_async_commit();
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
@@ -1245,94 +1337,142 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
     const int64_t n = rest / wd[0].P;
     const int m0 = pt * kWgBM, jh0 = m0 / Wd;
     __syncthreads();
-    if (!two) issue_window(tile, 0);
-    else if (tile + 1 < t_end) issue_window(tile + 1, buf ^ 1);
+    if (!two) issue_tile(tile, 0);
+    else if (tile + 1 < t_end) issue_tile(tile + 1, buf ^ 1);
     cp_async_commit();
-    const W* xs = reinterpret_cast<const W*>(sm + (two ? buf : 0) * prm.window_floats);
+    const unsigned char* win = smem + (two ? buf : 0) * prm.window_bytes;
+    XT* xt = xt0 + (prm.x_async && two ? buf : 0) * XT_ELEMS;
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
     }
-    {
+    if (!prm.x_async) {
       const T* xb = x + P.xl.at(n, int64_t(g) * cin_g, int64_t(jd) * plane);
-      float v[MT * 8];
+      XT v[MT * 8];
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u, ci = e / kWgBM, p = e % kWgBM;
-        v[u] = (ci < cin_g && m0 + p < plane) ? float(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : 0.f;
+        v[u] = (ci < cin_g && m0 + p < plane) ? XT(xb[ci * P.xl.c + (m0 + p) * P.xl.v]) : XT(0.f);
       }
 #pragma unroll
       for (int u = 0; u < MT * 8; ++u) {
         const int e = threadIdx.x + 256 * u;
-        xt[(e / kWgBM) * kWgXStride + e % kWgBM] = prm.round_a ? round_tf32(v[u]) : v[u];
+        XT val = v[u];
+        if constexpr (!K16) val = prm.round_a ? round_tf32(val) : val;
+        xt[(e / kWgBM) * XS + e % kWgBM] = val;
       }
     }
     cp_async_wait(two ? 1 : 0);
-    __syncthreads();
-    for (int k0 = 0; k0 < kWgBM; k0 += 8) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-        ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kWgXStride +
-                                   k0 + (lane >> 4) * 4));
-      const int pb[2] = {pos_tab[k0 + tq] + gq, pos_tab[k0 + tq + 4] + gq};
-      uint32_t ab[MT][4], as[MT][4];
-      if (SPLIT3) {
-#pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            ab[i][e] = tf32_rna(__uint_as_float(a[i][e]));
-            as[i][e] = tf32_rna(__uint_as_float(a[i][e]) - __uint_as_float(ab[i][e]));
-          }
-      }
-#pragma unroll
-      for (int q = 0; q < TPW; ++q) {
-        if (tg * 8 * TPW + q * 8 + warp >= kvol) continue;
-        const int sh = tab[q * 8 + warp];
-        const float f0 = float(xs[pb[0] + sh]), f1 = float(xs[pb[1] + sh]);
-        if (SPLIT3) {
-          const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
-          const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
-#pragma unroll
-          for (int i = 0; i < MT; ++i) {
-            mma_tf32(blk[q][i], ab[i], bb0, bb1);
-            mma_tf32(cor[q][i], as[i], bb0, bb1);
-            mma_tf32(cor[q][i], ab[i], bs0, bs1);
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < MT; ++i) mma_tf32(acc[q][i], a[i], __float_as_uint(f0), __float_as_uint(f1));
+    if constexpr (!K16) {
+      if (prm.x_async && prm.round_a) {
+        for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
+          float4* v = reinterpret_cast<float4*>(xt + (q / XPR) * XS + (q % XPR) * EP);
+          float4 f = *v;
+          f.x = round_tf32(f.x), f.y = round_tf32(f.y), f.z = round_tf32(f.z), f.w = round_tf32(f.w);
+          *v = f;
         }
       }
     }
-    if (SPLIT3) {
+    __syncthreads();
+    const int lrow = (lane & 7) + ((lane >> 3) & 1) * 8;
+    if constexpr (K16) {
+      const uint32_t xs_a = smem_u32(xt) + (lrow * XS + (lane >> 4) * 8) * 2;
+      const uint32_t col_b = NT == 2 ? (lane >> 4) * 8 * 2 : 0;
+#pragma unroll 2
+      for (int k0 = 0; k0 < kWgBM; k0 += 16) {
+        uint32_t a[MT][4];
 #pragma unroll
-      for (int q = 0; q < TPW; ++q)
+        for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], xs_a + (i * 16 * XS + k0) * 2);
+        const uint32_t row_b = smem_u32(win) + pos_tab[k0 + lrow] * 2 + col_b;
+#pragma unroll
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;
+          const uint32_t addr = row_b + shw[q] * 2;
+          if constexpr (NT == 2) {
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, addr);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+              mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+              mma_k16<T>(acc[q][i][1], a[i], b[2], b[3]);
+            }
+          } else {
+            uint32_t b[2];
+            ldmatrix_x2_trans(b, addr);
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+          }
+        }
+      }
+    } else {
+      const float* xs = reinterpret_cast<const float*>(win);
+      for (int k0 = 0; k0 < kWgBM; k0 += 8) {
+        uint32_t a[MT][4];
 #pragma unroll
         for (int i = 0; i < MT; ++i)
+          ldmatrix_x4(a[i], smem_u32(xt + (i * 16 + lrow) * XS + k0 + (lane >> 4) * 4));
+        const int pb[2] = {pos_tab[k0 + tq] + gq, pos_tab[k0 + tq + 4] + gq};
+        uint32_t ab[MT][4], as[MT][4];
+        if constexpr (SPLIT3) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            acc[q][i][e] += blk[q][i][e];
-            blk[q][i][e] = 0.f;
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              ab[i][e] = tf32_rna(__uint_as_float(a[i][e]));
+              as[i][e] = tf32_rna(__uint_as_float(a[i][e]) - __uint_as_float(ab[i][e]));
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;
+          const int sh = shw[q];
+          const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
+          if constexpr (SPLIT3) {
+            const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
+            const uint32_t bs0 = tf32_rna(f0 - __uint_as_float(bb0)), bs1 = tf32_rna(f1 - __uint_as_float(bb1));
+#pragma unroll
+            for (int i = 0; i < MT; ++i) {
+              mma_tf32(blk[q][i], ab[i], bb0, bb1);
+              mma_tf32(cor[q][i], as[i], bb0, bb1);
+              mma_tf32(cor[q][i], ab[i], bs0, bs1);
+            }
+          } else {
+#pragma unroll
+            for (int i = 0; i < MT; ++i) mma_tf32(acc[q][i][0], a[i], __float_as_uint(f0), __float_as_uint(f1));
           }
+        }
+      }
+      if constexpr (SPLIT3) {
+#pragma unroll
+        for (int q = 0; q < TPW; ++q)
+#pragma unroll
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              acc[q][i][0][e] += blk[q][i][e];
+              blk[q][i][e] = 0.f;
+            }
+      }
     }
   }
   cp_async_wait(0);
   const int64_t numel = P.Cin * P.cout_g() * P.kvol();
 #pragma unroll
   for (int q = 0; q < TPW; ++q) {
-    const int tap = tg * 8 * TPW + q * 8 + warp;
-    if (tap >= kvol) continue;
+    if (q * 8 + warp >= ntaps) continue;
+    const int tap = tap0 + q * 8 + warp;
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int ci = i * 16 + gq + 8 * (e / 2), co = chunk * kTcBK + 2 * tq + e % 2;
-        if (ci < cin_g && co < cout_g)
-          prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] =
-              acc[q][i][e] + (SPLIT3 ? cor[q][i][e] : 0.f);
-      }
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ci = i * 16 + gq + 8 * (e / 2), co = chunk * CH + j * 8 + 2 * tq + e % 2;
+          float v = acc[q][i][j][e];
+          if constexpr (SPLIT3) v += cor[q][i][e];
+          if (ci < cin_g && co < cout_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = v;
+        }
   }
 #endif
 }
@@ -1358,48 +1498,84 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
   const double sum = block_sum_256(acc);
   if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
 }
-template <typename T, int MT, int TPW, bool SPLIT3>
-static void launch_wgrad_tc(const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
-  auto kernel = wgrad_tc_kernel<T, MT, TPW, SPLIT3>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, 256, smem, stream>>>(prm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+using WgradKernel = void (*)(WgradTcParams);
+template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
+static WgradKernel wgrad_instance() {
+  return wgrad_tc_kernel<T, MT, wgrad_tpw(MT, NT, !std::is_same<T, float>::value, SPLIT3, TWO), NT, SPLIT3>;
 }
-__host__ __device__ constexpr int wgrad_tpw(int mt, bool split3) {
-  return split3 ? (mt >= 4 ? 1 : 4 / mt) : 8 / mt;
-}
-template <typename T, bool SPLIT3>
-static void dispatch_wgrad_mt(int mt, const WgradTcParams& prm, dim3 grid, int64_t smem, cudaStream_t s) {
-  if (mt == 1) launch_wgrad_tc<T, 1, wgrad_tpw(1, SPLIT3), SPLIT3>(prm, grid, smem, s);
-  else if (mt == 2) launch_wgrad_tc<T, 2, wgrad_tpw(2, SPLIT3), SPLIT3>(prm, grid, smem, s);
-  else launch_wgrad_tc<T, 4, wgrad_tpw(4, SPLIT3), SPLIT3>(prm, grid, smem, s);
+template <typename T, int NT, bool SPLIT3>
+static WgradKernel wgrad_kernel_mt(int mt) {
+  if (mt == 1) return wgrad_instance<T, 1, NT, SPLIT3, false>();
+  if (mt == 2) return wgrad_instance<T, 2, NT, SPLIT3, false>();
+  if (mt == 3) return wgrad_instance<T, 3, NT, SPLIT3, false>();
+  return wgrad_instance<T, 4, NT, SPLIT3, false>();
 }
 template <typename T>
-bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, const Problem& P,
-                    bool tf32) {
+static WgradKernel wgrad_kernel(int mt, int nt, bool split3, bool two) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (two) return mt == 1 ? wgrad_instance<T, 1, 1, false, true>() : wgrad_instance<T, 2, 1, false, true>();
+    return split3 ? wgrad_kernel_mt<T, 1, true>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
+  } else {
+    return nt == 2 ? wgrad_kernel_mt<T, 2, false>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
+  }
+}
+inline int64_t wgrad_splits(int64_t base, int64_t slots, int64_t most) {
+  auto cost = [&](int64_t sp) { return double((base * sp + slots - 1) / slots) / double(sp); };
+  double best = cost(1);
+  for (int64_t sp = 2; sp <= most; ++sp) best = std::min(best, cost(sp));
+  int64_t sp = 1;
+  while (cost(sp) > 1.04 * best) ++sp;
+  return sp;
+}
+template <typename T>
+bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                    const Problem& P, bool tf32) {
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
-  const int mt = P.cin_g() <= 16 ? 1 : P.cin_g() <= 32 ? 2 : 4;
-  const bool fp32 = std::is_same<T, float>::value, split3 = fp32 && !tf32;
-  const int tpw = wgrad_tpw(mt, split3);
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  const int mt = int((P.cin_g() + 15) / 16);
+  const bool split3 = !k16 && !tf32;
+  const int nt = k16 && P.cout_g() > 8 ? 2 : 1;
+  const bool two = !k16 && !split3 && mt <= 2;
+  const int tpw = wgrad_tpw(mt, nt, k16, split3, two);
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   using W = typename WinElem<T>::type;
-  const int64_t wfloats = (P.k[0] * rows * cols * kTcRowStride * int64_t(sizeof(W)) / 4 + 3) / 4 * 4;
+  const int64_t ptaps = P.k[1] * P.k[2], cap = 8 * int64_t(tpw);
+  int64_t tap_groups, sub_groups = 1, taps_per_group, win_planes = 1;
+  if (ptaps <= cap) {
+    win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
+    while (P.k[0] % win_planes != 0) --win_planes;
+    tap_groups = P.k[0] / win_planes;
+    taps_per_group = win_planes * ptaps;
+  } else {
+    sub_groups = (ptaps + cap - 1) / cap;
+    taps_per_group = (ptaps + sub_groups - 1) / sub_groups;
+    tap_groups = P.k[0] * sub_groups;
+  }
+  const int64_t wbytes = (win_planes * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
+  const int64_t xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
+  const int64_t ep = 16 / int64_t(sizeof(T));
+  const bool x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
+                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   auto smem_for = [&](int64_t windows) {
-    return (windows * wfloats + int64_t(mt) * 16 * kWgXStride + 8 * tpw + kWgBM) * int64_t(sizeof(float));
+    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
   };
   const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
   const int64_t smem = smem_for(windows);
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
+  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t chunks = (P.cout_g() + kTcBK - 1) / kTcBK;
-  const int64_t cg_pad = chunks * kTcBK, gc = P.G * cg_pad, out_vol = P.out_vol();
-  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, fp32 && tf32, stream);
+  const int64_t chunk_ch = 8 * nt, chunks = (P.cout_g() + chunk_ch - 1) / chunk_ch;
+  const int64_t cg_pad = chunks * chunk_ch, gc = P.G * cg_pad, out_vol = P.out_vol();
+  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db);
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
   prm.dyp = dyp.data_ptr<T>();
@@ -1409,15 +1585,19 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   prm.P = P;
   prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
   prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
-  prm.tap_groups = int((P.kvol() + 8 * tpw - 1) / (8 * tpw));
+  prm.tap_groups = int(tap_groups);
+  prm.sub_groups = int(sub_groups);
+  prm.taps_per_group = int(taps_per_group);
+  prm.win_planes = int(win_planes);
   prm.R = int(rows);
   prm.C = int(cols);
-  prm.window_floats = int(wfloats);
+  prm.window_bytes = int(wbytes);
   prm.windows = windows;
-  prm.round_a = fp32 && tf32;
+  prm.x_async = x_async;
+  prm.round_a = !k16 && tf32;
   const int64_t base = chunks * P.G * prm.tap_groups;
-  int64_t splits = std::max<int64_t>(1, std::min<int64_t>({(2 * int64_t(prop->multiProcessorCount) + base - 1) / base,
-                                                             prm.total_tiles, int64_t(kMaxSplits)}));
+  int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
+                                std::min<int64_t>(prm.total_tiles, kMaxSplits));
   prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
   splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
   TORCH_CHECK(chunks <= 65535 && P.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
@@ -1425,12 +1605,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, c
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  if constexpr (std::is_same<T, float>::value) {
-    if (split3) dispatch_wgrad_mt<T, true>(mt, prm, grid, smem, stream);
-    else dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
-  } else {
-    dispatch_wgrad_mt<T, false>(mt, prm, grid, smem, stream);
-  }
+  kernel<<<grid, 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
@@ -1478,7 +1654,7 @@ void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   template void grad_weight_tiled<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,      \
                                      const Problem&, bool);                                  \
   template bool grad_weight_tc<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,         \
-                                  const Problem&, bool);
+                                  at::Tensor*, const Problem&, bool);
 CT3D_INSTANTIATE_WGRAD(float)
 CT3D_INSTANTIATE_WGRAD(at::Half)
 CT3D_INSTANTIATE_WGRAD(at::BFloat16)
@@ -1630,7 +1806,7 @@ template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, cons
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_bias(const at::Tensor&, at::Tensor&, const Problem&);
 template <typename T> void forward_direct(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&);
@@ -1804,17 +1980,19 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
   if (need_weight && dw.numel() > 0 && P.N * P.in_vol() == 0) dw.zero_();
   const bool direct = use_direct(dy, algo);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dy.scalar_type(), "ct3d_grad_weight", [&] {
+    bool bias_done = false;
     if (need_weight && P.N * P.in_vol() > 0) {
       if (direct) {
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
-        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, P, allow_tf32);
+        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
         TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
+        bias_done = tc && need_bias;
       }
     }
-    if (need_bias) grad_bias<scalar_t>(dy, db, P);
+    if (need_bias && !bias_done) grad_bias<scalar_t>(dy, db, P);
   });
   return {dw, db};
 }

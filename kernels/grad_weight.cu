@@ -7,30 +7,36 @@
 //   dw[g*Cin/G + ci, co, r] = sum_k A*B
 // with column = co * kvol + r and k = n * D*H*W + i.
 //
-// K is long and M*N small, so K is split across blocks: blockIdx.z = g * S + split,
-// each split writes its fp32 partial tile to a workspace [S, numel(dw)], and a
-// second kernel adds the S partials in split order. No float atomics: the
-// result is bitwise identical from run to run. S is chosen to fill the card
-// (about 4 blocks per SM) and capped, so the workspace is at most
-// kMaxSplits * numel(dw) floats.
+// K is long and M*N small, so K is split across blocks: blockIdx.x = split, each split
+// writes its fp32 partial tile to a workspace [S, numel(dw)], and a second kernel adds
+// the S partials in split order. No float atomics: the result is bitwise identical from
+// run to run. S (at most kMaxSplits, so the workspace is at most kMaxSplits * numel(dw)
+// floats) is chosen from the blocks that fit on the card at once so that no wave runs
+// part-empty (wgrad_splits).
 //
 // Two kernels compute the split partials. grad_weight_tc (tensor cores, the default):
-// per split, per 8-channel chunk of dy and per group of taps, a block walks tiles of 128
-// input positions (one plane of one batch item each). For each tile it stages the x tile
-// xt[ci][position] and the window of dy that the tile's positions reach through the
-// block's taps (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p): dy is
-// packed channels-innermost in its own type once per call (pack_src_kernel), so the
-// window is copied with cp.async, the next tile's while this tile's MMAs run (two window
-// buffers); 16-bit values become fp32 (exactly) when a lane reads its B element. Then,
-// per tap r, MMA D[ci][co] += sum over positions of A[ci][p] * B[p][co] with A = the x tile
-// (ldmatrix) and B = the dy window shifted by tap r (two 4-byte loads a fragment: a shift
-// breaks ldmatrix's 16-byte alignment). Warp w owns taps w, w+8, ... of the group and
-// all of ci, so the A fragments of a k-step serve every tap. TF32 rounding / 3xTF32 as
-// window_tc.cuh; the 3xTF32 big*big chain restarts every tile.
+// block (split, chunk of 8*NT dy channels, group g and tap group) walks tiles of 128 input
+// positions (one plane of one batch item each). For each tile it has in shared memory
+//   - the x tile xt[ci][position] (cp.async, 16-byte pieces, where x's positions are
+//     contiguous and aligned; else through registers), all Cin/G channels (MT m16 tiles);
+//   - the window of dy that the tile's positions reach through the group's taps
+//     (window_tc.cuh's window, src = dy, multiplier s, offsets r*d - p), only the depth
+//     planes of the group's taps: dy is packed channels-innermost in its own type once per
+//     call (pack_src_kernel, TF32-rounded in TF32 mode), so the window is 16-byte cp.async
+//     pieces.
+// Both are double-buffered: the next tile's copies run during this tile's MMAs. Then per
+// tap r, D[ci][co] += sum over positions of A[ci][p] * B[p][co], A = the x tile
+// (ldmatrix), B = the window shifted by tap r. Warp w owns taps w, w+8, ... of the group
+// (TPW at most) and all of ci, so the A fragments of a k-step serve every tap.
+//   fp16/bf16: m16n8k16; B by ldmatrix.x4.trans (x2 for 8 channels): each lane gives
+//     one position row's address plus the tap's shift, so any shift works.
+//   fp32: m16n8k8 TF32 (3xTF32 in strict mode, big*big chain restarted every tile); B by
+//     two 4-byte loads a fragment (ldmatrix cannot transpose 32-bit elements).
 // grad_weight_tiled: common.cuh's FFMA tile, the fallback (Cin/G > 64, windows too large).
 //
-// grad bias: one block per output channel sums dy over batch and voxels in a
-// fixed order (fp64 accumulation: this pass is memory-bound, so it is free).
+// grad bias: with the tensor-core grad weight, from the per-channel sums that the dy pack
+// takes as it copies dy (fp64, fixed order: pack_src_kernel, pack_bias_kernel); else one
+// block per output channel sums dy in a fixed order (grad_bias_kernel, fp64).
 //
 // Sections: the FFMA Gemm, the tensor-core kernel, reduction kernels, launchers.
 #include "common.cuh"
@@ -149,8 +155,13 @@ struct WgradTcParams {
   int tiles_per_plane;     // ceil(H*W / kWgBM)
   int64_t total_tiles;     // N * D * tiles_per_plane
   int64_t tiles_per_split;
-  int tap_groups;          // blocks along the taps, each with taps_per_group (the last fewer)
+  // Tap groups (blocks along the taps), in flat tap order. Whole kernel-depth planes a
+  // group where a plane's taps fit in a block (sub_groups = 1): group tg has taps
+  // [tg * taps_per_group, ...) and its window only the planes those taps reach; else each
+  // plane splits into sub_groups groups of taps_per_group taps (the last fewer).
+  int tap_groups, sub_groups;
   int taps_per_group;      // <= 8 * TPW
+  int win_planes;          // depth planes in a window: the most any group needs
   int R, C;                // window rows and columns (fixed: the most any tile needs)
   int window_bytes;        // shared memory: windows | x tiles | tap table | position table
   int windows;             // 2: the next tile's window is copied during this tile's MMAs; 1: no room
@@ -160,12 +171,28 @@ struct WgradTcParams {
   bool round_a;            // TF32: round the x tile (the pack rounds dy)
 };
 
+// Taps per warp. One block per SM (the default): as many as keep the accumulators
+// (TPW * MT * NT * 4 floats) at 64 (fp32) or 96 (16-bit) a thread, at most 8; 3xTF32 keeps
+// three sets of 16 at most. Two blocks per SM (two: TF32 with MT <= 2): 32 accumulator
+// floats, so 128 registers hold them; the second block's warps hide the B loads' latency,
+// which pays more than the extra x and window reads cost (kb68 grad weight 40 -> 21 ms on
+// an H100; 16-bit, MT = 3 and 3xTF32 with three sets of 8 lose).
+__host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3, bool two) {
+  if (split3) return mt >= 4 ? 1 : 4 / mt;
+  const int t = (two ? 8 : k16 ? 24 : 16) / (mt * nt);
+  return t < 1 ? 1 : t < 8 ? t : 8;
+}
+// Blocks per SM the launch bounds ask for: two where the accumulators are 32 floats or fewer.
+__host__ __device__ constexpr int wgrad_min_blocks(int mt, int tpw, int nt, bool split3) {
+  return tpw * mt * nt * 4 * (split3 ? 3 : 1) <= 32 ? 2 : 1;
+}
+
 // MT m16 tiles of input channels (all of Cin/G), NT n8 tiles of dy channels (the chunk),
 // TPW taps a warp. fp32: m16n8k8 TF32 (or 3xTF32), B by two 4-byte loads a fragment (a
 // tap's shift breaks ldmatrix's 16-byte alignment in fp32). 16-bit: m16n8k16, B by
 // ldmatrix.trans, which takes one address per position row, so any shift works.
 template <typename T, int MT, int TPW, int NT, bool SPLIT3>
-__global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams prm) {
+__global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   constexpr bool K16 = !std::is_same<T, float>::value;
   using W = typename WinElem<T>::type;         // dy window element: dy's own type
@@ -179,12 +206,11 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   extern __shared__ __align__(16) unsigned char smem[];
   // one or two dy windows [position][RS] (with two, the next tile's is copied while this
   // tile's MMAs run), then the x tile(s) [MT*16 channels][XS] (as many as windows when
-  // x_async), the tap table (8*TPW ints: window shift of each block tap) and the position
-  // table (kWgBM ints: window offset of each tile position), both in elements
+  // x_async) and the position table (kWgBM ints: window offset of each tile position, in
+  // elements)
   constexpr int XT_ELEMS = MT * 16 * XS;
   XT* xt0 = reinterpret_cast<XT*>(smem + prm.windows * prm.window_bytes);
-  int* tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
-  int* pos_tab = tab + 8 * TPW;
+  int* pos_tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
   const bool two = prm.windows == 2;
   const Problem& P = prm.P;
   WinDim wd[3];
@@ -193,21 +219,26 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int chunk = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
-  const int tap0 = tg * prm.taps_per_group, ntaps = min(prm.taps_per_group, kvol - tap0);
+  const int ptaps = int(P.k[1] * P.k[2]);  // taps a kernel-depth plane
+  const int sub = tg % prm.sub_groups, tap0 = (tg / prm.sub_groups) * (prm.sub_groups > 1 ? ptaps : 0) +
+                                               (prm.sub_groups > 1 ? sub : tg) * prm.taps_per_group;
+  const int ntaps = min(prm.taps_per_group, prm.sub_groups > 1 ? ptaps - sub * prm.taps_per_group : kvol - tap0);
+  const int rd0 = tap0 / ptaps;  // the window's first plane
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
 
-  // Tap table: block tap q is tap tap0 + q; warp w owns block taps w, w + 8, ...
-  for (int q = threadIdx.x; q < 8 * TPW; q += blockDim.x) {
-    const int tap = tap0 + q;
-    int shift = 0;
+  // Window shift (elements) of this warp's taps: block taps warp, warp + 8, ... (tap tap0 + q)
+  int shw[TPW];
+#pragma unroll
+  for (int t = 0; t < TPW; ++t) {
+    const int q = t * 8 + warp, tap = tap0 + q;
+    shw[t] = 0;
     if (q < ntaps) {
-      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / int(P.k[2] * P.k[1]);
+      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
       const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
       const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-      shift = ((rd * R + sh) * C + sw) * RS;
+      shw[t] = ((rd * R + sh) * C + sw) * RS;
     }
-    tab[q] = shift;
   }
 
   float acc[TPW][MT][NT][4], blk[SPLIT3 ? TPW : 1][MT][4], cor[SPLIT3 ? TPW : 1][MT][4];
@@ -226,9 +257,10 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
 
-  // The dy window of a tile: kD planes x R rows x C columns of this chunk's CH channels,
-  // copied with cp.async from the packed dy in 16-byte pieces (zero outside dy).
-  const int Td = int(P.k[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
+  // The dy window of a tile: the group's planes (win_planes from rd0) x R rows x C columns
+  // of this chunk's CH channels, copied with cp.async from the packed dy in 16-byte pieces
+  // (zero outside dy).
+  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
   auto issue_window = [&](int64_t tile, int buf) {
     const int pt = int(tile % prm.tiles_per_plane);
@@ -236,7 +268,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
     const int jd = int(rest % wd[0].P);
     const int64_t n = rest / wd[0].P;
     const int jh0 = pt * kWgBM / Wd;
-    const int od0 = jd * wd[0].mult + wd[0].off0, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
     const W* base = dy_g + n * prm.pk_n;
     const uint32_t dst = smem_u32(smem + buf * prm.window_bytes);
@@ -331,7 +363,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
 #pragma unroll
         for (int q = 0; q < TPW; ++q) {
           if (q * 8 + warp >= ntaps) continue;  // warp-uniform
-          const uint32_t addr = row_b + tab[q * 8 + warp] * 2;
+          const uint32_t addr = row_b + shw[q] * 2;
           if constexpr (NT == 2) {
             uint32_t b[4];
             ldmatrix_x4_trans(b, addr);
@@ -370,7 +402,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_tc_kernel(const WgradTcParams pr
 #pragma unroll
         for (int q = 0; q < TPW; ++q) {
           if (q * 8 + warp >= ntaps) continue;  // warp-uniform
-          const int sh = tab[q * 8 + warp];
+          const int sh = shw[q];
           const float f0 = xs[pb[0] + sh], f1 = xs[pb[1] + sh];
           if constexpr (SPLIT3) {
             const uint32_t bb0 = tf32_rna(f0), bb1 = tf32_rna(f1);
@@ -455,33 +487,31 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
 // ============================================================================
 // Launchers
 // ============================================================================
-// Taps per warp: as many as keep the accumulators (TPW * MT * NT * 4 floats) at 64 (fp32)
-// or 96 (16-bit: no split registers) a thread, at most 8; 3xTF32 keeps three sets of
-// 16 at most. More taps a block means fewer blocks re-reading the x tile and the window.
-__host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3) {
-  if (split3) return mt >= 4 ? 1 : 4 / mt;
-  const int t = (k16 ? 24 : 16) / (mt * nt);
-  return t < 8 ? t : 8;
-}
-
 using WgradKernel = void (*)(WgradTcParams);
+
+template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
+static WgradKernel wgrad_instance() {
+  return wgrad_tc_kernel<T, MT, wgrad_tpw(MT, NT, !std::is_same<T, float>::value, SPLIT3, TWO), NT, SPLIT3>;
+}
 
 template <typename T, int NT, bool SPLIT3>
 static WgradKernel wgrad_kernel_mt(int mt) {
-  constexpr bool k16 = !std::is_same<T, float>::value;
-  if (mt == 1) return wgrad_tc_kernel<T, 1, wgrad_tpw(1, NT, k16, SPLIT3), NT, SPLIT3>;
-  if (mt == 2) return wgrad_tc_kernel<T, 2, wgrad_tpw(2, NT, k16, SPLIT3), NT, SPLIT3>;
-  if (mt == 3) return wgrad_tc_kernel<T, 3, wgrad_tpw(3, NT, k16, SPLIT3), NT, SPLIT3>;
-  return wgrad_tc_kernel<T, 4, wgrad_tpw(4, NT, k16, SPLIT3), NT, SPLIT3>;
+  if (mt == 1) return wgrad_instance<T, 1, NT, SPLIT3, false>();
+  if (mt == 2) return wgrad_instance<T, 2, NT, SPLIT3, false>();
+  if (mt == 3) return wgrad_instance<T, 3, NT, SPLIT3, false>();
+  return wgrad_instance<T, 4, NT, SPLIT3, false>();
 }
 
-// The instance for mt m16 tiles of input channels, nt n8 tiles of dy channels.
+// The instance for mt m16 tiles of input channels, nt n8 tiles of dy channels; two: the
+// two-blocks-per-SM variant (TF32, mt <= 2 only).
 template <typename T>
-static WgradKernel wgrad_kernel(int mt, int nt, bool split3) {
-  if constexpr (std::is_same<T, float>::value)
+static WgradKernel wgrad_kernel(int mt, int nt, bool split3, bool two) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (two) return mt == 1 ? wgrad_instance<T, 1, 1, false, true>() : wgrad_instance<T, 2, 1, false, true>();
     return split3 ? wgrad_kernel_mt<T, 1, true>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
-  else
+  } else {
     return nt == 2 ? wgrad_kernel_mt<T, 2, false>(mt) : wgrad_kernel_mt<T, 1, false>(mt);
+  }
 }
 
 // Splits of the position range: the count s (at most most) whose waves, ceil(base * s /
@@ -509,26 +539,41 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int mt = int((P.cin_g() + 15) / 16);
   const bool split3 = !k16 && !tf32;
   const int nt = k16 && P.cout_g() > 8 ? 2 : 1;  // dy channels a block: 8 * nt
-  const int tpw = wgrad_tpw(mt, nt, k16, split3);
+  const bool two = !k16 && !split3 && mt <= 2;  // two blocks per SM (see wgrad_tpw)
+  const int tpw = wgrad_tpw(mt, nt, k16, split3, two);
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
   const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
                        win_span(wd[1]) + 1;
   const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
   using W = typename WinElem<T>::type;  // dy window element (see the kernel)
-  const int64_t wbytes = (P.k[0] * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
+  // tap groups (see WgradTcParams): whole planes where a plane's taps fit in a block
+  const int64_t ptaps = P.k[1] * P.k[2], cap = 8 * int64_t(tpw);
+  int64_t tap_groups, sub_groups = 1, taps_per_group, win_planes = 1;
+  if (ptaps <= cap) {
+    // planes a group: the most that fit and divide kD (equal groups)
+    win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
+    while (P.k[0] % win_planes != 0) --win_planes;
+    tap_groups = P.k[0] / win_planes;
+    taps_per_group = win_planes * ptaps;
+  } else {
+    sub_groups = (ptaps + cap - 1) / cap;
+    taps_per_group = (ptaps + sub_groups - 1) / sub_groups;
+    tap_groups = P.k[0] * sub_groups;
+  }
+  const int64_t wbytes = (win_planes * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
   const int64_t xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
   // x by cp.async: positions contiguous, every 16-byte piece of a channel row aligned
   const int64_t ep = 16 / int64_t(sizeof(T));
   const bool x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
                        reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   auto smem_for = [&](int64_t windows) {
-    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + (8 * tpw + kWgBM) * 4;
+    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
   };
   const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
   const int64_t smem = smem_for(windows);
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
-  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3);
+  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
@@ -550,8 +595,10 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
   prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
   // taps split evenly over the fewest blocks that hold them
-  prm.tap_groups = int((P.kvol() + 8 * tpw - 1) / (8 * tpw));
-  prm.taps_per_group = int((P.kvol() + prm.tap_groups - 1) / prm.tap_groups);
+  prm.tap_groups = int(tap_groups);
+  prm.sub_groups = int(sub_groups);
+  prm.taps_per_group = int(taps_per_group);
+  prm.win_planes = int(win_planes);
   prm.R = int(rows);
   prm.C = int(cols);
   prm.window_bytes = int(wbytes);
