@@ -724,7 +724,8 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
   const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
-  const int slices = int(std::max<int64_t>(1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / (N * ctiles))})));
+  const int slices = int(std::max<int64_t>(
+      1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / std::max<int64_t>(1, N * ctiles))})));
   at::Tensor sums;
   if (bias != nullptr) sums = at::empty({N * slices * gc}, src.options().dtype(at::kDouble));
   if (packed.numel() > 0) {

@@ -644,7 +644,8 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
   // Slices of the positions: enough blocks in all to keep the copy busy (about 2048),
   // a fixed number for a given problem, so the bias sums add in the same order every run.
   const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
-  const int slices = int(std::max<int64_t>(1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / (N * ctiles))})));
+  const int slices = int(std::max<int64_t>(
+      1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / std::max<int64_t>(1, N * ctiles))})));
   at::Tensor sums;
   if (bias != nullptr) sums = at::empty({N * slices * gc}, src.options().dtype(at::kDouble));
   if (packed.numel() > 0) {
