@@ -414,7 +414,7 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
       const int64_t v = v0 + i, c = c0 + tx;
       if (v < vol && c < gc) {
         const float val = tile[tx][i];
-        sum += double(val);
+        if (sums != nullptr) sum += double(val);
         dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
       }
     }
@@ -1260,9 +1260,15 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
   const int ptaps = int(P.k[1] * P.k[2]);
-  const int sub = tg % prm.sub_groups, tap0 = (tg / prm.sub_groups) * (prm.sub_groups > 1 ? ptaps : 0) +
-                                               (prm.sub_groups > 1 ? sub : tg) * prm.taps_per_group;
-  const int ntaps = min(prm.taps_per_group, prm.sub_groups > 1 ? ptaps - sub * prm.taps_per_group : kvol - tap0);
+  int tap0, ntaps;
+  if (prm.sub_groups > 1) {
+    const int sub = tg % prm.sub_groups;
+    tap0 = (tg / prm.sub_groups) * ptaps + sub * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, ptaps - sub * prm.taps_per_group);
+  } else {
+    tap0 = tg * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, kvol - tap0);
+  }
   const int rd0 = tap0 / ptaps;
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
@@ -1294,12 +1300,15 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
-  auto issue_window = [&](int64_t tile, int buf) {
-    const int pt = int(tile % prm.tiles_per_plane);
+  struct TilePos { int64_t n; int jd, m0; };
+  auto tile_pos = [&](int64_t tile) {
     const int64_t rest = tile / prm.tiles_per_plane;
-    const int jd = int(rest % wd[0].P);
-    const int64_t n = rest / wd[0].P;
-    const int jh0 = pt * kWgBM / Wd;
+    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * kWgBM};
+  };
+  auto issue_window = [&](int64_t tile, int buf) {
+    const TilePos tp = tile_pos(tile);
+    const int jd = tp.jd, jh0 = tp.m0 / Wd;
+    const int64_t n = tp.n;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
     const W* base = dy_g + n * prm.pk_n;
@@ -1314,9 +1323,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   };
   constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;
   auto issue_x = [&](int64_t tile, int b) {
-    const int m0 = int(tile % prm.tiles_per_plane) * kWgBM;
-    const int64_t rest = tile / prm.tiles_per_plane;
-    const T* xb = x + P.xl.at(rest / wd[0].P, int64_t(g) * cin_g, (rest % wd[0].P) * plane);
+    const TilePos tp = tile_pos(tile);
+    const int m0 = tp.m0;
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
     const uint32_t dst = smem_u32(xt0 + b * XT_ELEMS);
     for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
       const int ci = q / XPR, p = (q % XPR) * EP, left = plane - (m0 + p);
@@ -1332,11 +1341,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   cp_async_commit();
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
-    const int pt = int(tile % prm.tiles_per_plane);
-    const int64_t rest = tile / prm.tiles_per_plane;
-    const int jd = int(rest % wd[0].P);
-    const int64_t n = rest / wd[0].P;
-    const int m0 = pt * kWgBM, jh0 = m0 / Wd;
+    const TilePos tp = tile_pos(tile);
+    const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
+    const int64_t n = tp.n;
     __syncthreads();
     if (!two) issue_tile(tile, 0);
     else if (tile + 1 < t_end) issue_tile(tile + 1, buf ^ 1);

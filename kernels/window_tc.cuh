@@ -280,7 +280,7 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
       const int64_t v = v0 + i, c = c0 + tx;
       if (v < vol && c < gc) {
         const float val = tile[tx][i];
-        sum += double(val);
+        if (sums != nullptr) sum += double(val);  // uniform: only the grad-weight pack sums
         dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
       }
     }
