@@ -371,6 +371,10 @@ __device__ __forceinline__ uint32_t tf32_rna(float v) {
 #endif
   return r;
 }
+__host__ __device__ inline uint32_t fast_div_magic(uint32_t d) { return d <= 1 ? 0u : 0xffffffffu / d + 1u; }
+__device__ __forceinline__ int fast_div(int p, uint32_t magic) {
+  return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
+}
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -544,24 +548,36 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
-  auto issue = [&](int kk) {
+  const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
+  const int iters = (win_pieces + b_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  struct StageSrc {
+    const E* base;
+    const uint32_t* wsrc;
+    int tap0;
+    uint32_t dst;
+  };
+  auto stage_src = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
-      const int p = q >> 1, r = p / C, c = p - r * C;
-      const int ih = wh0 + r, iw = ww0 + c;
-      const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-      const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-      cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
-    }
-    if constexpr (BS) {
-      const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * 64;
-      const uint32_t bdst = dst + prm.window_bytes;
-      for (int q = threadIdx.x; q < Thw * NT8 * 16; q += blockDim.x) {
-        const int piece = q & 15, tile = q >> 4, nt = tile % NT8, thw = tile / NT8;
-        cp_async16(bdst + tile * 256 + piece * 16, wsrc + w_tab[td * Thw + thw] + nt * 64 + piece * 4, 16);
+    return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
+                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes};
+  };
+  auto issue = [&](const StageSrc& ss) {
+    const E* base = ss.base;
+    const uint32_t dst = ss.dst;
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < win_pieces) {
+        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
+        const int ih = wh0 + r, iw = ww0 + c;
+        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+        cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+      } else if (BS && q < win_pieces + b_pieces) {
+        const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,
+                   ss.wsrc + w_tab[ss.tap0 + thw] + nt * 64 + piece * 4, 16);
       }
     }
   };
@@ -602,7 +618,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       }
     }
     __syncthreads();
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    if (kk + prm.stages - 1 < nK) issue(stage_src(kk + prm.stages - 1));
     cp_async_commit();
     xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
   };
@@ -675,7 +691,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   load_b(b0, s0);
   load_b(b1, s1);
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(stage_src(st));
     cp_async_commit();
   }
   if (nK > 0) {
@@ -751,19 +767,22 @@ static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cuda
   kernel<<<grid, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+inline int win_tile_env() {
+  static const int env = [] {
+    const char* s = std::getenv("CT3D_WIN_TILE");
+    if (s == nullptr) return -1;
+    const std::string v(s);
+    return v == "narrow" ? 0 : v == "wide42" ? 2 : 1;
+  }();
+  return env;
+}
 inline int win_bn(int64_t out_cg) {
   return out_cg <= 16 ? 16 : out_cg <= 32 ? 32 : out_cg <= 48 ? 48 : 64;
 }
-inline bool win_wide(bool split) {
-  static const int env = [] {
-    const char* s = std::getenv("CT3D_WIN_TILE");
-    return s == nullptr ? -1 : std::string(s) == "wide" ? 1 : 0;
-  }();
-  return !split && env != 0;
-}
+inline bool win_wide(bool split) { return !split && win_tile_env() != 0; }
 inline int win_bm(int bn, bool wide) {
-  const int warps_m = bn >= 48 ? 4 : 8;
-  return warps_m * (wide ? 64 : 32);
+  if (wide) return bn >= 48 && win_tile_env() == 2 ? 256 : 512;
+  return bn >= 48 ? 128 : 256;
 }
 template <typename T, bool SPLIT3>
 static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 grid, int64_t smem,
@@ -772,8 +791,11 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
     if (wide) {
       if (bn == 16) launch_window_tc<T, 512, 16, 8, 1, false>(prm, grid, smem, stream);
       else if (bn == 32) launch_window_tc<T, 512, 32, 8, 1, false>(prm, grid, smem, stream);
-      else if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
-      else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      else if (win_tile_env() == 2) {
+        if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
+        else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      } else if (bn == 48) launch_window_tc<T, 512, 48, 8, 1, false>(prm, grid, smem, stream);
+      else launch_window_tc<T, 512, 64, 8, 1, false>(prm, grid, smem, stream);
       return;
     }
   }
@@ -1251,7 +1273,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   constexpr int XT_ELEMS = MT * 16 * XS;
   XT* xt0 = reinterpret_cast<XT*>(smem + prm.windows * prm.window_bytes);
   int* pos_tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
-  const bool two = prm.windows == 2;
+  const int S = prm.windows;
   const Problem& P = prm.P;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
@@ -1305,51 +1327,50 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
     const int64_t rest = tile / prm.tiles_per_plane;
     return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * kWgBM};
   };
-  auto issue_window = [&](int64_t tile, int buf) {
-    const TilePos tp = tile_pos(tile);
-    const int jd = tp.jd, jh0 = tp.m0 / Wd;
-    const int64_t n = tp.n;
+  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;
+  const int win_pieces = Td * R * C * PIECES, x_pieces = prm.x_async ? MT * 16 * XPR : 0;
+  const int iters = (win_pieces + x_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
+  auto issue_tile = [&](const TilePos& tp, int b) {
+    const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
-    const W* base = dy_g + n * prm.pk_n;
-    const uint32_t dst = smem_u32(smem + buf * prm.window_bytes);
-    for (int q = threadIdx.x; q < Td * R * C * PIECES; q += blockDim.x) {
-      const int p = q / PIECES, pc = q % PIECES, c = p % C, rr = p / C, r = rr % R, td = rr / R;
-      const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-      const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
-      cp_async16(dst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
+    const uint32_t xdst = smem_u32(xt0 + b * XT_ELEMS);
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < x_pieces) {
+        const int ci = q / XPR, pp = (q % XPR) * EP, left = plane - (m0 + pp);
+        const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+        cp_async16(xdst + (ci * XS + pp) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
+      } else if (q - x_pieces < win_pieces) {
+        const int qw = q - x_pieces, p = qw / PIECES, pc = qw % PIECES;
+        const int rr = fast_div(p, c_magic), c = p - rr * C;
+        const int td = fast_div(rr, r_magic), r = rr - td * R;
+        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
+        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+      }
     }
   };
-  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;
-  auto issue_x = [&](int64_t tile, int b) {
-    const TilePos tp = tile_pos(tile);
-    const int m0 = tp.m0;
-    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
-    const uint32_t dst = smem_u32(xt0 + b * XT_ELEMS);
-    for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
-      const int ci = q / XPR, p = (q % XPR) * EP, left = plane - (m0 + p);
-      const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
-      cp_async16(dst + (ci * XS + p) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + p : x, bytes);
-    }
-  };
-  auto issue_tile = [&](int64_t tile, int b) {
-    issue_window(tile, b);
-    if (prm.x_async) issue_x(tile, b);
-  };
-  if (two && t_begin < t_end) issue_tile(t_begin, 0);
-  cp_async_commit();
+  for (int st = 0; st + 1 < S; ++st) {
+    if (t_begin + st < t_end) issue_tile(tile_pos(t_begin + st), st);
+    cp_async_commit();
+  }
   int buf = 0;
-  for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
     const TilePos tp = tile_pos(tile);
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int64_t n = tp.n;
     __syncthreads();
-    if (!two) issue_tile(tile, 0);
-    else if (tile + 1 < t_end) issue_tile(tile + 1, buf ^ 1);
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(tile_pos(tile + S - 1), buf == 0 ? S - 1 : buf - 1);
     cp_async_commit();
-    const unsigned char* win = smem + (two ? buf : 0) * prm.window_bytes;
-    XT* xt = xt0 + (prm.x_async && two ? buf : 0) * XT_ELEMS;
+    const unsigned char* win = smem + buf * prm.window_bytes;
+    XT* xt = xt0 + (prm.x_async ? buf : 0) * XT_ELEMS;
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
@@ -1370,7 +1391,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
         xt[(e / kWgBM) * XS + e % kWgBM] = val;
       }
     }
-    cp_async_wait(two ? 1 : 0);
+    cp_async_wait(S - 1);
     if constexpr (!K16) {
       if (prm.x_async && prm.round_a) {
         for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
@@ -1392,23 +1413,20 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 #pragma unroll
         for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], xs_a + (i * 16 * XS + k0) * 2);
         const uint32_t row_b = smem_u32(win) + pos_tab[k0 + lrow] * 2 + col_b;
+        uint32_t b[TPW][4];
 #pragma unroll
         for (int q = 0; q < TPW; ++q) {
           if (q * 8 + warp >= ntaps) continue;
-          const uint32_t addr = row_b + shw[q] * 2;
-          if constexpr (NT == 2) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, addr);
+          if constexpr (NT == 2) ldmatrix_x4_trans(b[q], row_b + shw[q] * 2);
+          else ldmatrix_x2_trans(reinterpret_cast<uint32_t (&)[2]>(b[q]), row_b + shw[q] * 2);
+        }
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-              mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
-              mma_k16<T>(acc[q][i][1], a[i], b[2], b[3]);
-            }
-          } else {
-            uint32_t b[2];
-            ldmatrix_x2_trans(b, addr);
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;
 #pragma unroll
-            for (int i = 0; i < MT; ++i) mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+          for (int i = 0; i < MT; ++i) {
+            mma_k16<T>(acc[q][i][0], a[i], b[q][0], b[q][1]);
+            if constexpr (NT == 2) mma_k16<T>(acc[q][i][1], a[i], b[q][2], b[q][3]);
           }
         }
       }
@@ -1573,7 +1591,9 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   auto smem_for = [&](int64_t windows) {
     return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
   };
-  const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_block = two ? std::min<int64_t>(optin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024) : optin;
+  const int windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
   const int64_t smem = smem_for(windows);
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
   const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);

@@ -24,7 +24,8 @@
 //     planes of the group's taps: dy is packed channels-innermost in its own type once per
 //     call (pack_src_kernel, TF32-rounded in TF32 mode), so the window is 16-byte cp.async
 //     pieces.
-// Both are double-buffered: the next tile's copies run during this tile's MMAs. Then per
+// Both are in S buffers (up to 3): tile t + S - 1's copies are issued at tile t's start
+// and run during its MMAs. Then per
 // tap r, D[ci][co] += sum over positions of A[ci][p] * B[p][co], A = the x tile
 // (ldmatrix), B = the window shifted by tap r. Warp w owns taps w, w+8, ... of the group
 // (TPW at most) and all of ci, so the A fragments of a k-step serve every tap.
@@ -164,7 +165,7 @@ struct WgradTcParams {
   int win_planes;          // depth planes in a window: the most any group needs
   int R, C;                // window rows and columns (fixed: the most any tile needs)
   int window_bytes;        // shared memory: windows | x tiles | tap table | position table
-  int windows;             // 2: the next tile's window is copied during this tile's MMAs; 1: no room
+  int windows;             // buffers (1..3): with S > 1, tile t + S - 1 is copied during tile t's MMAs
   bool x_async;            // x tiles copied with cp.async beside the windows (as many buffers);
                            // needs positions contiguous and 16-byte aligned; else one x tile
                            // loaded through registers
@@ -204,14 +205,14 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   static_assert(!K16 || !SPLIT3, "3xTF32 is fp32 only");
   static_assert(K16 || NT == 1, "fp32 windows hold one n8 tile");
   extern __shared__ __align__(16) unsigned char smem[];
-  // one or two dy windows [position][RS] (with two, the next tile's is copied while this
-  // tile's MMAs run), then the x tile(s) [MT*16 channels][XS] (as many as windows when
+  // S = windows dy windows [position][RS] (with S > 1, tile t + S - 1's is copied while
+  // tile t's MMAs run), then the x tile(s) [MT*16 channels][XS] (as many as windows when
   // x_async) and the position table (kWgBM ints: window offset of each tile position, in
   // elements)
   constexpr int XT_ELEMS = MT * 16 * XS;
   XT* xt0 = reinterpret_cast<XT*>(smem + prm.windows * prm.window_bytes);
   int* pos_tab = reinterpret_cast<int*>(xt0 + (prm.x_async ? prm.windows : 1) * XT_ELEMS);
-  const bool two = prm.windows == 2;
+  const int S = prm.windows;
   const Problem& P = prm.P;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);  // positions = input voxels, multiplier s, taps r
@@ -274,53 +275,57 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
     const int64_t rest = tile / prm.tiles_per_plane;
     return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * kWgBM};
   };
-  auto issue_window = [&](int64_t tile, int buf) {
-    const TilePos tp = tile_pos(tile);
-    const int jd = tp.jd, jh0 = tp.m0 / Wd;
-    const int64_t n = tp.n;
+  // A tile's copies: (x_async) x_pieces 16-byte pieces of the x tile, then win_pieces of
+  // window; thread t copies pieces t, t + 256, ... (so the x pieces a thread rounds in TF32
+  // mode are the ones it copied). The row and plane of a window position come from
+  // multiply-highs (fast_div: a window fits in shared memory, so p, C, R < 2^16), not
+  // divisions.
+  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;  // x: elements a piece, pieces a row
+  const int win_pieces = Td * R * C * PIECES, x_pieces = prm.x_async ? MT * 16 * XPR : 0;
+  const int iters = (win_pieces + x_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
+  auto issue_tile = [&](const TilePos& tp, int b) {
+    const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
-    const W* base = dy_g + n * prm.pk_n;
-    const uint32_t dst = smem_u32(smem + buf * prm.window_bytes);
-    for (int q = threadIdx.x; q < Td * R * C * PIECES; q += blockDim.x) {
-      const int p = q / PIECES, pc = q % PIECES, c = p % C, rr = p / C, r = rr % R, td = rr / R;
-      const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-      const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-      const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
-      cp_async16(dst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
+    const uint32_t xdst = smem_u32(xt0 + b * XT_ELEMS);
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < x_pieces) {
+        // the x tile: EP positions of one channel a piece; a piece that runs past the
+        // plane's end copies what is left and zero-fills the rest
+        const int ci = q / XPR, pp = (q % XPR) * EP, left = plane - (m0 + pp);
+        const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+        cp_async16(xdst + (ci * XS + pp) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
+      } else if (q - x_pieces < win_pieces) {  // the dy window: planes x R rows x C columns, zero outside dy
+        const int qw = q - x_pieces, p = qw / PIECES, pc = qw % PIECES;
+        const int rr = fast_div(p, c_magic), c = p - rr * C;
+        const int td = fast_div(rr, r_magic), r = rr - td * R;
+        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
+        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+      }
     }
   };
-  // The x tile by cp.async (x_async): 16-byte pieces of EP positions of one channel; a piece
-  // that runs past the plane's end copies what is left and zero-fills the rest.
-  constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;  // elements a piece, pieces a row
-  auto issue_x = [&](int64_t tile, int b) {
-    const TilePos tp = tile_pos(tile);
-    const int m0 = tp.m0;
-    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
-    const uint32_t dst = smem_u32(xt0 + b * XT_ELEMS);
-    for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
-      const int ci = q / XPR, p = (q % XPR) * EP, left = plane - (m0 + p);
-      const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
-      cp_async16(dst + (ci * XS + p) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + p : x, bytes);
-    }
-  };
-  auto issue_tile = [&](int64_t tile, int b) {
-    issue_window(tile, b);
-    if (prm.x_async) issue_x(tile, b);
-  };
-  if (two && t_begin < t_end) issue_tile(t_begin, 0);
-  cp_async_commit();
+  for (int st = 0; st + 1 < S; ++st) {  // the first S - 1 tiles
+    if (t_begin + st < t_end) issue_tile(tile_pos(t_begin + st), st);
+    cp_async_commit();
+  }
   int buf = 0;
-  for (int64_t tile = t_begin; tile < t_end; ++tile, buf ^= 1) {
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
     const TilePos tp = tile_pos(tile);
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int64_t n = tp.n;
-    __syncthreads();  // the previous tile's MMAs are done with xt, pos_tab and the other window
-    if (!two) issue_tile(tile, 0);
-    else if (tile + 1 < t_end) issue_tile(tile + 1, buf ^ 1);
-    cp_async_commit();
-    const unsigned char* win = smem + (two ? buf : 0) * prm.window_bytes;
-    XT* xt = xt0 + (prm.x_async && two ? buf : 0) * XT_ELEMS;
+    __syncthreads();  // the previous tile's MMAs are done with xt, pos_tab and its buffer
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(tile_pos(tile + S - 1), buf == 0 ? S - 1 : buf - 1);  // tile - 1's buffer
+    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
+    const unsigned char* win = smem + buf * prm.window_bytes;
+    XT* xt = xt0 + (prm.x_async ? buf : 0) * XT_ELEMS;
     // window offset of each tile position (one division each, once per tile)
     for (int p = threadIdx.x; p < kWgBM; p += blockDim.x) {
       const int m = min(m0 + p, plane - 1);
@@ -343,7 +348,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
         xt[(e / kWgBM) * XS + e % kWgBM] = val;
       }
     }
-    cp_async_wait(two ? 1 : 0);  // this tile's copies have landed (the next ones may be in flight)
+    cp_async_wait(S - 1);  // this tile's copies have landed (the next S - 1 tiles' may be in flight)
     if constexpr (!K16) {
       if (prm.x_async && prm.round_a) {  // TF32: each thread rounds the x pieces it copied
         for (int q = threadIdx.x; q < MT * 16 * XPR; q += blockDim.x) {
@@ -368,23 +373,22 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 #pragma unroll
         for (int i = 0; i < MT; ++i) ldmatrix_x4(a[i], xs_a + (i * 16 * XS + k0) * 2);
         const uint32_t row_b = smem_u32(win) + pos_tab[k0 + lrow] * 2 + col_b;
+        // All of the k-step's B fragments first, then the MMAs: the asm statements keep
+        // their order, so a load right before its MMAs left each tap waiting on it.
+        uint32_t b[TPW][4];
 #pragma unroll
         for (int q = 0; q < TPW; ++q) {
           if (q * 8 + warp >= ntaps) continue;  // warp-uniform
-          const uint32_t addr = row_b + shw[q] * 2;
-          if constexpr (NT == 2) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, addr);
+          if constexpr (NT == 2) ldmatrix_x4_trans(b[q], row_b + shw[q] * 2);
+          else ldmatrix_x2_trans(reinterpret_cast<uint32_t (&)[2]>(b[q]), row_b + shw[q] * 2);
+        }
 #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-              mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
-              mma_k16<T>(acc[q][i][1], a[i], b[2], b[3]);
-            }
-          } else {
-            uint32_t b[2];
-            ldmatrix_x2_trans(b, addr);
+        for (int q = 0; q < TPW; ++q) {
+          if (q * 8 + warp >= ntaps) continue;
 #pragma unroll
-            for (int i = 0; i < MT; ++i) mma_k16<T>(acc[q][i][0], a[i], b[0], b[1]);
+          for (int i = 0; i < MT; ++i) {
+            mma_k16<T>(acc[q][i][0], a[i], b[q][0], b[q][1]);
+            if constexpr (NT == 2) mma_k16<T>(acc[q][i][1], a[i], b[q][2], b[q][3]);
           }
         }
       }
@@ -578,7 +582,11 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   auto smem_for = [&](int64_t windows) {
     return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
   };
-  const int windows = smem_for(2) <= int64_t(prop->sharedMemPerBlockOptin) ? 2 : 1;
+  // Buffers: three where they fit beside the blocks per SM we aim for (two for TF32 with
+  // mt <= 2), else two, else one.
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_block = two ? std::min<int64_t>(optin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024) : optin;
+  const int windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
   const int64_t smem = smem_for(windows);
   if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
   const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);

@@ -12,7 +12,8 @@
 //
 // Block tile: BM consecutive positions of one output plane (flattened (jh, jw) of one
 // batch item n and one depth index jd) x BN output channels (16, 32, 48 or 64; more take
-// several blocks along grid.y); 8 warps, each 32 x (BN / WARPS_N) (win_bn, win_bm).
+// several blocks along grid.y); 8 warps, each 32 or 64 rows x (BN / WARPS_N) (win_bn,
+// win_bm).
 //
 // The source is first packed channels-innermost, src_p[n][position][g][chunk][32 bytes]
 // (pack_src_kernel: zero-padded to whole chunks, rounded to TF32 in TF32 mode), so one
@@ -24,8 +25,9 @@
 // Pipeline. The K loop walks stages (chunk, depth tap td); a stage is the window of one
 // source plane that any of the block's positions reads through any (th, tw) tap: R rows
 // x C columns, xs[position][32 bytes + 16 of pad] (48 bytes keep ldmatrix conflict-free at
-// mult 1), then the stage's B (below). Stages are copied with cp.async (zero-fill outside src) `stages` deep, so the
-// copy of stage k+2 overlaps the MMAs of stage k. Source planes outside src are skipped
+// mult 1), then the stage's B (below). Stages are copied with cp.async (zero-fill outside
+// src) `stages` deep, so the copy of stage k + stages - 1 overlaps the MMAs of stage k.
+// Source planes outside src are skipped
 // (their taps add nothing). Within a stage, every (th, tw) tap's A operand is the window
 // shifted: each lane hands ldmatrix its row's window address plus the tap's shift, so the
 // im2col happens in the address. The same ldmatrix.x4 gives the TF32 m16n8k8 and the
@@ -220,6 +222,13 @@ __device__ __forceinline__ uint32_t tf32_rna(float v) {
   asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
 #endif
   return r;
+}
+
+// p / d for 0 <= p, d < 2^16 without a division: magic = fast_div_magic(d), ceil(2^32 / d),
+// 0 standing for d = 1 (2^32 does not fit). Exact: p * (magic * d - 2^32) < 2^32.
+__host__ __device__ inline uint32_t fast_div_magic(uint32_t d) { return d <= 1 ? 0u : 0xffffffffu / d + 1u; }
+__device__ __forceinline__ int fast_div(int p, uint32_t magic) {
+  return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
 }
 
 // 16-byte global -> shared copy; src_bytes = 0 writes zeros (the source is not read).
@@ -431,30 +440,49 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   }
 
   // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
+  // A stage is win_pieces 16-byte pieces of window (two per position) then, with B staged,
+  // b_pieces of B; thread t copies pieces t, t + 256, ... The window row of a position
+  // comes from a multiply-high (fast_div: a window fits in shared memory, so p, C < 2^16),
+  // not a division: the copy's instructions are ~20% of the kernel's time (NOTES.md v10). (Spreading the copy in slices over the taps, to issue it while
+  // the tensor pipe is busy, measured slower: v10.)
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   // B of this block: group g, its n8 tiles from co0 / 8; + chunk and tap offsets
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
-  auto issue = [&](int kk) {
+  const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
+  const int iters = (win_pieces + b_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  // Where stage kk's copies come from and go: the source plane of its chunk, its B and
+  // taps, its buffer.
+  struct StageSrc {
+    const E* base;
+    const uint32_t* wsrc;
+    int tap0;  // td * Thw
+    uint32_t dst;
+  };
+  auto stage_src = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
-    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
-      const int p = q >> 1, r = p / C, c = p - r * C;
-      const int ih = wh0 + r, iw = ww0 + c;
-      const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-      const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-      cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
-    }
-    if constexpr (BS) {  // B of the stage's taps: [thw][n8 tile][lane][2 words], 256 bytes a tile
-      const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * 64;
-      const uint32_t bdst = dst + prm.window_bytes;
-      for (int q = threadIdx.x; q < Thw * NT8 * 16; q += blockDim.x) {
-        const int piece = q & 15, tile = q >> 4, nt = tile % NT8, thw = tile / NT8;
-        cp_async16(bdst + tile * 256 + piece * 16, wsrc + w_tab[td * Thw + thw] + nt * 64 + piece * 4, 16);
+    return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
+                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes};
+  };
+  auto issue = [&](const StageSrc& ss) {
+    const E* base = ss.base;
+    const uint32_t dst = ss.dst;
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < win_pieces) {
+        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
+        const int ih = wh0 + r, iw = ww0 + c;
+        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+        cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+      } else if (BS && q < win_pieces + b_pieces) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
+        const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,
+                   ss.wsrc + w_tab[ss.tap0 + thw] + nt * 64 + piece * 4, 16);
       }
     }
   };
@@ -502,7 +530,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       }
     }
     __syncthreads();                // ... everyone's; and stage kk - 1's MMAs are done
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);  // into stage kk - 1's buffer
+    if (kk + prm.stages - 1 < nK) issue(stage_src(kk + prm.stages - 1));  // into stage kk - 1's buffer
     cp_async_commit();
     xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
   };
@@ -583,7 +611,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   load_b(b0, s0);
   load_b(b1, s1);
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(stage_src(st));
     cp_async_commit();
   }
   if (nK > 0) {
@@ -675,22 +703,28 @@ static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cuda
 
 // Tile shape by the (padded) output channels per group. Narrow tiles give each warp
 // 32 rows (MI = 2): BN = 48 and 64 run 128 rows on 4 x 2 warps, thinner N 256 rows on
-// 8 x 1 warps. Wide tiles give each warp 64 rows (MI = 4): twice the rows share each
-// staged B, one block per SM. 3xTF32 keeps three accumulator sets: narrow only.
-// CT3D_WIN_TILE=narrow forbids wide tiles (for timing).
+// 8 x 1 warps. Wide tiles give each warp 64 rows (MI = 4) and all BN columns, 512 rows on
+// 8 x 1 warps, one block per SM: a warp's shared-memory reads per MMA fall with its tile
+// (64 x 64: 4 KB of A and B per tap for 32 MMAs, 128 B an MMA, against 192 B at 64 x 32),
+// and twice the rows share each staged B. 3xTF32 keeps three accumulator sets: narrow only.
+// CT3D_WIN_TILE=narrow forbids wide tiles; =wide42 runs wide BN >= 48 on 4 x 2 warps of
+// 64 x BN/2 (256 rows), the v9 shape (both for timing).
+inline int win_tile_env() {
+  static const int env = [] {
+    const char* s = std::getenv("CT3D_WIN_TILE");
+    if (s == nullptr) return -1;
+    const std::string v(s);
+    return v == "narrow" ? 0 : v == "wide42" ? 2 : 1;
+  }();
+  return env;
+}
 inline int win_bn(int64_t out_cg) {
   return out_cg <= 16 ? 16 : out_cg <= 32 ? 32 : out_cg <= 48 ? 48 : 64;
 }
-inline bool win_wide(bool split) {
-  static const int env = [] {
-    const char* s = std::getenv("CT3D_WIN_TILE");
-    return s == nullptr ? -1 : std::string(s) == "wide" ? 1 : 0;
-  }();
-  return !split && env != 0;
-}
+inline bool win_wide(bool split) { return !split && win_tile_env() != 0; }
 inline int win_bm(int bn, bool wide) {
-  const int warps_m = bn >= 48 ? 4 : 8;
-  return warps_m * (wide ? 64 : 32);
+  if (wide) return bn >= 48 && win_tile_env() == 2 ? 256 : 512;
+  return bn >= 48 ? 128 : 256;
 }
 
 template <typename T, bool SPLIT3>
@@ -700,8 +734,11 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
     if (wide) {
       if (bn == 16) launch_window_tc<T, 512, 16, 8, 1, false>(prm, grid, smem, stream);
       else if (bn == 32) launch_window_tc<T, 512, 32, 8, 1, false>(prm, grid, smem, stream);
-      else if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
-      else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      else if (win_tile_env() == 2) {
+        if (bn == 48) launch_window_tc<T, 256, 48, 4, 2, false>(prm, grid, smem, stream);
+        else launch_window_tc<T, 256, 64, 4, 2, false>(prm, grid, smem, stream);
+      } else if (bn == 48) launch_window_tc<T, 512, 48, 8, 1, false>(prm, grid, smem, stream);
+      else launch_window_tc<T, 512, 64, 8, 1, false>(prm, grid, smem, stream);
       return;
     }
   }

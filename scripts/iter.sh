@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# A development iteration in one device call: build once (with the ptxas report), then the
+# pass times of the window kernel under each CT3D_WIN_TILE value given in $TILES, then a
+# targeted pytest. Logs to $OUT.   TILES="wide wide42" PROBLEMS="kb68 kb61" bash scripts/iter.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+t0=$(date +%s)
+CT3D_VERBOSE_BUILD=1 python3 -c "import model_new" > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 ))s"
+python3 scripts/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"
+grep -c "" "$OUT/ptxas.txt"; grep -v "spill st/ld 0/0" "$OUT/ptxas.txt" | head
+pargs=""; for p in ${PROBLEMS:-kb58 kb61 kb68 kb72}; do pargs="$pargs --problem $p"; done
+margs=""; for m in ${MODES:-tf32 bf16}; do margs="$margs --mode $m"; done
+for t in ${TILES:-wide}; do
+  CT3D_WIN_TILE=$t timeout 200 python3 scripts/pass_times.py $pargs $margs --passes ${PASSES:-fwd,dgrad} 2>&1 | tee -a "$OUT/pass_times.txt"
+done
+echo "passes: $(( $(date +%s) - t0 ))s"
+[ -n "${SKIP_TESTS:-}" ] || timeout 200 python3 -m pytest -q -x -p no:cacheprovider test_parity.py \
+  -k "${TESTS:-named_problem or deterministic or edge_case or only_requested or families or layouts}" 2>&1 | tail -5
+echo "total: $(( $(date +%s) - t0 ))s"
