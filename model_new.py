@@ -47,7 +47,7 @@ EXTENSION_NAME = "ct3d_ext"
 # >>> kernel sources (bundle.py replaces this block with the sources inlined as strings)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 # Order matters: the shared header first, then one file per job, then the host API.
-CUDA_FILES = ("common.cuh", "window_tc.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
+CUDA_FILES = ("common.cuh", "window_tc.cuh", "window_wg.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
               "direct.cu", "api.cu")
 CPP_FILES = ("bindings.cpp",)
 _LOCAL_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)
@@ -65,9 +65,28 @@ def kernel_sources() -> tuple[str, str]:
 # <<< kernel sources
 
 
-_ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3}
+_ALGOS = {"auto": 0, "tiled": 1, "direct": 2, "tc": 3, "tc_mma": 4, "tc_wgmma": 5}
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 _ext = None
+
+
+def _arch_flags() -> list[str]:
+    """nvcc targets when an sm_90 GPU is visible and TORCH_CUDA_ARCH_LIST is unset: every
+    visible GPU's own, with sm_90a (arch-specific, it has wgmma) in place of sm_90, and PTX
+    of the newest. Else torch's default (then the wgmma kernels are built only where the
+    list names 9.0a; the ops fall back to mma.sync elsewhere)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or not torch.cuda.is_available():
+        return []
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    if (9, 0) not in caps:
+        return []
+    flags = []
+    for major, minor in caps:
+        a = f"{major}{minor}" + ("a" if (major, minor) == (9, 0) else "")
+        flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
+    major, minor = caps[-1]
+    flags.append(f"-gencode=arch=compute_{major}{minor},code=compute_{major}{minor}")
+    return flags
 
 
 def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = ()):
@@ -80,7 +99,7 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
         from torch.utils.cpp_extension import load_inline
 
         cpp, cuda = kernel_sources()
-        flags = ["-O3", "-lineinfo"]  # the C++ standard is torch's choice
+        flags = ["-O3", "-lineinfo"] + _arch_flags()  # the C++ standard is torch's choice
         if os.environ.get("CT3D_PTXAS_VERBOSE"):
             flags.append("-Xptxas=-v")
         _ext = load_inline(
@@ -96,7 +115,10 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
 
 
 if torch.cuda.is_available():
-    load_extension()
+    # Whether each GPU runs the wgmma kernels is probed once, here, outside any CUDA graph
+    # capture (the probe synchronizes).
+    for _dev in range(torch.cuda.device_count()):
+        load_extension().wgmma_available(_dev)
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,7 +373,8 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     ``algo``: "auto" (tensor-core forward and grad input where they fit, else the FFMA
     tiled kernels; fp64 on the exact direct kernels), "tc" (tensor cores, an error where
     they do not fit), "tiled" (the FFMA tiled kernels), or "direct" (the simple exact
-    kernels, for every dtype).
+    kernels, for every dtype). "tc_mma" and "tc_wgmma" are "tc" with the forward and grad
+    input on mma.sync only, or on Hopper's wgmma wherever it can run (for tests).
     """
     stride, padding = _triple(stride, "stride"), _triple(padding, "padding")
     output_padding, dilation = _triple(output_padding, "output_padding"), _triple(dilation, "dilation")
@@ -407,7 +430,7 @@ class ConvTranspose3d(nn.Module):
         self.output_padding = tuple(_triple(output_padding, "output_padding"))
         self.groups = groups
         self.padding_mode = padding_mode
-        self.algo = "auto"  # "auto" | "tc" | "tiled" | "direct": which kernel family runs
+        self.algo = "auto"  # a key of _ALGOS (see conv_transpose3d): which kernel family runs
         self.weight = Parameter(torch.empty(
             (in_channels, out_channels // groups, *self.kernel_size), **factory_kwargs))
         if bias:

@@ -17,12 +17,14 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
                                          at::IntArrayRef dilation, int64_t groups, bool need_weight,
                                          bool need_bias, bool allow_tf32, int64_t algo);
 void set_poison(bool on);
+bool wgmma_ready(int64_t device);
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
   m.def("forward", &ct3d::forward, "y = conv_transpose3d(x, w) + bias");
   m.def("grad_input", &ct3d::grad_input, "dx of conv_transpose3d");
   m.def("grad_weight_bias", &ct3d::grad_weight_bias, "[dw, db] of conv_transpose3d");
+  m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
 }'''
 
@@ -56,7 +58,8 @@ Problem make_problem(at::IntArrayRef x_sizes, at::IntArrayRef w_sizes,
                      at::IntArrayRef stride, at::IntArrayRef padding,
                      at::IntArrayRef output_padding, at::IntArrayRef dilation,
                      int64_t groups);
-enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3 };
+enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3, kTcMma = 4, kTcWgmma = 5 };
+inline bool tc_required(int64_t algo) { return algo == kTc || algo == kTcMma || algo == kTcWgmma; }
 bool poison_enabled();
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& like);
 int num_sms(int device);
@@ -816,7 +819,40 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
   return 2;
 }
 template <typename T>
-bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32) {
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, int64_t cg_pad,
+                                 cudaStream_t stream) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
+  const Problem& P = prm.P;
+  const bool fp32 = std::is_same<T, float>::value;
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  const int64_t C = P.G * prm.src_cg;
+  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
+                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
+                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
+                        sl.v >= C;
+  if (in_place) {
+    prm.src = src_t.data_ptr();
+    prm.pk_n = sl.n;
+    prm.pk_v = sl.v;
+    prm.cg_pad = prm.src_cg;
+    prm.round_a = fp32 && tf32;
+    return at::Tensor();
+  }
+  const int64_t gc = P.G * cg_pad;
+  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
+  prm.src = packed.data_ptr();
+  prm.pk_n = vol * gc;
+  prm.pk_v = gc;
+  prm.cg_pad = cg_pad;
+  prm.round_a = false;
+  return packed;
+}
+template <typename T>
+bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force);
+template <typename T>
+bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, int64_t algo) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
@@ -825,6 +861,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (prop->major < 8) return false;
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;
+  if (!split && algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
@@ -878,28 +915,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
-  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
-  const int64_t C = P.G * prm.src_cg;
-  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
-                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
-                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
-                        sl.v >= C;
-  at::Tensor packed;
-  if (in_place) {
-    prm.src = src_t.data_ptr();
-    prm.pk_n = sl.n;
-    prm.pk_v = sl.v;
-    prm.cg_pad = prm.src_cg;
-    prm.round_a = fp32 && tf32;
-  } else {
-    const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
-    packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
-    prm.src = packed.data_ptr();
-    prm.pk_n = vol * gc;
-    prm.pk_v = gc;
-    prm.cg_pad = cg_pad;
-  }
+  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
   const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;
   const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
@@ -930,6 +946,359 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     }
   }
   dispatch_window_bn<T, false>(bn, wide, prm, grid, smem, stream);
+  return true;
+}
+}
+namespace ct3d {
+constexpr int kWgM = 64;
+constexpr int kWgN = 256;
+constexpr int kWgGroups = 2;
+constexpr int kWgQ = kWgN * kWgGroups;
+constexpr int kWgTapBytes = 2 * kWgM * 16;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CT3D_WGMMA 1
+#endif
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
+}
+__device__ __forceinline__ void wg_fence() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef CT3D_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+#define CT3D_WG_D                                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "            \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "            \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "            \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "            \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define CT3D_WG_OPS(d)                                                                                   \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]),           \
+  "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),       \
+  "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),       \
+  "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),       \
+  "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+template <typename T>
+__device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " CT3D_WG_D ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  } else if constexpr (std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " CT3D_WG_D ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 " CT3D_WG_D ", %128, %129, p, 1, 1;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  }
+#endif
+}
+__global__ void wgmma_probe_kernel(int* out) {
+#ifdef CT3D_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+template <typename T>
+__global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
+                                           int job, int nchunks, int ncot) {
+  const int64_t total = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
+  const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    int64_t t = idx;
+    const int word = int(t % (kWgTapBytes / 4)); t /= kWgTapBytes / 4;
+    const int cot = int(t % ncot); t /= ncot;
+    const int ch = int(t % nchunks); t /= nchunks;
+    const int64_t r = t % P.kvol();
+    const int64_t g = t / P.kvol();
+    const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
+    const int64_t n = int64_t(cot) * kWgM + co;
+    auto value = [&](int64_t k) -> float {
+      if (k >= kc || n >= nc) return 0.f;
+      const int64_t ci = job == kJobForward ? k : n, cx = job == kJobForward ? n : k;
+      return float(w[((g * P.cin_g() + ci) * P.cout_g() + cx) * P.kvol() + r]);
+    };
+    if constexpr (std::is_same<T, float>::value) {
+      out[idx] = __float_as_uint(round_tf32(value(int64_t(ch) * 8 + slice * 4 + wi)));
+    } else {
+      const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
+      const T lo = T(value(k)), hi = T(value(k + 1));
+      uint16_t ulo, uhi;
+      memcpy(&ulo, &lo, 2);
+      memcpy(&uhi, &hi, 2);
+      out[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+    }
+  }
+}
+template <typename T>
+__global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
+#ifdef CT3D_WGMMA
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_nvt;
+  const Problem& P = prm.P;
+  WinDim wd[3];
+  const int g = win_dims(P, prm.job, blockIdx.z, wd);
+  const int Ph = wd[1].P, Pw = wd[2].P;
+  const int C = Pw + win_span(wd[2]);
+  int bx = blockIdx.x;
+  const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
+  const int jd = bx % prm.pd_max;
+  const int n = bx / prm.pd_max;
+  const int q0 = pt * kWgQ;
+  if (jd >= wd[0].P || q0 >= Ph * C) return;
+  const int co0 = blockIdx.y * kWgM;
+  const int Thw = wd[1].T * wd[2].T;
+  const int jh0 = q0 / C;
+  const int R = (q0 + kWgQ - 1) / C - jh0 + win_span(wd[1]) + 2;
+  const int wh0 = jh0 + win_off_min(wd[1]);
+  const int ww0 = win_off_min(wd[2]);
+  const int qoff = q0 - jh0 * C;
+  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* sh_tab = w_tab + P.kvol();
+  int* vtd = sh_tab + P.k[1] * P.k[2];
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * tap_stride);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = sh * C + sw;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+  const int nK = nvt * prm.nchunks;
+  const E* __restrict__ src = static_cast<const E*>(prm.src);
+  const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (kWgTapBytes / 4);
+  const int slice_bytes = prm.window_bytes / 2;
+  const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
+  const int iters = (win_pieces + w_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  auto issue = [&](int kk) {
+    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
+    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
+    const int tap0 = td * Thw;
+    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < win_pieces) {
+        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
+        const int ih = wh0 + r, iw = ww0 + c;
+        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s, ok ? 16 : 0);
+      } else if (q < win_pieces + w_pieces) {
+        const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
+        cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
+      }
+    }
+  };
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int st = 0; st < prm.stages - 1; ++st) {
+    if (st < nK) issue(st);
+    cp_async_commit();
+  }
+  const int wg = threadIdx.x / 128;
+  const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;
+  for (int kk = 0; kk < nK; ++kk) {
+    cp_async_wait(prm.stages - 2);
+    const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    if (std::is_same<E, float>::value && prm.round_a) {
+      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
+        float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    wg_fence();
+    for (int thw = 0; thw < Thw; ++thw) {
+      const uint64_t da = wg_desc(buf + prm.window_bytes + thw * kWgTapBytes, kWgM * 16, 128);
+      const uint64_t db = wg_desc(buf + b_off + uint32_t(sh_tab[thw]) * 16, slice_bytes, 128);
+      wgmma_n256<T>(acc, da, db);
+    }
+    wg_commit();
+    wg_wait<1>();
+    __syncthreads();
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    cp_async_commit();
+  }
+  wg_wait<0>();
+  cp_async_wait(0);
+  T* __restrict__ out = static_cast<T*>(prm.out);
+  const T* __restrict__ bias = static_cast<const T*>(prm.bias);
+  const int od = wd[0].oc + wd[0].os * jd;
+  const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
+  float bv[2];
+  int64_t cbase[2];
+  bool cok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int co = co0 + 16 * w4 + lane / 4 + 8 * h;
+    cok[h] = co < prm.out_cg;
+    const int64_t c = int64_t(g) * prm.out_cg + co;
+    cbase[h] = prm.out_l.at(n, c, 0);
+    bv[h] = (bias && cok[h]) ? float(bias[c]) : 0.f;
+  }
+  int q = q0 + wg * kWgN + 2 * (lane % 4);
+  int jh = q / C, jw = q - jh * C;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      int h2 = jh, w2 = jw + e;
+      if (w2 >= C) { w2 -= C; ++h2; }
+      if (h2 < Ph && w2 < Pw) {
+        const int oh = wd[1].oc + wd[1].os * h2, ow = wd[2].oc + wd[2].os * w2;
+        const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          if (cok[h]) out[cbase[h] + pos * prm.out_l.v] = T(acc[4 * i + 2 * h + e] + bv[h]);
+      }
+    }
+    jw += 8;
+    while (jw >= C) { jw -= C; ++jh; }
+  }
+#endif
+}
+inline bool wgmma_available(int dev) {
+  static int cache[64];
+  static bool init = [] { for (int& c : cache) c = -1; return true; }();
+  (void)init;
+  if (dev < 0 || dev >= 64) return false;
+  if (cache[dev] >= 0) return cache[dev] == 1;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  if (prop->major != 9 || prop->minor != 0) return (cache[dev] = 0) == 1;
+  auto stream = at::cuda::getCurrentCUDAStream(dev);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &cap));
+  if (cap != cudaStreamCaptureStatusNone) return false;
+  c10::cuda::CUDAGuard guard(dev);
+  at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, dev).dtype(at::kInt));
+  wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cache[dev] = flag.item<int>();
+  return cache[dev] == 1;
+}
+template <typename T>
+bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
+  const Problem& P = prm.P;
+  const int dev = w.get_device();
+  const bool fp32 = std::is_same<T, float>::value;
+  if (fp32 && !tf32) return false;
+  if (!force && prm.out_cg <= 32) return false;
+  if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
+  if (!wgmma_available(dev)) return false;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
+  const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
+  int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
+  for (int64_t z = 0; z < nz; ++z) {
+    WinDim wd[3];
+    win_dims(P, prm.job, int(z), wd);
+    if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
+    const int64_t C = wd[2].P + win_span(wd[2]);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + kWgQ - 1) / kWgQ);
+    pd_max = std::max<int64_t>(pd_max, wd[0].P);
+    const int64_t rows = (kWgQ - 1) / C + 1 + win_span(wd[1]) + 2;
+    slice_pos = std::max<int64_t>(slice_pos, rows * C);
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+  }
+  if (tpp == 0) return false;
+  const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
+  const int64_t window_bytes = 2 * slice_bytes, stage_bytes = window_bytes + thw_max * kWgTapBytes;
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
+  const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  const int64_t smem = stages * stage_bytes + table_bytes;
+  const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
+  const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
+  if (tblocks > 0) {
+    transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
+                                                              int(ncot));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  prm.wt_big = wt_ptr;
+  prm.wt_small = nullptr;
+  prm.nchunks = int(nchunks);
+  prm.ntiles = int(ncot);
+  prm.tiles_per_plane = int(tpp);
+  prm.pd_max = int(pd_max);
+  prm.window_bytes = int(window_bytes);
+  prm.stage_bytes = int(stage_bytes);
+  prm.stages = stages;
+  const int64_t gx = P.N * pd_max * tpp;
+  TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
+              "conv_transpose3d: problem too large for the tensor-core grid");
+  auto kernel = window_wg_kernel<T>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }
 }
@@ -1034,9 +1403,9 @@ struct FwdGemm {
 };
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
-                const Problem& P, bool tf32) {
+                const Problem& P, bool tf32, int64_t algo) {
   const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, x, w, tf32);
+  return run_window_tc<T>(prm, x, w, tf32, algo);
 }
 template <typename T>
 void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias,
@@ -1050,11 +1419,11 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* b
                at::cuda::getCurrentCUDAStream());
 }
 template bool forward_tc<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
-                                const Problem&, bool);
+                                const Problem&, bool, int64_t);
 template bool forward_tc<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
-                                   const Problem&, bool);
+                                   const Problem&, bool, int64_t);
 template bool forward_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                       at::Tensor&, const Problem&, bool);
+                                       at::Tensor&, const Problem&, bool, int64_t);
 template void forward_tiled<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
                                    at::Tensor&, const Problem&, bool);
 template void forward_tiled<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
@@ -1130,9 +1499,9 @@ struct DgradGemm {
 };
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
-                   bool tf32) {
+                   bool tf32, int64_t algo) {
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, dy, w, tf32);
+  return run_window_tc<T>(prm, dy, w, tf32, algo);
 }
 template <typename T>
 void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
@@ -1141,9 +1510,9 @@ void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
   launch_igemm(gm, P.N * P.in_vol(), P.cin_g(), P.G, tf32 && std::is_same<T, float>::value,
                at::cuda::getCurrentCUDAStream());
 }
-template bool grad_input_tc<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template bool grad_input_tc<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template bool grad_input_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template bool grad_input_tc<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
+template bool grad_input_tc<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
+template bool grad_input_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template void grad_input_tiled<float>(const at::Tensor&, const at::Tensor&, at::Tensor&,
                                       const Problem&, bool);
 template void grad_input_tiled<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&,
@@ -1830,9 +2199,9 @@ CT3D_INSTANTIATE_DIRECT(at::Half)
 CT3D_INSTANTIATE_DIRECT(at::BFloat16)
 }
 namespace ct3d {
-template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
+template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
@@ -1921,13 +2290,13 @@ static void poison(at::Tensor& t) {
   if (g_poison && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
 }
 static bool use_direct(const at::Tensor& t, int64_t algo) {
-  TORCH_CHECK(algo == kAuto || algo == kTiled || algo == kDirect || algo == kTc,
-              "conv_transpose3d: unknown algo ", algo);
+  TORCH_CHECK(algo >= kAuto && algo <= kTcWgmma, "conv_transpose3d: unknown algo ", algo);
   const bool fp64 = t.scalar_type() == at::kDouble;
-  TORCH_CHECK(!(fp64 && (algo == kTiled || algo == kTc)),
+  TORCH_CHECK(!(fp64 && (algo == kTiled || tc_required(algo))),
               "conv_transpose3d: the tiled and tensor-core kernels take fp16, bf16 and fp32; fp64 runs on the direct kernels");
   return fp64 || algo == kDirect;
 }
+bool wgmma_ready(int64_t device) { return wgmma_available(int(device)); }
 at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::optional<at::Tensor>& bias_,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                    at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
@@ -1953,8 +2322,8 @@ at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::option
     if (direct) {
       forward_direct<scalar_t>(x, w, b, y, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      const bool tc = algo != kTiled && forward_tc<scalar_t>(x, w, b, y, P, allow_tf32);
-      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core forward needs sm_80+ and an "
+      const bool tc = algo != kTiled && forward_tc<scalar_t>(x, w, b, y, P, allow_tf32, algo);
+      TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core forward needs sm_80+ and an "
                   "input window that fits in shared memory; use algo='auto' or 'tiled'");
       if (!tc) forward_tiled<scalar_t>(x, w, b, y, P, allow_tf32);
     }
@@ -1980,8 +2349,8 @@ at::Tensor grad_input(const at::Tensor& dy_, const at::Tensor& w_, at::IntArrayR
     if (direct) {
       grad_input_direct<scalar_t>(dy, w, dx, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      const bool tc = algo != kTiled && grad_input_tc<scalar_t>(dy, w, dx, P, allow_tf32);
-      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad input needs sm_80+ and a "
+      const bool tc = algo != kTiled && grad_input_tc<scalar_t>(dy, w, dx, P, allow_tf32, algo);
+      TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad input needs sm_80+ and a "
                   "window that fits in shared memory; use algo='auto' or 'tiled'");
       if (!tc) grad_input_tiled<scalar_t>(dy, w, dx, P, allow_tf32);
     }
@@ -2014,7 +2383,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
         const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
-        TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
+        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
         bias_done = tc && need_bias;
@@ -2044,22 +2413,37 @@ EXTENSION_NAME = 'ct3d_bundle_ext'
 
 def kernel_sources():
     return (_CPP_SOURCE, _CUDA_SOURCE)
-_ALGOS = {'auto': 0, 'tiled': 1, 'direct': 2, 'tc': 3}
+_ALGOS = {'auto': 0, 'tiled': 1, 'direct': 2, 'tc': 3, 'tc_mma': 4, 'tc_wgmma': 5}
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 _ext = None
+
+def _arch_flags() -> list[str]:
+    if os.environ.get('TORCH_CUDA_ARCH_LIST') or not torch.cuda.is_available():
+        return []
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    if (9, 0) not in caps:
+        return []
+    flags = []
+    for major, minor in caps:
+        a = f'{major}{minor}' + ('a' if (major, minor) == (9, 0) else '')
+        flags.append(f'-gencode=arch=compute_{a},code=sm_{a}')
+    major, minor = caps[-1]
+    flags.append(f'-gencode=arch=compute_{major}{minor},code=compute_{major}{minor}')
+    return flags
 
 def load_extension(verbose: bool=False, extra_include_paths: Sequence[str]=()):
     global _ext
     if _ext is None:
         from torch.utils.cpp_extension import load_inline
         cpp, cuda = kernel_sources()
-        flags = ['-O3', '-lineinfo']
+        flags = ['-O3', '-lineinfo'] + _arch_flags()
         if os.environ.get('CT3D_PTXAS_VERBOSE'):
             flags.append('-Xptxas=-v')
         _ext = load_inline(name=EXTENSION_NAME, cpp_sources=[cpp], cuda_sources=[cuda], extra_cuda_cflags=flags, extra_cflags=['-O2'], extra_include_paths=list(extra_include_paths), verbose=verbose or bool(os.environ.get('CT3D_VERBOSE_BUILD')))
     return _ext
 if torch.cuda.is_available():
-    load_extension()
+    for _dev in range(torch.cuda.device_count()):
+        load_extension().wgmma_available(_dev)
 
 def _triple(v: IntOr3, name: str) -> list[int]:
     if isinstance(v, int):

@@ -332,7 +332,7 @@ def test_direct_kernels(case, mode):
 @gpu
 @pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16"])
 @pytest.mark.parametrize("seed", RANDOM_SEEDS[:12])
-@pytest.mark.parametrize("algo", ["tiled", "tc"])
+@pytest.mark.parametrize("algo", ["tiled", "tc", "tc_mma", "tc_wgmma"])
 def test_kernel_families_match_direct(algo, seed, mode):
     """The FFMA tiled and the tensor-core kernels against the direct oracle, same inputs,
     all through our op."""
@@ -352,6 +352,32 @@ def test_kernel_families_match_direct(algo, seed, mode):
     for a, b in zip(res[algo], res["direct"]):
         if a is not None:
             assert torch.allclose(a, b, atol=tol * b.abs().max().item() + 1e-6, rtol=tol)
+
+
+# Shapes for the wgmma window kernel (window_wg.cuh), beyond what the random configurations
+# reach: several 512-position tiles a plane, more than 64 output channels (two M tiles),
+# channels that are not whole 32-byte chunks, and grad input at stride 1 with padding and
+# dilation (it runs on wgmma too).
+WGMMA_CASES = {
+    # 22 x 39 output planes: two tiles, the second starting mid-row; 72 co; 40 ci (chunks)
+    "multi_tile_two_co_tiles": conv_cfg(40, 72, 3, bias=True, batch=1, size=(2, 20, 37)),
+    # padding and dilation in h and w; 24 ci: a channels_last input is read in place
+    "pad_dilation": conv_cfg(24, 48, (2, 3, 3), p=(0, 1, 2), d=(1, 2, 2), bias=True, batch=2,
+                             size=(3, 9, 30)),
+    # stride 2 (phases) and groups in the forward; its grad input stays on mma.sync
+    "stride2_groups": conv_cfg(32, 64, 3, s=2, p=1, op=1, g=2, batch=1, size=(3, 10, 17)),
+}
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["fp32_tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("case", list(WGMMA_CASES))
+def test_wgmma_window_kernel(case, mode, layout):
+    """The wgmma forward and grad input wherever they can run; a Hopper GPU must run them."""
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert mn.load_extension().wgmma_available(torch.cuda.current_device())
+    check_against_truth(WGMMA_CASES[case], mode, algo="tc_wgmma", layout=layout)
 
 
 @gpu
@@ -940,7 +966,7 @@ def _cuda_build_env():
             if tok.endswith("/bin/nvcc") and Path(tok).exists():
                 real = Path(tok)
         env["CUDA_HOME"] = str(real.parent.parent)
-    env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")  # sm_90a: the wgmma kernels too
     return env, None
 
 

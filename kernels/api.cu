@@ -4,13 +4,14 @@
 //
 // Sections: problem construction and checks, dispatch.
 #include "common.cuh"
+#include "window_wg.cuh"
 
 namespace ct3d {
 
 // Launchers defined in forward.cu, grad_input.cu, grad_weight.cu, direct.cu.
-template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
+template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
@@ -122,13 +123,15 @@ static void poison(at::Tensor& t) {
 }
 
 static bool use_direct(const at::Tensor& t, int64_t algo) {
-  TORCH_CHECK(algo == kAuto || algo == kTiled || algo == kDirect || algo == kTc,
-              "conv_transpose3d: unknown algo ", algo);
+  TORCH_CHECK(algo >= kAuto && algo <= kTcWgmma, "conv_transpose3d: unknown algo ", algo);
   const bool fp64 = t.scalar_type() == at::kDouble;
-  TORCH_CHECK(!(fp64 && (algo == kTiled || algo == kTc)),
+  TORCH_CHECK(!(fp64 && (algo == kTiled || tc_required(algo))),
               "conv_transpose3d: the tiled and tensor-core kernels take fp16, bf16 and fp32; fp64 runs on the direct kernels");
   return fp64 || algo == kDirect;
 }
+
+// Whether GPU `device` runs the wgmma kernels (window_wg.cuh); probes it the first time.
+bool wgmma_ready(int64_t device) { return wgmma_available(int(device)); }
 
 // ============================================================================
 // Dispatch
@@ -158,8 +161,8 @@ at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::option
     if (direct) {
       forward_direct<scalar_t>(x, w, b, y, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      const bool tc = algo != kTiled && forward_tc<scalar_t>(x, w, b, y, P, allow_tf32);
-      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core forward needs sm_80+ and an "
+      const bool tc = algo != kTiled && forward_tc<scalar_t>(x, w, b, y, P, allow_tf32, algo);
+      TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core forward needs sm_80+ and an "
                   "input window that fits in shared memory; use algo='auto' or 'tiled'");
       if (!tc) forward_tiled<scalar_t>(x, w, b, y, P, allow_tf32);
     }
@@ -186,8 +189,8 @@ at::Tensor grad_input(const at::Tensor& dy_, const at::Tensor& w_, at::IntArrayR
     if (direct) {
       grad_input_direct<scalar_t>(dy, w, dx, P);
     } else if constexpr (!std::is_same<scalar_t, double>::value) {
-      const bool tc = algo != kTiled && grad_input_tc<scalar_t>(dy, w, dx, P, allow_tf32);
-      TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad input needs sm_80+ and a "
+      const bool tc = algo != kTiled && grad_input_tc<scalar_t>(dy, w, dx, P, allow_tf32, algo);
+      TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad input needs sm_80+ and a "
                   "window that fits in shared memory; use algo='auto' or 'tiled'");
       if (!tc) grad_input_tiled<scalar_t>(dy, w, dx, P, allow_tf32);
     }
@@ -221,7 +224,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
         const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
-        TORCH_CHECK(tc || algo != kTc, "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
+        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
         bias_done = tc && need_bias;

@@ -15,6 +15,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
                                          at::IntArrayRef dilation, int64_t groups, bool need_weight,
                                          bool need_bias, bool allow_tf32, int64_t algo);
 void set_poison(bool on);
+bool wgmma_ready(int64_t device);
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -22,5 +23,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &ct3d::forward, "y = conv_transpose3d(x, w) + bias");
   m.def("grad_input", &ct3d::grad_input, "dx of conv_transpose3d");
   m.def("grad_weight_bias", &ct3d::grad_weight_bias, "[dw, db] of conv_transpose3d");
+  m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
 }

@@ -66,7 +66,11 @@ Problem make_problem(at::IntArrayRef x_sizes, at::IntArrayRef w_sizes,
 // Which kernel family runs a job. kAuto: for fp16/bf16/fp32, the tensor-core kernels where
 // they fit, else the FFMA tiled ones; direct for fp64. kTiled: the FFMA tiled kernels.
 // kDirect: the simple exact kernels. kTc: tensor cores, an error where they do not fit.
-enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3 };
+// kTcMma, kTcWgmma: kTc with the forward and grad input window kernels on mma.sync only
+// (window_tc.cuh), or on wgmma wherever it can run (window_wg.cuh; tests), not by the
+// usual choice. (Grad weight runs on mma.sync in all of them.)
+enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3, kTcMma = 4, kTcWgmma = 5 };
+inline bool tc_required(int64_t algo) { return algo == kTc || algo == kTcMma || algo == kTcWgmma; }
 
 bool poison_enabled();  // test switch, see api.cu
 void check_cuda_tensor(const at::Tensor& t, const char* name, const at::Tensor& like);

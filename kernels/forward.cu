@@ -24,6 +24,7 @@
 // Sections: the FFMA Gemm (gather rule + epilogue), launchers. Phase geometry: common.cuh.
 #include "common.cuh"
 #include "window_tc.cuh"
+#include "window_wg.cuh"
 
 namespace ct3d {
 
@@ -145,9 +146,9 @@ struct FwdGemm {
 // Tensor cores; false where the kernel does not fit (see run_window_tc).
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
-                const Problem& P, bool tf32) {
+                const Problem& P, bool tf32, int64_t algo) {
   const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, x, w, tf32);
+  return run_window_tc<T>(prm, x, w, tf32, algo);
 }
 
 template <typename T>
@@ -164,11 +165,11 @@ void forward_tiled(const at::Tensor& x, const at::Tensor& w, const at::Tensor* b
 }
 
 template bool forward_tc<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
-                                const Problem&, bool);
+                                const Problem&, bool, int64_t);
 template bool forward_tc<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&,
-                                   const Problem&, bool);
+                                   const Problem&, bool, int64_t);
 template bool forward_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
-                                       at::Tensor&, const Problem&, bool);
+                                       at::Tensor&, const Problem&, bool, int64_t);
 template void forward_tiled<float>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
                                    at::Tensor&, const Problem&, bool);
 template void forward_tiled<at::Half>(const at::Tensor&, const at::Tensor&, const at::Tensor*,

@@ -16,6 +16,7 @@
 // Sections: the FFMA Gemm (gather rule + epilogue), launchers.
 #include "common.cuh"
 #include "window_tc.cuh"
+#include "window_wg.cuh"
 
 namespace ct3d {
 
@@ -102,9 +103,9 @@ struct DgradGemm {
 // Tensor cores; false where the kernel does not fit (see run_window_tc).
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
-                   bool tf32) {
+                   bool tf32, int64_t algo) {
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
-  return run_window_tc<T>(prm, dy, w, tf32);
+  return run_window_tc<T>(prm, dy, w, tf32, algo);
 }
 
 template <typename T>
@@ -115,9 +116,9 @@ void grad_input_tiled(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx,
                at::cuda::getCurrentCUDAStream());
 }
 
-template bool grad_input_tc<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template bool grad_input_tc<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template bool grad_input_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
+template bool grad_input_tc<float>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
+template bool grad_input_tc<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
+template bool grad_input_tc<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template void grad_input_tiled<float>(const at::Tensor&, const at::Tensor&, at::Tensor&,
                                       const Problem&, bool);
 template void grad_input_tiled<at::Half>(const at::Tensor&, const at::Tensor&, at::Tensor&,

@@ -762,12 +762,53 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
   return 2;
 }
 
-// Runs one window convolution of src (x or dy): fills in the launch geometry of prm (made
-// by win_params), packs the source, transforms the weight, launches. Returns false
-// (launching nothing) where the kernel does not fit: a GPU older than sm_80, or a window
-// larger than shared memory.
+// The source of a window convolution, channels innermost, where prm.src (and pk_n, pk_v,
+// cg_pad, round_a) say: src_t itself where it already is (channels_last_3d, whole chunks,
+// 16-byte aligned), else a packed copy with cg_pad channels a group, returned (keep it
+// alive until the kernel has run).
 template <typename T>
-bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32) {
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, int64_t cg_pad,
+                                 cudaStream_t stream) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
+  const Problem& P = prm.P;
+  const bool fp32 = std::is_same<T, float>::value;
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  const int64_t C = P.G * prm.src_cg;
+  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
+                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
+                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
+                        sl.v >= C;
+  if (in_place) {
+    prm.src = src_t.data_ptr();
+    prm.pk_n = sl.n;
+    prm.pk_v = sl.v;
+    prm.cg_pad = prm.src_cg;
+    prm.round_a = fp32 && tf32;
+    return at::Tensor();
+  }
+  const int64_t gc = P.G * cg_pad;
+  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
+  prm.src = packed.data_ptr();
+  prm.pk_n = vol * gc;
+  prm.pk_v = gc;
+  prm.cg_pad = cg_pad;
+  prm.round_a = false;
+  return packed;
+}
+
+// window_wg.cuh: the same convolution on wgmma (sm_90a); false where it does not apply.
+template <typename T>
+bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force);
+
+// Runs one window convolution of src (x or dy): on wgmma where window_wg.cuh takes it
+// (algo: kTcMma never, kTcWgmma wherever it can, else where it should be faster), else
+// here: fills in the launch geometry of prm (made by win_params), packs the source,
+// transforms the weight, launches. Returns false (launching nothing) where the kernel does
+// not fit: a GPU older than sm_80, or a window larger than shared memory.
+template <typename T>
+bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, int64_t algo) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
@@ -776,6 +817,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (prop->major < 8) return false;
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;  // TF32 where the caller allows it, else 3xTF32
+  if (!split && algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
@@ -838,28 +880,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   auto stream = at::cuda::getCurrentCUDAStream();
 
   // ---- the source, channels innermost (in place where it already is) ----
-  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
-  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
-  const int64_t C = P.G * prm.src_cg;
-  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
-                        reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
-                        (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
-                        sl.v >= C;
-  at::Tensor packed;
-  if (in_place) {
-    prm.src = src_t.data_ptr();
-    prm.pk_n = sl.n;
-    prm.pk_v = sl.v;
-    prm.cg_pad = prm.src_cg;
-    prm.round_a = fp32 && tf32;
-  } else {
-    const int64_t cg_pad = nchunks * KC, gc = P.G * cg_pad;
-    packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
-    prm.src = packed.data_ptr();
-    prm.pk_n = vol * gc;
-    prm.pk_v = gc;
-    prm.cg_pad = cg_pad;
-  }
+  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
 
   // ---- the weight, in fragment order ----
   const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;

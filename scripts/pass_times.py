@@ -26,9 +26,12 @@ def main() -> int:
     ap.add_argument("--mode", choices=list(bench.MODES), action="append")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--passes", default="fwd,dgrad,wgrad")
+    ap.add_argument("--algo", default="auto", choices=list(mn._ALGOS), help="kernel family (model_new._ALGOS)")
     args = ap.parse_args()
     ext = mn._extension()
-    tag = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("CT3D_WIN"))
+    tag = " ".join([f"algo={args.algo}"] + [f"{k}={v}" for k, v in sorted(os.environ.items())
+                                             if k.startswith("CT3D_WIN")])
+    a = mn._ALGOS[args.algo]
     passes = args.passes.split(",")
     for name in args.problem or list(ref.PROBLEMS):
         p = ref.PROBLEMS[name]
@@ -41,13 +44,13 @@ def main() -> int:
             w, b = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
             x = torch.rand(*ref.input_shape(p), device="cuda", dtype=dtype)
             st, pad, op, dil, g = list(conv.stride), list(conv.padding), list(conv.output_padding), [1, 1, 1], conv.groups
-            y = ext.forward(x, w, b, st, pad, op, dil, g, allow, 0)
+            y = ext.forward(x, w, b, st, pad, op, dil, g, allow, a)
             dy = torch.randn_like(y)
             fns = {
-                "fwd": lambda: ext.forward(x, w, b, st, pad, op, dil, g, allow, 0),
-                "dgrad": lambda: ext.grad_input(dy, w, list(x.shape), st, pad, op, dil, g, allow, 0),
+                "fwd": lambda: ext.forward(x, w, b, st, pad, op, dil, g, allow, a),
+                "dgrad": lambda: ext.grad_input(dy, w, list(x.shape), st, pad, op, dil, g, allow, a),
                 "wgrad": lambda: ext.grad_weight_bias(dy, x, list(w.shape), st, pad, op, dil, g, True,
-                                                      b is not None, allow, 0),
+                                                      b is not None, allow, a),
             }
             cells = []
             for ps in passes:

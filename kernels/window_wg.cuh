@@ -1,0 +1,452 @@
+// window_wg.cuh: the window convolution of window_tc.cuh on Hopper's warpgroup MMAs
+// (wgmma, sm_90a), for fp32-with-TF32, fp16 and bf16, where a source position steps one
+// window column per output position (mult = 1 in h and w: every forward phase, and grad
+// input at stride 1 in h and w).
+//
+// GEMM view, transposed against window_tc.cuh so that the window is the operand read
+// through a descriptor: per block, D[co][q] += sum_k Wt[co][k] * window[q + shift(t)][k]
+//   M = 64 output channels (wgmma M; fewer are zero rows), from blockIdx.y * 64
+//   N = 512 "virtual" positions q: 2 warpgroups x 256 (wgmma N = 256)
+//   K = (chunk of 32 bytes of source channels, depth tap td) stages x (th, tw) taps
+// Virtual positions. The window holds source rows x C columns, C = Pw + span_w, and an
+// output position (jh, jw) is numbered q = jh * C + jw, jw in [0, C): then the window
+// position that tap (th, tw) reads for q is q - (first row of the block) * C + sh * C + sw,
+// one shift for all of a tap's positions. So a tap's B operand is the window itself at an
+// offset, and wgmma's descriptor walks it: B core matrices (8 positions x 16 bytes) are
+// contiguous 128 bytes. The columns jw >= Pw are computed and never stored (span_w / C
+// of the MMAs: 6% on kb68).
+//
+// Shared memory of a stage (cp.async from the packed source, zero-fill outside it, as in
+// window_tc.cuh): the window as two "K slices" (bytes 0-15 and 16-31 of each position's
+// chunk), each [position][16 bytes] -- wgmma's no-swizzle K-major layout with LBO = the
+// slice stride, SBO = 128 -- then the weights of the stage's (th, tw) taps, each
+// [K slice][64 co][16 bytes] (LBO = 1024, SBO = 128), arranged once per call by
+// transform_weight_wg_kernel. Stages are copied `stages` deep; a stage's wgmmas are
+// issued, then (while they run) the previous stage's are waited for and its buffer gets
+// the copy of a later stage.
+//
+// Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
+// lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e].
+//
+// Sections: PTX helpers, kernels (weight transform, window convolution), host.
+#pragma once
+#include "window_tc.cuh"
+
+namespace ct3d {
+
+constexpr int kWgM = 64;                 // output channels a block (wgmma M)
+constexpr int kWgN = 256;                // positions a warpgroup (wgmma N)
+constexpr int kWgGroups = 2;             // warpgroups a block
+constexpr int kWgQ = kWgN * kWgGroups;   // positions a block
+constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights in a stage: 2 K slices x 64 co x 16 bytes
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define CT3D_WGMMA 1
+#endif
+
+// ============================================================================
+// PTX helpers (sm_90a)
+// ============================================================================
+// Shared-memory matrix descriptor, no swizzle: start address, LBO (between core matrices
+// along K) and SBO (along M or N), each in 16-byte units.
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
+         (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
+}
+
+__device__ __forceinline__ void wg_fence() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wg_wait() {
+#ifdef CT3D_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Makes this thread's generic-proxy shared-memory writes (cp.async, stores) visible to
+// the async proxy that wgmma reads through.
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef CT3D_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+#define CT3D_WG_D                                                                               \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "            \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "            \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "            \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "            \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define CT3D_WG_OPS(d)                                                                                   \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), \
+  "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), \
+  "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), \
+  "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), \
+  "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), \
+  "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]),           \
+  "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),       \
+  "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),       \
+  "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]),       \
+  "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+// d (64 x 256, fp32) += A (64 x K, descriptor da) * B (K x 256, descriptor db), both
+// K-major; K = 16 for fp16/bf16, 8 for TF32 (one 32-byte chunk of channels either way).
+template <typename T>
+__device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " CT3D_WG_D ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  } else if constexpr (std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " CT3D_WG_D ", %128, %129, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\nwgmma.mma_async.sync.aligned.m64n256k8.f32.tf32.tf32 " CT3D_WG_D ", %128, %129, p, 1, 1;\n}\n"
+                 : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
+  }
+#endif
+}
+
+// ============================================================================
+// Kernels
+// ============================================================================
+// 1 where this binary's kernels for the running GPU were built with wgmma (sm_90a).
+__global__ void wgmma_probe_kernel(int* out) {
+#ifdef CT3D_WGMMA
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+// w [Cin, Cout/G, kvol] -> [g][tap r][chunk][co tile][K slice 2][64 co][16 bytes], one
+// 32-bit word per idx; zero outside. 16-bit: the word packs B[k][co] (low half) and
+// B[k + 1][co], k = chunk*16 + slice*8 + 2*(word % 4). fp32: B[k][co] rounded to TF32
+// (nearest-even), k = chunk*8 + slice*4 + word % 4. B[k][co] as in transform_weight_kernel.
+template <typename T>
+__global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
+                                           int job, int nchunks, int ncot) {
+  const int64_t total = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
+  const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    int64_t t = idx;
+    const int word = int(t % (kWgTapBytes / 4)); t /= kWgTapBytes / 4;
+    const int cot = int(t % ncot); t /= ncot;
+    const int ch = int(t % nchunks); t /= nchunks;
+    const int64_t r = t % P.kvol();
+    const int64_t g = t / P.kvol();
+    const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
+    const int64_t n = int64_t(cot) * kWgM + co;
+    auto value = [&](int64_t k) -> float {
+      if (k >= kc || n >= nc) return 0.f;
+      const int64_t ci = job == kJobForward ? k : n, cx = job == kJobForward ? n : k;
+      return float(w[((g * P.cin_g() + ci) * P.cout_g() + cx) * P.kvol() + r]);
+    };
+    if constexpr (std::is_same<T, float>::value) {
+      out[idx] = __float_as_uint(round_tf32(value(int64_t(ch) * 8 + slice * 4 + wi)));
+    } else {
+      const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
+      const T lo = T(value(k)), hi = T(value(k + 1));  // exact: the values are T already
+      uint16_t ulo, uhi;
+      memcpy(&ulo, &lo, 2);
+      memcpy(&uhi, &hi, 2);
+      out[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+    }
+  }
+}
+
+// The window convolution on wgmma: 256 threads (2 warpgroups), one block per SM.
+template <typename T>
+__global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
+#ifdef CT3D_WGMMA
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_nvt;
+  const Problem& P = prm.P;
+
+  // ---- which sub-problem (group, phase), plane tile, channel tile ----
+  WinDim wd[3];
+  const int g = win_dims(P, prm.job, blockIdx.z, wd);
+  const int Ph = wd[1].P, Pw = wd[2].P;
+  const int C = Pw + win_span(wd[2]);  // window columns = the virtual row pitch (mult 1)
+  int bx = blockIdx.x;
+  const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
+  const int jd = bx % prm.pd_max;
+  const int n = bx / prm.pd_max;
+  const int q0 = pt * kWgQ;  // the block's first virtual position
+  if (jd >= wd[0].P || q0 >= Ph * C) return;
+  const int co0 = blockIdx.y * kWgM;
+  const int Thw = wd[1].T * wd[2].T;
+
+  // ---- window: rows jh0 .. of the source plane, C columns; see the header ----
+  const int jh0 = q0 / C;
+  const int R = (q0 + kWgQ - 1) / C - jh0 + win_span(wd[1]) + 2;
+  const int wh0 = jh0 + win_off_min(wd[1]);  // source row of window row 0
+  const int ww0 = win_off_min(wd[2]);        // source column of window column 0
+  const int qoff = q0 - jh0 * C;             // window position of q0 at shift 0
+
+  // Tables after the stages: w_tab[t] = weight offset of tap t (words), sh_tab[(th, tw)] =
+  // window shift of that tap (positions), vtd = the depth taps whose source plane is inside src.
+  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* sh_tab = w_tab + P.kvol();
+  int* vtd = sh_tab + P.k[1] * P.k[2];
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);  // ntiles: co tiles
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * tap_stride);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = sh * C + sw;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+  const int nK = nvt * prm.nchunks;  // stages
+
+  // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
+  // win_pieces 16-byte pieces of window (piece q: position q / 2, K slice q % 2), then the
+  // weights, 128 pieces a tap; thread t copies pieces t, t + 256, ...
+  const E* __restrict__ src = static_cast<const E*>(prm.src);
+  const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (kWgTapBytes / 4);
+  const int slice_bytes = prm.window_bytes / 2;
+  const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
+  const int iters = (win_pieces + w_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  auto issue = [&](int kk) {
+    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
+    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
+    const int tap0 = td * Thw;
+    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < win_pieces) {
+        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
+        const int ih = wh0 + r, iw = ww0 + c;
+        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
+        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s, ok ? 16 : 0);
+      } else if (q < win_pieces + w_pieces) {
+        const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
+        cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
+      }
+    }
+  };
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+
+  for (int st = 0; st < prm.stages - 1; ++st) {
+    if (st < nK) issue(st);
+    cp_async_commit();
+  }
+  const int wg = threadIdx.x / 128;
+  const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;  // this warpgroup's positions at shift 0
+  for (int kk = 0; kk < nK; ++kk) {
+    cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
+    const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    if (std::is_same<E, float>::value && prm.round_a) {
+      // TF32 with the source used in place: round the window pieces this thread copied
+      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
+        float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
+    wg_fence();
+    for (int thw = 0; thw < Thw; ++thw) {
+      const uint64_t da = wg_desc(buf + prm.window_bytes + thw * kWgTapBytes, kWgM * 16, 128);
+      const uint64_t db = wg_desc(buf + b_off + uint32_t(sh_tab[thw]) * 16, slice_bytes, 128);
+      wgmma_n256<T>(acc, da, db);
+    }
+    wg_commit();
+    wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
+    __syncthreads();  // ... and the other's: its buffer is free
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    cp_async_commit();
+  }
+  wg_wait<0>();
+  cp_async_wait(0);  // no copy may be in flight when the block exits
+
+  // ---- epilogue: bias, one rounding, store (virtual columns jw >= Pw are dropped) ----
+  T* __restrict__ out = static_cast<T*>(prm.out);
+  const T* __restrict__ bias = static_cast<const T*>(prm.bias);
+  const int od = wd[0].oc + wd[0].os * jd;
+  const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
+  float bv[2];
+  int64_t cbase[2];
+  bool cok[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int co = co0 + 16 * w4 + lane / 4 + 8 * h;
+    cok[h] = co < prm.out_cg;
+    const int64_t c = int64_t(g) * prm.out_cg + co;
+    cbase[h] = prm.out_l.at(n, c, 0);
+    bv[h] = (bias && cok[h]) ? float(bias[c]) : 0.f;
+  }
+  // virtual position of d[4i + e] (i = 0): q0 + 256 wg + 2 (lane % 4) + e; walk i by 8
+  int q = q0 + wg * kWgN + 2 * (lane % 4);
+  int jh = q / C, jw = q - jh * C;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      int h2 = jh, w2 = jw + e;
+      if (w2 >= C) { w2 -= C; ++h2; }
+      if (h2 < Ph && w2 < Pw) {
+        const int oh = wd[1].oc + wd[1].os * h2, ow = wd[2].oc + wd[2].os * w2;
+        const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          if (cok[h]) out[cbase[h] + pos * prm.out_l.v] = T(acc[4 * i + 2 * h + e] + bv[h]);
+      }
+    }
+    jw += 8;
+    while (jw >= C) { jw -= C; ++jh; }
+  }
+#endif
+}
+
+// ============================================================================
+// Host
+// ============================================================================
+// Whether this build runs wgmma kernels on GPU `dev` (an sm_90 GPU and kernels built for
+// sm_90a): probed once per device by a one-thread kernel. Not probed during stream capture
+// (the probe synchronizes): model_new.py probes every GPU at import.
+inline bool wgmma_available(int dev) {
+  static int cache[64];
+  static bool init = [] { for (int& c : cache) c = -1; return true; }();
+  (void)init;
+  if (dev < 0 || dev >= 64) return false;
+  if (cache[dev] >= 0) return cache[dev] == 1;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  if (prop->major != 9 || prop->minor != 0) return (cache[dev] = 0) == 1;
+  auto stream = at::cuda::getCurrentCUDAStream(dev);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &cap));
+  if (cap != cudaStreamCaptureStatusNone) return false;
+  c10::cuda::CUDAGuard guard(dev);
+  at::Tensor flag = at::zeros({1}, at::TensorOptions().device(at::kCUDA, dev).dtype(at::kInt));
+  wgmma_probe_kernel<<<1, 1, 0, stream>>>(flag.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  cache[dev] = flag.item<int>();
+  return cache[dev] == 1;
+}
+
+// Runs the window convolution on wgmma. force: wherever it can run (tests); else only
+// where it is expected to beat window_tc.cuh's kernel (more than 32 output channels a
+// group: fewer leave over half of M as zero rows). Returns false, launching nothing, where
+// it does not apply: no wgmma build, a strided source step (grad input at stride > 1 in
+// h or w), 3xTF32, or a window that does not fit.
+template <typename T>
+bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
+  using E = typename WinElem<T>::type;
+  constexpr int KC = 32 / int(sizeof(E));
+  const Problem& P = prm.P;
+  const int dev = w.get_device();
+  const bool fp32 = std::is_same<T, float>::value;
+  if (fp32 && !tf32) return false;
+  if (!force && prm.out_cg <= 32) return false;
+  if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
+  if (!wgmma_available(dev)) return false;
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
+  const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
+
+  // Geometry: tiles per plane, planes, the window's rows (the most any block needs) and
+  // the taps of a stage, over the sub-problems (phases).
+  int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
+  for (int64_t z = 0; z < nz; ++z) {
+    WinDim wd[3];
+    win_dims(P, prm.job, int(z), wd);
+    if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
+    const int64_t C = wd[2].P + win_span(wd[2]);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + kWgQ - 1) / kWgQ);
+    pd_max = std::max<int64_t>(pd_max, wd[0].P);
+    const int64_t rows = (kWgQ - 1) / C + 1 + win_span(wd[1]) + 2;
+    slice_pos = std::max<int64_t>(slice_pos, rows * C);
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+  }
+  if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
+  const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
+  const int64_t window_bytes = 2 * slice_bytes, stage_bytes = window_bytes + thw_max * kWgTapBytes;
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
+  const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  const int64_t smem = stages * stage_bytes + table_bytes;
+
+  const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
+  const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
+
+  // ---- the weight, in the wgmma layout ----
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
+  if (tblocks > 0) {
+    transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
+                                                              int(ncot));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  prm.wt_big = wt_ptr;
+  prm.wt_small = nullptr;
+  prm.nchunks = int(nchunks);
+  prm.ntiles = int(ncot);
+  prm.tiles_per_plane = int(tpp);
+  prm.pd_max = int(pd_max);
+  prm.window_bytes = int(window_bytes);
+  prm.stage_bytes = int(stage_bytes);
+  prm.stages = stages;
+  const int64_t gx = P.N * pd_max * tpp;
+  TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
+              "conv_transpose3d: problem too large for the tensor-core grid");
+  auto kernel = window_wg_kernel<T>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace ct3d
