@@ -100,6 +100,7 @@ struct WinParams {
   int window_bytes;       // the window of a stage (R*C positions), a multiple of 128
   int stage_bytes;        // one pipeline stage: the window, then (one accumulator set) B
   int stages;             // pipeline depth, 2..4
+  int table_offset;       // window_wg.cuh: shared-memory bytes before the tap tables
   bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 

@@ -21,12 +21,17 @@
 // chunk), each [position][16 bytes] -- wgmma's no-swizzle K-major layout with LBO = the
 // slice stride, SBO = 128 -- then the weights of the stage's (th, tw) taps, each
 // [K slice][64 co][16 bytes] (LBO = 1024, SBO = 128), arranged once per call by
-// transform_weight_wg_kernel. Stages are copied `stages` deep; a stage's wgmmas are
-// issued, then (while they run) the previous stage's are waited for and its buffer gets
-// the copy of a later stage.
+// transform_weight_wg_kernel. Stages are copied `stages` deep: once a stage's first two
+// wgmmas are issued and the previous stage's are done, that buffer gets the copy of a
+// later stage, in slices between the rest of this stage's wgmmas (so the copy's
+// instructions run while the tensor pipe works).
 //
 // Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
-// lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e].
+// lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e]. The epilogue puts
+// the block's D through shared memory so that the stores run along positions (coalesced
+// in NCDHW), one thread a position, 64 channels each. (Stored straight from the
+// accumulators, the address work of 128 scattered stores a thread was a quarter of the
+// kernel's time: NOTES.md, wgmma v1.)
 //
 // Sections: PTX helpers, kernels (weight transform, window convolution), host.
 #pragma once
@@ -39,6 +44,8 @@ constexpr int kWgN = 256;                // positions a warpgroup (wgmma N)
 constexpr int kWgGroups = 2;             // warpgroups a block
 constexpr int kWgQ = kWgN * kWgGroups;   // positions a block
 constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights in a stage: 2 K slices x 64 co x 16 bytes
+constexpr int kWgEpPitch = kWgQ + 8;     // epilogue rows of D in shared memory (floats)
+constexpr int kWgEpBytes = kWgM * kWgEpPitch * 4;
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
@@ -207,7 +214,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 
   // Tables after the stages: w_tab[t] = weight offset of tap t (words), sh_tab[(th, tw)] =
   // window shift of that tap (positions), vtd = the depth taps whose source plane is inside src.
-  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);  // ntiles: co tiles
@@ -246,14 +253,15 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
   const int iters = (win_pieces + w_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  auto issue = [&](int kk) {
+  // Copies rounds it0 .. it1 - 1 of stage kk (round it: pieces it * 256 + threadIdx.x).
+  auto issue = [&](int kk, int it0, int it1) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
     const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
     const int tap0 = td * Thw;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int it = 0; it < iters; ++it) {
+    for (int it = it0; it < it1; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
@@ -273,11 +281,16 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
 
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(st, 0, iters);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;  // this warpgroup's positions at shift 0
+  // Stage kk: its first kWgLead taps' wgmmas; once stage kk - 1's are done (everyone's),
+  // the copy of stage kk + stages - 1 into its buffer, in slices between the remaining
+  // taps' wgmmas (a wgmma issue waits while the tensor pipe's queue is full, so the copy
+  // instructions run while the tensor pipe works rather than between stages).
+  constexpr int kWgLead = 2;
   for (int kk = 0; kk < nK; ++kk) {
     cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
     const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
@@ -292,55 +305,68 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     fence_proxy_async();
     __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
     wg_fence();
-    for (int thw = 0; thw < Thw; ++thw) {
+    auto tap = [&](int thw) {
       const uint64_t da = wg_desc(buf + prm.window_bytes + thw * kWgTapBytes, kWgM * 16, 128);
       const uint64_t db = wg_desc(buf + b_off + uint32_t(sh_tab[thw]) * 16, slice_bytes, 128);
       wgmma_n256<T>(acc, da, db);
-    }
+    };
+    const int lead = min(kWgLead, Thw);
+    for (int thw = 0; thw < lead; ++thw) tap(thw);
     wg_commit();
     wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
     __syncthreads();  // ... and the other's: its buffer is free
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    const int next = kk + prm.stages - 1;
+    const int rest = Thw - lead;
+    int it = 0;
+    for (int thw = lead; thw < Thw; ++thw) {
+      tap(thw);
+      if (next < nK) {  // rounds up to the share of this tap
+        const int it1 = (iters * (thw - lead + 1) + rest - 1) / rest;
+        issue(next, it, it1);
+        it = it1;
+      }
+    }
+    if (next < nK) issue(next, it, iters);  // (all of it when lead = Thw)
+    wg_commit();
     cp_async_commit();
   }
   wg_wait<0>();
-  cp_async_wait(0);  // no copy may be in flight when the block exits
+  cp_async_wait(0);  // no copy may be in flight past this point
+  __syncthreads();   // every warpgroup is done with the stage buffers
 
-  // ---- epilogue: bias, one rounding, store (virtual columns jw >= Pw are dropped) ----
+  // ---- epilogue: the block's D through shared memory (the stage buffers), then bias, one
+  // rounding and coalesced stores along positions; virtual columns jw >= Pw are dropped ----
+  // ep[co][q], kWgEpPitch floats a row: the 8-byte stores of a half-warp (4 rows x 4 lanes)
+  // land in distinct banks.
+  float* ep = reinterpret_cast<float*>(smem);
+  {
+    const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * kWgN + 8 * i + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(ep + row * kWgEpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
+      }
+  }
+  __syncthreads();
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
-  float bv[2];
-  int64_t cbase[2];
-  bool cok[2];
+  const int nco = min(kWgM, int(prm.out_cg) - co0);
+  const int64_t c0 = int64_t(g) * prm.out_cg + co0;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int co = co0 + 16 * w4 + lane / 4 + 8 * h;
-    cok[h] = co < prm.out_cg;
-    const int64_t c = int64_t(g) * prm.out_cg + co;
-    cbase[h] = prm.out_l.at(n, c, 0);
-    bv[h] = (bias && cok[h]) ? float(bias[c]) : 0.f;
-  }
-  // virtual position of d[4i + e] (i = 0): q0 + 256 wg + 2 (lane % 4) + e; walk i by 8
-  int q = q0 + wg * kWgN + 2 * (lane % 4);
-  int jh = q / C, jw = q - jh * C;
-#pragma unroll
-  for (int i = 0; i < 32; ++i) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      int h2 = jh, w2 = jw + e;
-      if (w2 >= C) { w2 -= C; ++h2; }
-      if (h2 < Ph && w2 < Pw) {
-        const int oh = wd[1].oc + wd[1].os * h2, ow = wd[2].oc + wd[2].os * w2;
-        const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          if (cok[h]) out[cbase[h] + pos * prm.out_l.v] = T(acc[4 * i + 2 * h + e] + bv[h]);
-      }
+  for (int half = 0; half < 2; ++half) {
+    const int ql = threadIdx.x + 256 * half, q = q0 + ql;
+    const int jh = q / C, jw = q - jh * C;
+    if (jh >= Ph || jw >= Pw) continue;
+    const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
+    const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
+    T* o = out + prm.out_l.at(n, c0, pos);
+    for (int co = 0; co < nco; ++co) {
+      const float v = ep[co * kWgEpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      o[co * prm.out_l.c] = T(v);
     }
-    jw += 8;
-    while (jw >= C) { jw -= C; ++jh; }
   }
 #endif
 }
@@ -412,7 +438,9 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  const int64_t smem = stages * stage_bytes + table_bytes;
+  const int64_t body = std::max<int64_t>(stages * stage_bytes, kWgEpBytes);  // stages, then the epilogue's D
+  const int64_t smem = body + table_bytes;
+  if (smem > optin) return false;
 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
@@ -439,6 +467,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.window_bytes = int(window_bytes);
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
+  prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
