@@ -21,10 +21,9 @@
 // chunk), each [position][16 bytes] -- wgmma's no-swizzle K-major layout with LBO = the
 // slice stride, SBO = 128 -- then the weights of the stage's (th, tw) taps, each
 // [K slice][64 co][16 bytes] (LBO = 1024, SBO = 128), arranged once per call by
-// transform_weight_wg_kernel. Stages are copied `stages` deep: once a stage's first two
+// transform_weight_wg_kernel. Stages are copied `stages` deep: once a stage's first taps'
 // wgmmas are issued and the previous stage's are done, that buffer gets the copy of a
-// later stage, in slices between the rest of this stage's wgmmas (so the copy's
-// instructions run while the tensor pipe works).
+// later stage while the tensor pipe works; then the stage's other taps.
 //
 // Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
 // lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e]. The epilogue puts
@@ -129,6 +128,36 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_
                  : CT3D_WG_OPS(d) : "l"(da), "l"(db), "r"(1));
   }
 #endif
+}
+
+constexpr int kWgChunk = 8;  // taps issued together after one wgmma.fence
+
+// The wgmmas of n (1..kWgChunk) consecutive taps, straight-line after one fence: tap j's A
+// (weights) at a + j * kWgTapBytes, its B (window) at b + sh[j] positions.
+template <typename T, int N>
+__device__ __forceinline__ void wg_taps_n(float (&acc)[128], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
+  int shift[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) shift[j] = sh[j];
+  wg_fence();
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    wgmma_n256<T>(acc, wg_desc(a + j * kWgTapBytes, kWgM * 16, 128),
+                  wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128));
+}
+template <typename T>
+__device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, uint32_t b, const int* sh,
+                                        int slice_bytes) {
+  switch (n) {
+    case 1: wg_taps_n<T, 1>(acc, a, b, sh, slice_bytes); break;
+    case 2: wg_taps_n<T, 2>(acc, a, b, sh, slice_bytes); break;
+    case 3: wg_taps_n<T, 3>(acc, a, b, sh, slice_bytes); break;
+    case 4: wg_taps_n<T, 4>(acc, a, b, sh, slice_bytes); break;
+    case 5: wg_taps_n<T, 5>(acc, a, b, sh, slice_bytes); break;
+    case 6: wg_taps_n<T, 6>(acc, a, b, sh, slice_bytes); break;
+    case 7: wg_taps_n<T, 7>(acc, a, b, sh, slice_bytes); break;
+    default: wg_taps_n<T, 8>(acc, a, b, sh, slice_bytes); break;
+  }
 }
 
 // ============================================================================
@@ -286,11 +315,12 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   }
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;  // this warpgroup's positions at shift 0
-  // Stage kk: its first kWgLead taps' wgmmas; once stage kk - 1's are done (everyone's),
-  // the copy of stage kk + stages - 1 into its buffer, in slices between the remaining
-  // taps' wgmmas (a wgmma issue waits while the tensor pipe's queue is full, so the copy
-  // instructions run while the tensor pipe works rather than between stages).
-  constexpr int kWgLead = 2;
+  // Stage kk: the wgmmas of its first kWgChunk taps; once stage kk - 1's are done
+  // (everyone's), the copy of stage kk + stages - 1 into that buffer, while the tensor
+  // pipe works on the issued taps; then the rest of the taps. Taps are issued kWgChunk at
+  // a time in straight-line code after one wgmma.fence: a wgmma inside a loop with other
+  // code gets a fence of its own from the compiler, and each fence waited for the
+  // wgmmas before it (NOTES.md, wgmma v2).
   for (int kk = 0; kk < nK; ++kk) {
     cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
     const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
@@ -304,31 +334,17 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     }
     fence_proxy_async();
     __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
-    wg_fence();
-    auto tap = [&](int thw) {
-      const uint64_t da = wg_desc(buf + prm.window_bytes + thw * kWgTapBytes, kWgM * 16, 128);
-      const uint64_t db = wg_desc(buf + b_off + uint32_t(sh_tab[thw]) * 16, slice_bytes, 128);
-      wgmma_n256<T>(acc, da, db);
-    };
-    const int lead = min(kWgLead, Thw);
-    for (int thw = 0; thw < lead; ++thw) tap(thw);
+    const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+    const int lead = min(kWgChunk, Thw);
+    wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
     wg_commit();
     wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
     __syncthreads();  // ... and the other's: its buffer is free
-    const int next = kk + prm.stages - 1;
-    const int rest = Thw - lead;
-    int it = 0;
-    for (int thw = lead; thw < Thw; ++thw) {
-      tap(thw);
-      if (next < nK) {  // rounds up to the share of this tap
-        const int it1 = (iters * (thw - lead + 1) + rest - 1) / rest;
-        issue(next, it, it1);
-        it = it1;
-      }
-    }
-    if (next < nK) issue(next, it, iters);  // (all of it when lead = Thw)
-    wg_commit();
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1, 0, iters);
     cp_async_commit();
+    for (int t = lead; t < Thw; t += kWgChunk)
+      wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
+    wg_commit();
   }
   wg_wait<0>();
   cp_async_wait(0);  // no copy may be in flight past this point
