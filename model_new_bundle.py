@@ -271,6 +271,7 @@ struct WinParams {
   int window_bytes;
   int stage_bytes;
   int stages;
+  int table_offset;
   bool round_a;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
@@ -955,6 +956,8 @@ constexpr int kWgN = 256;
 constexpr int kWgGroups = 2;
 constexpr int kWgQ = kWgN * kWgGroups;
 constexpr int kWgTapBytes = 2 * kWgM * 16;
+constexpr int kWgEpPitch = kWgQ + 8;
+constexpr int kWgEpBytes = kWgM * kWgEpPitch * 4;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
 #endif
@@ -1025,6 +1028,32 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_
   }
 #endif
 }
+constexpr int kWgChunk = 8;
+template <typename T, int N>
+__device__ __forceinline__ void wg_taps_n(float (&acc)[128], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
+  int shift[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) shift[j] = sh[j];
+  wg_fence();
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    wgmma_n256<T>(acc, wg_desc(a + j * kWgTapBytes, kWgM * 16, 128),
+                  wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128));
+}
+template <typename T>
+__device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, uint32_t b, const int* sh,
+                                        int slice_bytes) {
+  switch (n) {
+    case 1: wg_taps_n<T, 1>(acc, a, b, sh, slice_bytes); break;
+    case 2: wg_taps_n<T, 2>(acc, a, b, sh, slice_bytes); break;
+    case 3: wg_taps_n<T, 3>(acc, a, b, sh, slice_bytes); break;
+    case 4: wg_taps_n<T, 4>(acc, a, b, sh, slice_bytes); break;
+    case 5: wg_taps_n<T, 5>(acc, a, b, sh, slice_bytes); break;
+    case 6: wg_taps_n<T, 6>(acc, a, b, sh, slice_bytes); break;
+    case 7: wg_taps_n<T, 7>(acc, a, b, sh, slice_bytes); break;
+    default: wg_taps_n<T, 8>(acc, a, b, sh, slice_bytes); break;
+  }
+}
 __global__ void wgmma_probe_kernel(int* out) {
 #ifdef CT3D_WGMMA
   *out = 1;
@@ -1090,7 +1119,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int wh0 = jh0 + win_off_min(wd[1]);
   const int ww0 = win_off_min(wd[2]);
   const int qoff = q0 - jh0 * C;
-  int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
+  int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);
@@ -1125,14 +1154,14 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
   const int iters = (win_pieces + w_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  auto issue = [&](int kk) {
+  auto issue = [&](int kk, int it0, int it1) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
     const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
     const int tap0 = td * Thw;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int it = 0; it < iters; ++it) {
+    for (int it = it0; it < it1; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
@@ -1150,7 +1179,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(st, 0, iters);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
@@ -1167,53 +1196,50 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     }
     fence_proxy_async();
     __syncthreads();
-    wg_fence();
-    for (int thw = 0; thw < Thw; ++thw) {
-      const uint64_t da = wg_desc(buf + prm.window_bytes + thw * kWgTapBytes, kWgM * 16, 128);
-      const uint64_t db = wg_desc(buf + b_off + uint32_t(sh_tab[thw]) * 16, slice_bytes, 128);
-      wgmma_n256<T>(acc, da, db);
-    }
+    const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+    const int lead = min(kWgChunk, Thw);
+    wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
     wg_commit();
     wg_wait<1>();
     __syncthreads();
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1, 0, iters);
     cp_async_commit();
+    for (int t = lead; t < Thw; t += kWgChunk)
+      wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
+    wg_commit();
   }
   wg_wait<0>();
   cp_async_wait(0);
+  __syncthreads();
+  float* ep = reinterpret_cast<float*>(smem);
+  {
+    const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
+#pragma unroll
+    for (int i = 0; i < 32; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * kWgN + 8 * i + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(ep + row * kWgEpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
+      }
+  }
+  __syncthreads();
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
-  float bv[2];
-  int64_t cbase[2];
-  bool cok[2];
+  const int nco = min(kWgM, int(prm.out_cg) - co0);
+  const int64_t c0 = int64_t(g) * prm.out_cg + co0;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int co = co0 + 16 * w4 + lane / 4 + 8 * h;
-    cok[h] = co < prm.out_cg;
-    const int64_t c = int64_t(g) * prm.out_cg + co;
-    cbase[h] = prm.out_l.at(n, c, 0);
-    bv[h] = (bias && cok[h]) ? float(bias[c]) : 0.f;
-  }
-  int q = q0 + wg * kWgN + 2 * (lane % 4);
-  int jh = q / C, jw = q - jh * C;
-#pragma unroll
-  for (int i = 0; i < 32; ++i) {
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      int h2 = jh, w2 = jw + e;
-      if (w2 >= C) { w2 -= C; ++h2; }
-      if (h2 < Ph && w2 < Pw) {
-        const int oh = wd[1].oc + wd[1].os * h2, ow = wd[2].oc + wd[2].os * w2;
-        const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          if (cok[h]) out[cbase[h] + pos * prm.out_l.v] = T(acc[4 * i + 2 * h + e] + bv[h]);
-      }
+  for (int half = 0; half < 2; ++half) {
+    const int ql = threadIdx.x + 256 * half, q = q0 + ql;
+    const int jh = q / C, jw = q - jh * C;
+    if (jh >= Ph || jw >= Pw) continue;
+    const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
+    const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
+    T* o = out + prm.out_l.at(n, c0, pos);
+    for (int co = 0; co < nco; ++co) {
+      const float v = ep[co * kWgEpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      o[co * prm.out_l.c] = T(v);
     }
-    jw += 8;
-    while (jw >= C) { jw -= C; ++jh; }
   }
 #endif
 }
@@ -1269,7 +1295,9 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  const int64_t smem = stages * stage_bytes + table_bytes;
+  const int64_t body = std::max<int64_t>(stages * stage_bytes, kWgEpBytes);
+  const int64_t smem = body + table_bytes;
+  if (smem > optin) return false;
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -1292,6 +1320,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.window_bytes = int(window_bytes);
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
+  prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
