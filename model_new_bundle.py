@@ -316,6 +316,31 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
   const int reach = (w.T > 1 ? w.T - 1 : 0) * w.dstep;
   return w.off0 + (reach < 0 ? reach : 0);
 }
+__device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
+                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt) {
+  const int Thw = wd[1].T * wd[2].T;
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * t_scale);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = (sh * C + sw) * unit;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(src_d)) vtd[nvt++] = td;
+    }
+    *s_nvt = nvt;
+  }
+  __syncthreads();
+  return *s_nvt;
+}
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -519,27 +544,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
-  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    w_tab[t] = int(r * tap_stride);
-    if (td == 0) {
-      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-      sh_tab[thw] = (sh * C + sw) * kWinPos;
-    }
-  }
-  if (threadIdx.x == 0) {
-    int nvt = 0;
-    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
-      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
-    }
-    s_nvt = nvt;
-  }
-  __syncthreads();
-  const int nvt = s_nvt;
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, kWinPos, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;
   int a_base[MI];
 #pragma unroll
@@ -1123,27 +1128,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);
-  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    w_tab[t] = int(r * tap_stride);
-    if (td == 0) {
-      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-      sh_tab[thw] = sh * C + sw;
-    }
-  }
-  if (threadIdx.x == 0) {
-    int nvt = 0;
-    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
-      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
-    }
-    s_nvt = nvt;
-  }
-  __syncthreads();
-  const int nvt = s_nvt;
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;

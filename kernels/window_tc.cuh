@@ -152,6 +152,37 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
   return w.off0 + (reach < 0 ? reach : 0);
 }
 
+// Tap tables of one block in shared memory, both window kernels: w_tab[t] = weight offset
+// (t_scale units: words of its tap) of tap t = (td, th, tw) of sub-problem wd; sh_tab[(th,
+// tw)] = the window shift of that tap in a window of C columns, times unit (bytes a
+// position, or 1); vtd = the depth taps whose source plane output plane jd reads is inside
+// the source (src_d planes). Returns their number. Every thread of the block calls it.
+__device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
+                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt) {
+  const int Thw = wd[1].T * wd[2].T;
+  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
+    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
+    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
+                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    w_tab[t] = int(r * t_scale);
+    if (td == 0) {
+      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
+      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      sh_tab[thw] = (sh * C + sw) * unit;
+    }
+  }
+  if (threadIdx.x == 0) {
+    int nvt = 0;
+    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
+      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
+      if (unsigned(id) < unsigned(src_d)) vtd[nvt++] = td;
+    }
+    *s_nvt = nvt;
+  }
+  __syncthreads();
+  return *s_nvt;
+}
+
 // ============================================================================
 // PTX helpers (sm_80+)
 // ============================================================================
@@ -408,27 +439,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
-  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    w_tab[t] = int(r * tap_stride);
-    if (td == 0) {
-      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-      sh_tab[thw] = (sh * C + sw) * kWinPos;
-    }
-  }
-  if (threadIdx.x == 0) {
-    int nvt = 0;
-    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
-      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
-    }
-    s_nvt = nvt;
-  }
-  __syncthreads();
-  const int nvt = s_nvt;
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, kWinPos, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;  // stages
 
   // ldmatrix row of this lane in each m16 tile: row (lane & 7) + 8 * ((lane >> 3) & 1),

@@ -247,27 +247,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);  // ntiles: co tiles
-  for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
-    w_tab[t] = int(r * tap_stride);
-    if (td == 0) {
-      const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
-      sh_tab[thw] = sh * C + sw;
-    }
-  }
-  if (threadIdx.x == 0) {
-    int nvt = 0;
-    for (int td = 0; Thw > 0 && td < wd[0].T; ++td) {
-      const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-      if (unsigned(id) < unsigned(prm.src_sz[0])) vtd[nvt++] = td;
-    }
-    s_nvt = nvt;
-  }
-  __syncthreads();
-  const int nvt = s_nvt;
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;  // stages
 
   // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
