@@ -404,6 +404,14 @@ __host__ __device__ inline uint32_t fast_div_magic(uint32_t d) { return d <= 1 ?
 __device__ __forceinline__ int fast_div(int p, uint32_t magic) {
   return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
 }
+template <typename E>
+__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int C, uint32_t c_magic, int wh0,
+                                                  int ww0, int H, int W, int64_t pk_v, int kc) {
+  const int r = fast_div(p, c_magic), c = p - r * C;
+  const int ih = wh0 + r, iw = ww0 + c;
+  if (unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
+  return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
+}
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
@@ -578,11 +586,9 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
-        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
-        const int ih = wh0 + r, iw = ww0 + c;
-        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-        cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+        const int p = q >> 1;
+        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
       } else if (BS && q < win_pieces + b_pieces) {
         const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
         cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,
@@ -955,6 +961,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   return true;
 }
 }
+#include <vector>
 namespace ct3d {
 constexpr int kWgM = 64;
 constexpr int kWgN = 256;
@@ -1139,21 +1146,19 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
   const int iters = (win_pieces + w_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  auto issue = [&](int kk, int it0, int it1) {
+  auto issue = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
     const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
     const int tap0 = td * Thw;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int it = it0; it < it1; ++it) {
+    for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
-        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
-        const int ih = wh0 + r, iw = ww0 + c;
-        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s, ok ? 16 : 0);
+        const int p = q >> 1;
+        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
       } else if (q < win_pieces + w_pieces) {
         const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
         cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
@@ -1164,7 +1169,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 #pragma unroll
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st, 0, iters);
+    if (st < nK) issue(st);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
@@ -1187,7 +1192,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     wg_commit();
     wg_wait<1>();
     __syncthreads();
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1, 0, iters);
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
     cp_async_commit();
     for (int t = lead; t < Thw; t += kWgChunk)
       wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
@@ -1229,10 +1234,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 #endif
 }
 inline bool wgmma_available(int dev) {
-  static int cache[64];
-  static bool init = [] { for (int& c : cache) c = -1; return true; }();
-  (void)init;
-  if (dev < 0 || dev >= 64) return false;
+  static std::vector<int> cache(64, -1);
+  if (dev < 0 || dev >= int(cache.size())) return false;
   if (cache[dev] >= 0) return cache[dev] == 1;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major != 9 || prop->minor != 0) return (cache[dev] = 0) == 1;

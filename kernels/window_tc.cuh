@@ -263,6 +263,19 @@ __device__ __forceinline__ int fast_div(int p, uint32_t magic) {
   return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
 }
 
+// Where window piece half (0 or 1: bytes 0-15 or 16-31 of the chunk) of window position p
+// (row p / C, column p % C; c_magic = fast_div_magic(C)) comes from: the source plane at
+// base (rows H x columns W, pk_v elements a position, kc channels a chunk), its row wh0 + r,
+// column ww0 + c; null outside it (the copy then writes zeros). Both window kernels.
+template <typename E>
+__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int C, uint32_t c_magic, int wh0,
+                                                  int ww0, int H, int W, int64_t pk_v, int kc) {
+  const int r = fast_div(p, c_magic), c = p - r * C;
+  const int ih = wh0 + r, iw = ww0 + c;
+  if (unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
+  return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
+}
+
 // 16-byte global -> shared copy; src_bytes = 0 writes zeros (the source is not read).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -486,11 +499,9 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
-        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
-        const int ih = wh0 + r, iw = ww0 + c;
-        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-        cp_async16(dst + p * kWinPos + (q & 1) * 16, s, ok ? 16 : 0);
+        const int p = q >> 1;
+        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
       } else if (BS && q < win_pieces + b_pieces) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
         const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
         cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,

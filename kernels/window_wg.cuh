@@ -36,6 +36,8 @@
 #pragma once
 #include "window_tc.cuh"
 
+#include <vector>
+
 namespace ct3d {
 
 constexpr int kWgM = 64;                 // output channels a block (wgmma M)
@@ -262,22 +264,20 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
   const int iters = (win_pieces + w_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  // Copies rounds it0 .. it1 - 1 of stage kk (round it: pieces it * 256 + threadIdx.x).
-  auto issue = [&](int kk, int it0, int it1) {
+  // Copies stage kk (round it: pieces it * 256 + threadIdx.x).
+  auto issue = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
     const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
     const int tap0 = td * Thw;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    for (int it = it0; it < it1; ++it) {
+    for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
-        const int p = q >> 1, r = fast_div(p, c_magic), c = p - r * C;
-        const int ih = wh0 + r, iw = ww0 + c;
-        const bool ok = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-        const E* s = ok ? base + (int64_t(ih) * W + iw) * prm.pk_v + (q & 1) * (KC / 2) : base;
-        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s, ok ? 16 : 0);
+        const int p = q >> 1;
+        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
       } else if (q < win_pieces + w_pieces) {
         const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
         cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   for (int i = 0; i < 128; ++i) acc[i] = 0.f;
 
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st, 0, iters);
+    if (st < nK) issue(st);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     wg_commit();
     wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
     __syncthreads();  // ... and the other's: its buffer is free
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1, 0, iters);
+    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
     cp_async_commit();
     for (int t = lead; t < Thw; t += kWgChunk)
       wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
@@ -374,10 +374,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 // sm_90a): probed once per device by a one-thread kernel. Not probed during stream capture
 // (the probe synchronizes): model_new.py probes every GPU at import.
 inline bool wgmma_available(int dev) {
-  static int cache[64];
-  static bool init = [] { for (int& c : cache) c = -1; return true; }();
-  (void)init;
-  if (dev < 0 || dev >= 64) return false;
+  static std::vector<int> cache(64, -1);  // per device: -1 not probed, 0 no, 1 yes
+  if (dev < 0 || dev >= int(cache.size())) return false;
   if (cache[dev] >= 0) return cache[dev] == 1;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (prop->major != 9 || prop->minor != 0) return (cache[dev] = 0) == 1;
