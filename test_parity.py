@@ -366,6 +366,16 @@ WGMMA_CASES = {
                              size=(3, 9, 30)),
     # stride 2 (phases) and groups in the forward; its grad input stays on mma.sync
     "stride2_groups": conv_cfg(32, 64, 3, s=2, p=1, op=1, g=2, batch=1, size=(3, 10, 17)),
+    # grad weight on wgmma: 16 dy channels (4 taps a 64-row set), 30 taps in one block
+    # (the last set half full), 288-position planes (a partial last tile)
+    "wgrad_thin_dy": conv_cfg(32, 16, (2, 3, 5), bias=True, batch=2, size=(3, 12, 24)),
+    # grad weight on wgmma: 48 ci (N = 48), 72 dy channels in chunks, a plane's 25 taps
+    # split over blocks, padding
+    "wgrad_wide_sub_groups": conv_cfg(48, 72, (2, 5, 5), p=(1, 2, 0), batch=1, size=(2, 8, 32)),
+    # grad weight on wgmma: stride 2 (window positions 2 apart), dilation in h, groups with
+    # 20 ci (zero columns of N) and 12 dy channels (a zero-padded chunk)
+    "wgrad_stride2_dilation_groups": conv_cfg(40, 24, 3, s=2, p=1, op=1, d=(1, 2, 1), g=2, batch=1,
+                                              size=(2, 6, 16)),
 }
 
 
@@ -374,7 +384,8 @@ WGMMA_CASES = {
 @pytest.mark.parametrize("mode", ["fp32_tf32", "bf16", "fp16"])
 @pytest.mark.parametrize("case", list(WGMMA_CASES))
 def test_wgmma_window_kernel(case, mode, layout):
-    """The wgmma forward and grad input wherever they can run; a Hopper GPU must run them."""
+    """The wgmma forward, grad input and grad weight wherever they can run; a Hopper GPU must
+    run them."""
     if torch.cuda.get_device_capability() == (9, 0):
         assert mn.load_extension().wgmma_available(torch.cuda.current_device())
     check_against_truth(WGMMA_CASES[case], mode, algo="tc_wgmma", layout=layout)

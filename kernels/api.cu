@@ -13,7 +13,7 @@ template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, cons
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
+template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool, int64_t);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_bias(const at::Tensor&, at::Tensor&, const Problem&);
 template <typename T> void forward_direct(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&);
@@ -223,7 +223,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
       if (direct) {
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
-        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
+        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32, algo);
         TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);

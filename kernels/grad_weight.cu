@@ -14,7 +14,9 @@
 // floats) is chosen from the blocks that fit on the card at once so that no wave runs
 // part-empty (wgrad_splits).
 //
-// Two kernels compute the split partials. grad_weight_tc (tensor cores, the default):
+// Three kernels compute the split partials. On Hopper (sm_90a build) wgrad_wg_kernel, the
+// same blocks on wgmma, turned around (its section says how). Elsewhere, and for 3xTF32,
+// wgrad_tc_kernel (mma.sync):
 // block (split, chunk of 8*NT dy channels, group g and tap group) walks tiles of 128 input
 // positions (one plane of one batch item each). For each tile it has in shared memory
 //   - the x tile xt[ci][position] (cp.async, 16-byte pieces, where x's positions are
@@ -42,6 +44,7 @@
 // Sections: the FFMA Gemm, the tensor-core kernel, reduction kernels, launchers.
 #include "common.cuh"
 #include "window_tc.cuh"
+#include "window_wg.cuh"
 
 namespace ct3d {
 
@@ -170,6 +173,13 @@ struct WgradTcParams {
                            // needs positions contiguous and 16-byte aligned; else one x tile
                            // loaded through registers
   bool round_a;            // TF32: round the x tile (the pack rounds dy)
+  // wgrad_wg_kernel only:
+  int ch;                  // dy channels a block (a multiple of 8)
+  int rs;                  // window elements a position (ch, or more: 8 mod 16)
+  int xt_bytes;            // an x tile
+  int64_t slice;           // dy packed slice-major (PackSlices): elements a (group, chunk) slice
+  bool bulk;               // window rows by bulk copies (each row inside dy: see plan_wgrad_wg)
+  const void* zrow;        // zeros, a window row's worth: the source of rows outside dy
 };
 
 // Taps per warp. One block per SM (the default): as many as keep the accumulators
@@ -186,6 +196,28 @@ __host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split
 // Blocks per SM the launch bounds ask for: two where the accumulators are 32 floats or fewer.
 __host__ __device__ constexpr int wgrad_min_blocks(int mt, int tpw, int nt, bool split3) {
   return tpw * mt * nt * 4 * (split3 ? 3 : 1) <= 32 ? 2 : 1;
+}
+
+// The taps of tap group tg: tap0 .. tap0 + ntaps - 1 (flat order; see WgradTcParams).
+__device__ __forceinline__ void wgrad_group_taps(const WgradTcParams& prm, int tg, int& tap0, int& ntaps) {
+  const int kvol = int(prm.P.kvol()), ptaps = int(prm.P.k[1] * prm.P.k[2]);
+  if (prm.sub_groups > 1) {  // part sub of plane tg / sub_groups
+    const int sub = tg % prm.sub_groups;
+    tap0 = (tg / prm.sub_groups) * ptaps + sub * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, ptaps - sub * prm.taps_per_group);
+  } else {  // whole planes
+    tap0 = tg * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, kvol - tap0);
+  }
+}
+// Window shift (positions) of tap `tap` in a window of R rows x C columns a plane whose
+// first plane is the one kernel-depth plane rd0 reaches.
+__device__ __forceinline__ int wgrad_tap_shift(const Problem& P, const WinDim (&wd)[3], int tap, int rd0, int R, int C) {
+  const int ptaps = int(P.k[1] * P.k[2]);
+  const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
+  const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
+  const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
+  return (rd * R + sh) * C + sw;
 }
 
 // MT m16 tiles of input channels (all of Cin/G), NT n8 tiles of dy channels (the chunk),
@@ -220,17 +252,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const int chunk = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
-  const int ptaps = int(P.k[1] * P.k[2]);  // taps a kernel-depth plane
   int tap0, ntaps;  // the group's taps: tap0 .. tap0 + ntaps - 1
-  if (prm.sub_groups > 1) {  // part sub of plane tg / sub_groups
-    const int sub = tg % prm.sub_groups;
-    tap0 = (tg / prm.sub_groups) * ptaps + sub * prm.taps_per_group;
-    ntaps = min(prm.taps_per_group, ptaps - sub * prm.taps_per_group);
-  } else {  // whole planes
-    tap0 = tg * prm.taps_per_group;
-    ntaps = min(prm.taps_per_group, kvol - tap0);
-  }
-  const int rd0 = tap0 / ptaps;  // the window's first plane
+  wgrad_group_taps(prm, tg, tap0, ntaps);
+  const int rd0 = tap0 / int(P.k[1] * P.k[2]);  // the window's first plane
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
 
@@ -239,13 +263,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 #pragma unroll
   for (int t = 0; t < TPW; ++t) {
     const int q = t * 8 + warp, tap = tap0 + q;
-    shw[t] = 0;
-    if (q < ntaps) {
-      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
-      const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-      shw[t] = ((rd * R + sh) * C + sw) * RS;
-    }
+    shw[t] = q < ntaps ? wgrad_tap_shift(P, wd, tap, rd0, R, C) * RS : 0;
   }
 
   float acc[TPW][MT][NT][4], blk[SPLIT3 ? TPW : 1][MT][4], cor[SPLIT3 ? TPW : 1][MT][4];
@@ -469,6 +487,259 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 }
 
 // ============================================================================
+// Tensor-core kernel on wgmma (sm_90a)
+// ============================================================================
+// wgrad_wg_kernel: wgrad_tc_kernel's blocks, tiles, windows and copies, with the GEMM
+// turned around so that the operand that does not move with the tap -- the x tile -- is
+// the one wgmma reads through a descriptor:
+//   D[row (tap t, dy channel co)][ci] += sum over the tile's positions p of
+//                                        dyw[p + shift(t)][co] * x[p][ci]
+//   M: the block's taps x CH dy channels, row = t * CH + co, in sets of 64 (wgmma M); the
+//      2 warpgroups take sets wg, wg + 2, ... (at most NS each)
+//   N: Cin/G, padded to NW = 32, 48 or 64
+//   K: a tile's BM input positions (of one plane), 16 (16-bit) or 8 (TF32) a wgmma
+// A comes from registers, so each 8-row group of a set is its own (tap, 8 channels) pair,
+// loaded from the dy window at that tap's shift: ldmatrix.trans in 16-bit (one address a
+// position row, so any shift works), four 4-byte loads in TF32 (RS = 8 mod 16 elements a
+// position: conflict-free). A set may mix taps, so thin dy (kb58: 16 channels, 4 taps a
+// set) fills M as well as wide dy does.
+// B: the x tile as [position / EP][NW channels][EP positions] (EP positions = 16 bytes):
+// wgmma's no-swizzle K-major core matrices, LBO = NW * 16 bytes, SBO = 128. Channels past
+// Cin/G and positions past the plane are zero-filled by the copies.
+// A k-step: each warpgroup loads its sets' A fragments, fences, issues one wgmma a set in
+// straight-line code (a switch over the set count) and waits for them before the next
+// k-step's loads overwrite A; the other warpgroup's wgmmas keep the tensor pipe busy
+// meanwhile.
+template <typename T> __host__ __device__ constexpr int wgrad_wg_bm() { return std::is_same<T, float>::value ? 128 : 256; }
+// Sets (64 rows of M) a warpgroup: NS * NW / 2 accumulator floats, 112-128 a thread.
+__host__ __device__ constexpr int wgrad_wg_sets(int nw) { return nw == 32 ? 7 : nw == 48 ? 5 : 4; }
+
+// The wgmmas of U sets after one fence, then their commit.
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_wg_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a[s], db);
+  wg_commit();
+}
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db, int u) {
+  switch (u) {
+    case 1: wgrad_wg_mmas<T, NW, NS, 1>(acc, a, db); break;
+    case 2: wgrad_wg_mmas<T, NW, NS, 2>(acc, a, db); break;
+    case 3: wgrad_wg_mmas<T, NW, NS, 3>(acc, a, db); break;
+    case 4: wgrad_wg_mmas<T, NW, NS, 4>(acc, a, db); break;
+    case 5: if constexpr (NS >= 5) wgrad_wg_mmas<T, NW, NS, 5>(acc, a, db); break;
+    case 6: if constexpr (NS >= 6) wgrad_wg_mmas<T, NW, NS, 6>(acc, a, db); break;
+    case 7: if constexpr (NS >= 7) wgrad_wg_mmas<T, NW, NS, 7>(acc, a, db); break;
+    default: break;
+  }
+}
+
+template <typename T, int NW>
+__global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
+#ifdef CT3D_WGMMA
+  constexpr bool K16 = !std::is_same<T, float>::value;
+  using W = typename WinElem<T>::type;
+  constexpr int NS = wgrad_wg_sets(NW), BM = wgrad_wg_bm<T>();
+  constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
+  constexpr int EP = 16 / int(sizeof(W));  // positions a 16-byte piece
+  constexpr int XPR = BM / EP;             // pieces a channel row of the x tile
+  static_assert(XPR % 2 == 0, "x pieces go in pairs");
+  extern __shared__ __align__(128) unsigned char smem[];
+  // S windows, S x tiles, the position table (BM ints), S mbarriers (bulk copies)
+  const int S = prm.windows;
+  unsigned char* xt0 = smem + S * prm.window_bytes;
+  int* pos_tab = reinterpret_cast<int*>(xt0 + S * prm.xt_bytes);
+  const uint32_t bars = smem_u32(pos_tab + BM);
+  const Problem& P = prm.P;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);  // positions = input voxels, multiplier s, taps r
+  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
+  const int chunk = blockIdx.y, split = blockIdx.x;
+  if (prm.bulk && threadIdx.x == 0) {
+    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int gq = lane / 4, tq = lane % 4;
+  const int R = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs;
+  int tap0, ntaps;
+  wgrad_group_taps(prm, tg, tap0, ntaps);
+  const int rd0 = tap0 / int(P.k[1] * P.k[2]);
+  const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int nsets = (ntaps * CH + 63) / 64;
+  const int my_sets = nsets > wg ? (nsets - wg + 1) / 2 : 0;  // sets wg, wg + 2, ...
+
+  // Window element offset of block row m = (tap m / CH, channel m % CH); rows past the
+  // group's taps read its first tap (their sums are never stored).
+  auto row_off = [&](int m) {
+    const int tl = m / CH, co = m - tl * CH;
+    return wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + co;
+  };
+  // 16-bit: ldmatrix.x4.trans matrix j = lane / 8 is A's rows 8 * (j % 2) .. + 7 (of the
+  // warp's 16) at positions 8 * (j / 2) .. + 7, and this lane addresses its row lane % 8
+  // (a position): a0..a3 as m16n8k16's A. TF32: this lane's rows gq and gq + 8.
+  int off0[NS], off1[NS];
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    const int m = (2 * s + wg) * 64 + 16 * w4;
+    off0[s] = row_off(m + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+    off1[s] = K16 ? 0 : row_off(m + gq + 8);
+  }
+
+  float acc[NS][NW / 2];
+#pragma unroll
+  for (int s = 0; s < NS; ++s)
+#pragma unroll
+    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
+
+  const T* __restrict__ x = static_cast<const T*>(prm.x);
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;  // pk_v = RS
+  struct TilePos { int64_t n; int jd, m0; };
+  auto tile_pos = [&](int64_t tile) {
+    const int64_t rest = tile / prm.tiles_per_plane;
+    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * BM};
+  };
+  // A tile's copies: x_pieces 16-byte pieces of x tile, then win_pieces of window; thread t
+  // copies pieces t, t + 256, ... x piece q: positions 2 * (q / 2 / NW) + q % 2 (in EP
+  // units) of channel q / 2 % NW -- a lane pair reads one 32-byte sector, and the pieces
+  // of a warp land in 16 distinct 16-byte bank groups twice. With prm.bulk, thread 0
+  // copies the window a row (C positions x RS elements, contiguous in the slice-major
+  // pack) at a time instead, completing on the buffer's mbarrier.
+  const int pieces = CH * int(sizeof(W)) / 16;  // a window position's
+  const int win_pieces = prm.bulk ? 0 : Td * R * C * pieces, x_pieces = NW * XPR;
+  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
+  const int iters = (win_pieces + x_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
+  const uint32_t p_magic = fast_div_magic(uint32_t(pieces));
+  auto issue_tile = [&](const TilePos& tp, int b) {
+    const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
+    const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int ow0 = win_off_min(wd[2]);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
+    const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
+    if (prm.bulk && threadIdx.x == 0) {
+      const uint32_t bar = bars + 8 * b;
+      mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
+      for (int rr = 0; rr < Td * R; ++rr) {
+        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
+      }
+    }
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < x_pieces) {
+        const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1), pp = kc * EP, left = plane - (m0 + pp);
+        const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+        cp_async16(xdst + (kc * NW + ci) * 16, bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
+      } else if (q - x_pieces < win_pieces) {  // the dy window: planes x R rows x C columns, zero outside dy
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic), pc = qw - p * pieces;
+        const int rr = fast_div(p, c_magic), c = p - rr * C;
+        const int td = fast_div(rr, r_magic), r = rr - td * R;
+        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * RS + pc * (16 / int(sizeof(W))) : base;
+        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+      }
+    }
+  };
+  for (int st = 0; st + 1 < S; ++st) {  // the first S - 1 tiles
+    if (t_begin + st < t_end) issue_tile(tile_pos(t_begin + st), st);
+    cp_async_commit();
+  }
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
+    const TilePos tp = tile_pos(tile);
+    const int m0 = tp.m0, jh0 = m0 / Wd;
+    __syncthreads();  // the previous tile's loads and wgmmas are done with pos_tab and its buffer
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(tile_pos(tile + S - 1), buf == 0 ? S - 1 : buf - 1);
+    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
+    for (int p = threadIdx.x; p < BM; p += blockDim.x) {  // window offset of each tile position
+      const int m = min(m0 + p, plane - 1);
+      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
+    }
+    cp_async_wait(S - 1);  // this tile's copies have landed
+    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);  // and its window rows
+    if constexpr (!K16) {
+      if (prm.round_a) {  // TF32: each thread rounds the x pieces it copied (the pack rounds dy)
+        float* xf = reinterpret_cast<float*>(xt0 + buf * prm.xt_bytes);
+        for (int q = threadIdx.x; q < x_pieces; q += 256) {
+          const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
+          float4* v = reinterpret_cast<float4*>(xf + (kc * NW + ci) * 4);
+          const float4 f = *v;
+          *v = make_float4(round_tf32(f.x), round_tf32(f.y), round_tf32(f.z), round_tf32(f.w));
+        }
+      }
+    }
+    fence_proxy_async();  // the x tile (cp.async and the rounding) visible to wgmma
+    __syncthreads();
+
+    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
+    const uint32_t xt = smem_u32(xt0 + buf * prm.xt_bytes);
+    if (my_sets > 0) {
+      for (int k0 = 0; k0 < BM; k0 += KW) {
+        uint32_t a[NS][4];
+        if constexpr (K16) {
+          const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
+#pragma unroll
+          for (int s = 0; s < NS; ++s)
+            if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
+        } else {
+          const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
+          const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
+#pragma unroll
+          for (int s = 0; s < NS; ++s)
+            if (s < my_sets) {
+              a[s][0] = __float_as_uint(wf[pa + off0[s]]);
+              a[s][1] = __float_as_uint(wf[pa + off1[s]]);
+              a[s][2] = __float_as_uint(wf[pb + off0[s]]);
+              a[s][3] = __float_as_uint(wf[pb + off1[s]]);
+            }
+        }
+        // B: the x tile's core matrices of positions k0 .. k0 + KW - 1
+        const uint64_t db = wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128);
+        wgrad_wg_step<T, NW, NS>(acc, a, db, my_sets);
+        wg_wait<0>();  // A is free for the next k-step
+      }
+    }
+  }
+  cp_async_wait(0);  // no copy may be in flight when the block exits
+
+  // ---- partials of this split: ws[split][g*Cin/G + ci][co][tap] ----
+  // accumulator d[4i + 2h + e] of set s holds D[row 16 * w4 + gq + 8h][column 8i + 2tq + e]
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s >= my_sets) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = (2 * s + wg) * 64 + 16 * w4 + gq + 8 * h, tl = m / CH, co = chunk * CH + m - tl * CH;
+      if (tl >= ntaps || co >= cout_g) continue;
+#pragma unroll
+      for (int i = 0; i < NW / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ci = 8 * i + 2 * tq + e;
+          if (ci < cin_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = acc[s][4 * i + 2 * h + e];
+        }
+    }
+  }
+#endif
+}
+
+// ============================================================================
 // Reduction kernels (fixed order: deterministic)
 // ============================================================================
 template <typename T>
@@ -499,6 +770,50 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
 // ============================================================================
 // Launchers
 // ============================================================================
+// What both tensor-core launchers work out the same way: the tap groups (see
+// WgradTcParams) for blocks of at most `cap` taps, the window (rows and columns: the most
+// a tile of bm positions needs) and whether x tiles can come by cp.async.
+struct WgradGeometry {
+  int64_t bm, tap_groups, sub_groups, taps_per_group, win_planes, rows, cols;
+  bool x_async;  // positions contiguous and every 16-byte piece of a channel row aligned
+  void fill(WgradTcParams& prm, const Problem& P) const {
+    prm.tiles_per_plane = int((P.in[1] * P.in[2] + bm - 1) / bm);
+    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+    prm.tap_groups = int(tap_groups);
+    prm.sub_groups = int(sub_groups);
+    prm.taps_per_group = int(taps_per_group);
+    prm.win_planes = int(win_planes);
+    prm.R = int(rows);
+    prm.C = int(cols);
+  }
+};
+inline WgradGeometry wgrad_geometry(const Problem& P, const at::Tensor& x, int64_t bm, int64_t cap, int64_t elem) {
+  WgradGeometry geo{bm, 0, 1, 0, 1, 0, 0, false};
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  // rows a tile reaches: bm / W when tiles are whole rows, else one more than they span
+  const int64_t trows = bm % wd[2].P == 0 ? bm / wd[2].P : (bm + wd[2].P - 1) / wd[2].P + 1;
+  geo.rows = (std::min<int64_t>(wd[1].P, trows) - 1) * wd[1].mult + win_span(wd[1]) + 1;
+  geo.cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+  // taps split evenly over the fewest blocks that hold them: whole planes where a plane's
+  // taps fit in a block, as many as fit and divide kD (equal groups); else parts of planes
+  const int64_t ptaps = P.k[1] * P.k[2];
+  if (ptaps <= cap) {
+    geo.win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
+    while (P.k[0] % geo.win_planes != 0) --geo.win_planes;
+    geo.tap_groups = P.k[0] / geo.win_planes;
+    geo.taps_per_group = geo.win_planes * ptaps;
+  } else {
+    geo.sub_groups = (ptaps + cap - 1) / cap;
+    geo.taps_per_group = (ptaps + geo.sub_groups - 1) / geo.sub_groups;
+    geo.tap_groups = P.k[0] * geo.sub_groups;
+  }
+  const int64_t ep = 16 / elem;
+  geo.x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
+                reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  return geo;
+}
+
 using WgradKernel = void (*)(WgradTcParams);
 
 template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
@@ -538,68 +853,134 @@ inline int64_t wgrad_splits(int64_t base, int64_t slots, int64_t most) {
   return sp;
 }
 
-// Tensor cores; false (launching nothing) where the kernel does not fit: sm < 80,
-// Cin/G > 64, or a window larger than shared memory. With db (not null), grad bias comes
-// from the dy pack's channel sums.
+// A grad weight launch on tensor cores: the kernel and what its parameters need beyond the
+// problem and the tensors.
+struct WgradPlan {
+  WgradKernel kernel = nullptr;
+  WgradGeometry geo{};
+  int64_t chunk_ch = 0;  // dy channels a block (blockIdx.y: chunks of them)
+  int64_t window_bytes = 0, xt_bytes = 0, smem = 0;
+  int windows = 0;
+  bool wg = false;       // wgrad_wg_kernel (dy packed slice-major, RS elements a position)
+  int64_t rs = 0;
+  bool bulk = false;     // wgrad_wg_kernel: window rows by bulk copies
+};
+
+template <typename T, int NW>
+static WgradKernel wgrad_wg_instance() { return wgrad_wg_kernel<T, NW>; }
+
+// wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32 or 16-bit, 17..64
+// input channels a group (N = 32, 48 or 64), x tiles by cp.async, two buffers in shared
+// memory. The dy channels a block (chunks of at most 64, multiples of 8): the count of
+// chunks whose blocks issue the fewest sets of 64 rows in all (fewer chunks on ties).
 template <typename T>
-bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
-                    const Problem& P, bool tf32) {
-  const int dev = dy.get_device();
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
-  if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
+bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  if ((!k16 && !tf32) || P.cin_g() < 17 || P.cin_g() > 64 || !wgmma_available(dev)) return false;
+  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
+  const int64_t rows_cap = 2 * int64_t(wgrad_wg_sets(nw)) * 64;  // M rows a block
+  const int64_t bm = wgrad_wg_bm<T>(), optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
+  int64_t best = -1;
+  for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
+    const int64_t ch = ((cout_g + chunks - 1) / chunks + 7) / 8 * 8;
+    if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
+    const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
+    if (!geo.x_async) return false;
+    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
+    const int64_t wbytes = (geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
+    const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T));
+    auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };  // + position table, mbarriers
+    const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
+    if (windows == 0) continue;
+    int64_t sets = 0;  // sets issued a tile position, all blocks
+    for (int64_t tg = 0; tg < geo.tap_groups; ++tg) {
+      const int64_t ntaps = geo.sub_groups > 1
+                                ? std::min(geo.taps_per_group, ptaps - (tg % geo.sub_groups) * geo.taps_per_group)
+                                : std::min(geo.taps_per_group, kvol - tg * geo.taps_per_group);
+      sets += (ntaps * ch + 63) / 64;
+    }
+    sets *= chunks;
+    if (best >= 0 && sets >= best) continue;
+    best = sets;
+    pl.geo = geo;
+    pl.chunk_ch = ch;
+    pl.rs = rs;
+    pl.window_bytes = wbytes;
+    pl.xt_bytes = xt;
+    pl.windows = windows;
+    pl.smem = smem_for(windows);
+  }
+  if (best < 0) return false;
+  pl.wg = true;
+  // Window rows whole from dy where each row's C columns lie inside dy's width (rows
+  // outside dy come from a zero row): one bulk copy a row instead of 16-byte pieces
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
+  pl.kernel = nw == 32 ? wgrad_wg_instance<T, 32>() : nw == 48 ? wgrad_wg_instance<T, 48>() : wgrad_wg_instance<T, 64>();
+  return true;
+}
+
+// wgrad_tc_kernel (mma.sync) where it fits: sm >= 80, Cin/G <= 64, the buffers in shared
+// memory.
+template <typename T>
+bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cudaDeviceProp* prop, WgradPlan& pl) {
+  if (prop->major < 8 || P.cin_g() > 64) return false;
   constexpr bool k16 = !std::is_same<T, float>::value;
   const int mt = int((P.cin_g() + 15) / 16);
   const bool split3 = !k16 && !tf32;
   const int nt = k16 && P.cout_g() > 8 ? 2 : 1;  // dy channels a block: 8 * nt
   const bool two = !k16 && !split3 && mt <= 2;  // two blocks per SM (see wgrad_tpw)
   const int tpw = wgrad_tpw(mt, nt, k16, split3, two);
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
-  const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
-                       win_span(wd[1]) + 1;
-  const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+  pl.geo = wgrad_geometry(P, x, kWgBM, 8 * int64_t(tpw), int64_t(sizeof(T)));
   using W = typename WinElem<T>::type;  // dy window element (see the kernel)
-  // tap groups (see WgradTcParams): whole planes where a plane's taps fit in a block
-  const int64_t ptaps = P.k[1] * P.k[2], cap = 8 * int64_t(tpw);
-  int64_t tap_groups, sub_groups = 1, taps_per_group, win_planes = 1;
-  if (ptaps <= cap) {
-    // planes a group: the most that fit and divide kD (equal groups)
-    win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
-    while (P.k[0] % win_planes != 0) --win_planes;
-    tap_groups = P.k[0] / win_planes;
-    taps_per_group = win_planes * ptaps;
-  } else {
-    sub_groups = (ptaps + cap - 1) / cap;
-    taps_per_group = (ptaps + sub_groups - 1) / sub_groups;
-    tap_groups = P.k[0] * sub_groups;
-  }
-  const int64_t wbytes = (win_planes * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
-  const int64_t xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
-  // x by cp.async: positions contiguous, every 16-byte piece of a channel row aligned
-  const int64_t ep = 16 / int64_t(sizeof(T));
-  const bool x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
-                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  pl.window_bytes = (pl.geo.win_planes * pl.geo.rows * pl.geo.cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
+  pl.xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
   auto smem_for = [&](int64_t windows) {
-    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
+    return windows * pl.window_bytes + (pl.geo.x_async ? windows : 1) * pl.xt_bytes + kWgBM * 4;
   };
   // Buffers: three where they fit beside the blocks per SM we aim for (two for TF32 with
   // mt <= 2), else two, else one.
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t per_block = two ? std::min<int64_t>(optin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024) : optin;
-  const int windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
-  const int64_t smem = smem_for(windows);
-  if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
-  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  pl.windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
+  pl.smem = smem_for(pl.windows);
+  if (pl.smem > optin) return false;
+  pl.chunk_ch = 8 * nt;
+  pl.kernel = wgrad_kernel<T>(mt, nt, split3, two);
+  return true;
+}
+
+// Tensor cores; false (launching nothing) where no kernel fits (see the plans). algo:
+// kTcMma takes mma.sync, kTcWgmma wgmma wherever it runs, the others wgmma where it runs.
+// With db (not null), grad bias comes from the dy pack's channel sums.
+template <typename T>
+bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                    const Problem& P, bool tf32, int64_t algo) {
+  const int dev = dy.get_device();
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  WgradPlan pl;
+  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
+                       plan_wgrad_mma<T>(x, P, tf32, prop, pl);
+  if (!planned) return false;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(pl.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(pl.smem)));
   int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pl.kernel, 256, pl.smem));
   auto stream = at::cuda::getCurrentCUDAStream();
 
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
   // zero-padded to whole chunks, so the window copies are 16-byte cp.async pieces
-  const int64_t chunk_ch = 8 * nt, chunks = (P.cout_g() + chunk_ch - 1) / chunk_ch;
-  const int64_t cg_pad = chunks * chunk_ch, gc = P.G * cg_pad, out_vol = P.out_vol();
-  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db);
+  // (wgmma: slice-major, each (group, chunk) slice [N][vol][RS], so a window row is contiguous)
+  const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
+  const at::Tensor dyp =
+      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true} : PackSlices{1, 0, false});
+  at::Tensor zrow;
+  if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
 
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
@@ -607,20 +988,18 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
+  prm.slice = out_vol * cg_pad;
+  prm.bulk = pl.bulk;
+  prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;
-  prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
-  prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
-  // taps split evenly over the fewest blocks that hold them
-  prm.tap_groups = int(tap_groups);
-  prm.sub_groups = int(sub_groups);
-  prm.taps_per_group = int(taps_per_group);
-  prm.win_planes = int(win_planes);
-  prm.R = int(rows);
-  prm.C = int(cols);
-  prm.window_bytes = int(wbytes);
-  prm.windows = windows;
-  prm.x_async = x_async;
+  pl.geo.fill(prm, P);
+  prm.window_bytes = int(pl.window_bytes);
+  prm.windows = pl.windows;
+  prm.x_async = pl.geo.x_async;
   prm.round_a = !k16 && tf32;
+  prm.ch = int(pl.chunk_ch);
+  prm.rs = int(pl.rs);
+  prm.xt_bytes = int(pl.xt_bytes);
   const int64_t base = chunks * P.G * prm.tap_groups;
   int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
                                 std::min<int64_t>(prm.total_tiles, kMaxSplits));
@@ -632,7 +1011,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  kernel<<<grid, 256, smem, stream>>>(prm);
+  pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
@@ -687,7 +1066,7 @@ void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   template void grad_weight_tiled<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,      \
                                      const Problem&, bool);                                  \
   template bool grad_weight_tc<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,         \
-                                  at::Tensor*, const Problem&, bool);
+                                  at::Tensor*, const Problem&, bool, int64_t);
 CT3D_INSTANTIATE_WGRAD(float)
 CT3D_INSTANTIATE_WGRAD(at::Half)
 CT3D_INSTANTIATE_WGRAD(at::BFloat16)

@@ -303,11 +303,20 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 #endif
 }
 
+// How pack_src splits each group's channels: chunks slices of chunk_ch channels, each
+// padded to cg_pad (chunks = 1, chunk_ch = cg: one slice a group), stored
+// [N][vol][G * chunks][cg_pad] or, slice_major, [N][G * chunks][vol][cg_pad] (each slice's
+// positions contiguous: grad weight on wgmma copies window rows whole).
+struct PackSlices {
+  int64_t chunks, chunk_ch;
+  bool slice_major;
+};
+
 // ============================================================================
 // Kernels
 // ============================================================================
-// src (strides l) -> dst[n][v][g*cg_pad + cc] (E), zero for cc >= cg, rounded to TF32 (ties
-// to even) when round. A 32 x 32 (position x packed channel) tile transposes through
+// src (strides l) -> dst[n][v][g*cg_pad + cc] (E; other slicings: PackSlices), zero for
+// cc >= cg, rounded to TF32 (ties to even) when round. A 32 x 32 (position x packed channel) tile transposes through
 // shared memory so both the reads along positions and the writes along channels coalesce;
 // block x walks position tiles x, x + gridDim.x, ...
 // sums (may be null): the block's per-channel sums of the values it read (before any
@@ -316,7 +325,8 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // grid: (slices, ceil(gc/32), N), 256 threads.
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
-                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums) {
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums,
+                                PackSlices sl) {
   __shared__ float tile[32][33];
   __shared__ double part[8][32];
   const int64_t c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
@@ -326,8 +336,9 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     __syncthreads();  // the previous tile has been read out
     for (int i = ty; i < 32; i += 8) {
       const int64_t c = c0 + i, v = v0 + tx;
-      const int64_t g = c / cg_pad, cc = c - g * cg_pad;
-      tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+      const int64_t gs = c / cg_pad, cc = c - gs * cg_pad;  // slice gs = (group, chunk)
+      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;  // channel in group g
+      tile[i][tx] = (c < gc && cc < sl.chunk_ch && ch < cg && v < vol) ? float(src[l.at(n, g * cg + ch, v)]) : 0.f;
     }
     __syncthreads();
     for (int i = ty; i < 32; i += 8) {
@@ -335,7 +346,9 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
       if (v < vol && c < gc) {
         const float val = tile[tx][i];
         if (sums != nullptr) sum += double(val);  // uniform: only the grad-weight pack sums
-        dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+        const int64_t at = sl.slice_major ? ((n * (gc / cg_pad) + c / cg_pad) * vol + v) * cg_pad + c % cg_pad
+                                          : (n * vol + v) * gc + c;
+        dst[at] = E(round ? round_tf32(val) : val);
       }
     }
   }
@@ -353,10 +366,11 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
 // in that order. One thread per channel.
 template <typename T>
 __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
-                                 int64_t G, int64_t cg, int64_t cg_pad) {
+                                 int64_t G, int64_t cg, int64_t cg_pad, PackSlices sl) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= G * cg) return;
-  const int64_t gc = G * cg_pad, pc = (c / cg) * cg_pad + c % cg;
+  const int64_t gc = G * sl.chunks * cg_pad, g = c / cg, ch = c % cg;
+  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + ch % sl.chunk_ch;
   double acc = 0.0;
   for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
   db[c] = cast_out<T>(acc);
@@ -683,13 +697,16 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
 // Host
 // ============================================================================
 // src (strides l: N batch items x G groups of cg channels x vol positions) packed by
-// pack_src_kernel into a new [N][vol][G][cg_pad] tensor of type E (TF32-rounded when round).
+// pack_src_kernel into a new [N][vol][G][cg_pad] tensor of type E (TF32-rounded when round;
+// sl: other slicings, see PackSlices).
 // With bias (a defined tensor of G*cg elements of type T), the pack also writes the sum of
 // src over batch and positions per channel there (grad bias from the grad-weight pack).
 template <typename T, typename E>
 at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
-                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr) {
-  const int64_t gc = G * cg_pad;
+                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr,
+                    PackSlices sl = PackSlices{1, 0, false}) {
+  if (sl.chunk_ch == 0) sl.chunk_ch = cg;
+  const int64_t gc = G * sl.chunks * cg_pad;
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
   // Slices of the positions: enough blocks in all to keep the copy busy (about 2048),
@@ -703,11 +720,11 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
     const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
     pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
                                                     l, vol, cg, cg_pad, gc, round,
-                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr);
+                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr, sl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (bias != nullptr) {
       pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
-          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad);
+          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad, sl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   } else if (bias != nullptr) {
