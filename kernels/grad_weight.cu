@@ -601,10 +601,19 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;  // pk_v = RS
+  // tile -> batch item n, input plane jd, first position m0 of the plane; walked one tile
+  // at a time (next) rather than divided out each tile
   struct TilePos { int64_t n; int jd, m0; };
   auto tile_pos = [&](int64_t tile) {
     const int64_t rest = tile / prm.tiles_per_plane;
     return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * BM};
+  };
+  auto next = [&](TilePos& tp) {
+    tp.m0 += BM;
+    if (tp.m0 >= prm.tiles_per_plane * BM) {
+      tp.m0 = 0;
+      if (++tp.jd == wd[0].P) tp.jd = 0, ++tp.n;
+    }
   };
   // A tile's copies: x_pieces 16-byte pieces of x tile, then win_pieces of window; thread t
   // copies pieces t, t + 256, ... x piece q: positions 2 * (q / 2 / NW) + q % 2 (in EP
@@ -653,22 +662,33 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       }
     }
   };
-  for (int st = 0; st + 1 < S; ++st) {  // the first S - 1 tiles
-    if (t_begin + st < t_end) issue_tile(tile_pos(t_begin + st), st);
-    cp_async_commit();
-  }
-  int buf = 0;
-  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
-    const TilePos tp = tile_pos(tile);
-    const int m0 = tp.m0, jh0 = m0 / Wd;
-    __syncthreads();  // the previous tile's loads and wgmmas are done with pos_tab and its buffer
-    if (S == 1) issue_tile(tp, 0);
-    else if (tile + S - 1 < t_end) issue_tile(tile_pos(tile + S - 1), buf == 0 ? S - 1 : buf - 1);
-    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
-    for (int p = threadIdx.x; p < BM; p += blockDim.x) {  // window offset of each tile position
-      const int m = min(m0 + p, plane - 1);
+  // Window offset of each tile position. Tiles of whole rows (BM a multiple of W) all have
+  // the same table, made once (positions past the plane's end fall on window rows that
+  // exist; x is zero there); else made each tile.
+  const bool row_tiles = BM % Wd == 0;
+  auto make_pos_tab = [&](int m0) {
+    const int jh0 = m0 / Wd;
+    for (int p = threadIdx.x; p < BM; p += blockDim.x) {
+      const int m = row_tiles ? m0 + p : min(m0 + p, plane - 1);
       pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
     }
+  };
+  if (row_tiles) make_pos_tab(0);  // read after the first tile's barrier
+  TilePos ahead = tile_pos(t_begin);  // the next tile to copy
+  for (int st = 0; st + 1 < S; ++st) {  // the first S - 1 tiles
+    if (t_begin + st < t_end) issue_tile(ahead, st);
+    cp_async_commit();
+    next(ahead);
+  }
+  TilePos tp = tile_pos(t_begin);
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
+    __syncthreads();  // the previous tile's loads and wgmmas are done with pos_tab and its buffer
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
+    if (S > 1) next(ahead);
+    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
+    if (!row_tiles) make_pos_tab(tp.m0);
     cp_async_wait(S - 1);  // this tile's copies have landed
     if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);  // and its window rows
     if constexpr (!K16) {
@@ -687,31 +707,43 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
 
     const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
     const uint32_t xt = smem_u32(xt0 + buf * prm.xt_bytes);
-    if (my_sets > 0) {
-      for (int k0 = 0; k0 < BM; k0 += KW) {
-        uint32_t a[NS][4];
-        if constexpr (K16) {
-          const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
+    // A fragments of the k-step at positions k0 .. k0 + KW - 1
+    auto load_a = [&](uint32_t (&a)[NS][4], int k0) {
+      if constexpr (K16) {
+        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
 #pragma unroll
-          for (int s = 0; s < NS; ++s)
-            if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
-        } else {
-          const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
-          const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
+        for (int s = 0; s < NS; ++s)
+          if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
+      } else {
+        const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
+        const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
 #pragma unroll
-          for (int s = 0; s < NS; ++s)
-            if (s < my_sets) {
-              a[s][0] = __float_as_uint(wf[pa + off0[s]]);
-              a[s][1] = __float_as_uint(wf[pa + off1[s]]);
-              a[s][2] = __float_as_uint(wf[pb + off0[s]]);
-              a[s][3] = __float_as_uint(wf[pb + off1[s]]);
-            }
-        }
-        // B: the x tile's core matrices of positions k0 .. k0 + KW - 1
-        const uint64_t db = wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128);
-        wgrad_wg_step<T, NW, NS>(acc, a, db, my_sets);
-        wg_wait<0>();  // A is free for the next k-step
+        for (int s = 0; s < NS; ++s)
+          if (s < my_sets) {
+            a[s][0] = __float_as_uint(wf[pa + off0[s]]);
+            a[s][1] = __float_as_uint(wf[pa + off1[s]]);
+            a[s][2] = __float_as_uint(wf[pb + off0[s]]);
+            a[s][3] = __float_as_uint(wf[pb + off1[s]]);
+          }
       }
+    };
+    // k-step k0's wgmmas (A from a; B = the x tile's core matrices of its positions), then
+    // the next k-step's A into the other buffer once k-step k0 - KW's wgmmas (which read
+    // it) are done: the loads run while k-step k0's wgmmas do.
+    auto step = [&](const uint32_t (&a)[NS][4], uint32_t (&next)[NS][4], int k0) {
+      wgrad_wg_step<T, NW, NS>(acc, a, wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
+      wg_wait<1>();
+      if (k0 + KW < BM) load_a(next, k0 + KW);
+    };
+    if (my_sets > 0) {
+      static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
+      uint32_t a0[NS][4], a1[NS][4];
+      load_a(a0, 0);
+      for (int k0 = 0; k0 < BM; k0 += 2 * KW) {
+        step(a0, a1, k0);
+        step(a1, a0, k0 + KW);
+      }
+      wg_wait<0>();  // this tile's wgmmas are done with the buffer
     }
   }
   cp_async_wait(0);  // no copy may be in flight when the block exits
