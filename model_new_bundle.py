@@ -435,9 +435,14 @@ __device__ __forceinline__ void cp_async_wait(int n) {
   else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
 #endif
 }
+struct PackSlices {
+  int64_t chunks, chunk_ch;
+  bool slice_major;
+};
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
-                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums) {
+                                int64_t cg, int64_t cg_pad, int64_t gc, bool round, double* __restrict__ sums,
+                                PackSlices sl) {
   __shared__ float tile[32][33];
   __shared__ double part[8][32];
   const int64_t c0 = int64_t(blockIdx.y) * 32, n = blockIdx.z;
@@ -447,8 +452,9 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     __syncthreads();
     for (int i = ty; i < 32; i += 8) {
       const int64_t c = c0 + i, v = v0 + tx;
-      const int64_t g = c / cg_pad, cc = c - g * cg_pad;
-      tile[i][tx] = (c < gc && cc < cg && v < vol) ? float(src[l.at(n, g * cg + cc, v)]) : 0.f;
+      const int64_t gs = c / cg_pad, cc = c - gs * cg_pad;
+      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;
+      tile[i][tx] = (c < gc && cc < sl.chunk_ch && ch < cg && v < vol) ? float(src[l.at(n, g * cg + ch, v)]) : 0.f;
     }
     __syncthreads();
     for (int i = ty; i < 32; i += 8) {
@@ -456,7 +462,9 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
       if (v < vol && c < gc) {
         const float val = tile[tx][i];
         if (sums != nullptr) sum += double(val);
-        dst[(n * vol + v) * gc + c] = E(round ? round_tf32(val) : val);
+        const int64_t at = sl.slice_major ? ((n * (gc / cg_pad) + c / cg_pad) * vol + v) * cg_pad + c % cg_pad
+                                          : (n * vol + v) * gc + c;
+        dst[at] = E(round ? round_tf32(val) : val);
       }
     }
   }
@@ -471,10 +479,11 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
 }
 template <typename T>
 __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
-                                 int64_t G, int64_t cg, int64_t cg_pad) {
+                                 int64_t G, int64_t cg, int64_t cg_pad, PackSlices sl) {
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= G * cg) return;
-  const int64_t gc = G * cg_pad, pc = (c / cg) * cg_pad + c % cg;
+  const int64_t gc = G * sl.chunks * cg_pad, g = c / cg, ch = c % cg;
+  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + ch % sl.chunk_ch;
   double acc = 0.0;
   for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
   db[c] = cast_out<T>(acc);
@@ -750,8 +759,10 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
 }
 template <typename T, typename E>
 at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
-                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr) {
-  const int64_t gc = G * cg_pad;
+                    int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr,
+                    PackSlices sl = PackSlices{1, 0, false}) {
+  if (sl.chunk_ch == 0) sl.chunk_ch = cg;
+  const int64_t gc = G * sl.chunks * cg_pad;
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
   const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
@@ -763,11 +774,11 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
     const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
     pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
                                                     l, vol, cg, cg_pad, gc, round,
-                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr);
+                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr, sl);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (bias != nullptr) {
       pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
-          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad);
+          sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad, sl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   } else if (bias != nullptr) {
@@ -998,6 +1009,34 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+#ifdef CT3D_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_fence_init() {
+#ifdef CT3D_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive_expect(uint32_t bar, uint32_t bytes) {
+#ifdef CT3D_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#ifdef CT3D_WGMMA
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#ifdef CT3D_WGMMA
+  asm volatile("{\n.reg .pred p;\nCT3D_MBAR_WAIT_%=:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+               "@!p bra CT3D_MBAR_WAIT_%=;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+#endif
+}
 #define CT3D_WG_D                                                                               \
   "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
@@ -1065,6 +1104,61 @@ __device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, ui
     case 7: wg_taps_n<T, 7>(acc, a, b, sh, slice_bytes); break;
     default: wg_taps_n<T, 8>(acc, a, b, sh, slice_bytes); break;
   }
+}
+#define CT3D_F8(d, i) \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+#define CT3D_RS_IN(a, db) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)
+template <typename T, int NW>
+__device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)[4], uint64_t db) {
+#ifdef CT3D_WGMMA
+  static_assert(NW == 32 || NW == 48 || NW == 64, "wgmma_rs: NW is 32, 48 or 64");
+  if constexpr (NW == 32 && std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 32 && std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 32 && std::is_same<T, float>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "{%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 48 && std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "{%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 48 && std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "{%24, %25, %26, %27}, %28, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 48 && std::is_same<T, float>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %29, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k8.f32.tf32.tf32 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "{%24, %25, %26, %27}, %28, p, 1, 1;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 64 && std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 64 && std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_RS_IN(a, db));
+  } else if constexpr (NW == 64 && std::is_same<T, float>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_RS_IN(a, db));
+  }
+#endif
 }
 __global__ void wgmma_probe_kernel(int* out) {
 #ifdef CT3D_WGMMA
@@ -1634,6 +1728,12 @@ struct WgradTcParams {
   int windows;
   bool x_async;
   bool round_a;
+  int ch;
+  int rs;
+  int xt_bytes;
+  int64_t slice;
+  bool bulk;
+  const void* zrow;
 };
 __host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3, bool two) {
   if (split3) return mt >= 4 ? 1 : 4 / mt;
@@ -1642,6 +1742,24 @@ __host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split
 }
 __host__ __device__ constexpr int wgrad_min_blocks(int mt, int tpw, int nt, bool split3) {
   return tpw * mt * nt * 4 * (split3 ? 3 : 1) <= 32 ? 2 : 1;
+}
+__device__ __forceinline__ void wgrad_group_taps(const WgradTcParams& prm, int tg, int& tap0, int& ntaps) {
+  const int kvol = int(prm.P.kvol()), ptaps = int(prm.P.k[1] * prm.P.k[2]);
+  if (prm.sub_groups > 1) {
+    const int sub = tg % prm.sub_groups;
+    tap0 = (tg / prm.sub_groups) * ptaps + sub * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, ptaps - sub * prm.taps_per_group);
+  } else {
+    tap0 = tg * prm.taps_per_group;
+    ntaps = min(prm.taps_per_group, kvol - tap0);
+  }
+}
+__device__ __forceinline__ int wgrad_tap_shift(const Problem& P, const WinDim (&wd)[3], int tap, int rd0, int R, int C) {
+  const int ptaps = int(P.k[1] * P.k[2]);
+  const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
+  const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
+  const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
+  return (rd * R + sh) * C + sw;
 }
 template <typename T, int MT, int TPW, int NT, bool SPLIT3>
 __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wgrad_tc_kernel(const WgradTcParams prm) {
@@ -1667,30 +1785,16 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const int chunk = blockIdx.y, split = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
   const int kvol = int(P.kvol()), R = prm.R, C = prm.C;
-  const int ptaps = int(P.k[1] * P.k[2]);
   int tap0, ntaps;
-  if (prm.sub_groups > 1) {
-    const int sub = tg % prm.sub_groups;
-    tap0 = (tg / prm.sub_groups) * ptaps + sub * prm.taps_per_group;
-    ntaps = min(prm.taps_per_group, ptaps - sub * prm.taps_per_group);
-  } else {
-    tap0 = tg * prm.taps_per_group;
-    ntaps = min(prm.taps_per_group, kvol - tap0);
-  }
-  const int rd0 = tap0 / ptaps;
+  wgrad_group_taps(prm, tg, tap0, ntaps);
+  const int rd0 = tap0 / int(P.k[1] * P.k[2]);
   const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g());
   int shw[TPW];
 #pragma unroll
   for (int t = 0; t < TPW; ++t) {
     const int q = t * 8 + warp, tap = tap0 + q;
-    shw[t] = 0;
-    if (q < ntaps) {
-      const int rw = tap % int(P.k[2]), rh = (tap / int(P.k[2])) % int(P.k[1]), rd = tap / ptaps - rd0;
-      const int sh = wd[1].off0 + rh * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-      shw[t] = ((rd * R + sh) * C + sw) * RS;
-    }
+    shw[t] = q < ntaps ? wgrad_tap_shift(P, wd, tap, rd0, R, C) * RS : 0;
   }
   float acc[TPW][MT][NT][4], blk[SPLIT3 ? TPW : 1][MT][4], cor[SPLIT3 ? TPW : 1][MT][4];
 #pragma unroll
@@ -1888,6 +1992,234 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   }
 #endif
 }
+template <typename T> __host__ __device__ constexpr int wgrad_wg_bm() { return std::is_same<T, float>::value ? 128 : 256; }
+__host__ __device__ constexpr int wgrad_wg_sets(int nw) { return nw == 32 ? 7 : nw == 48 ? 5 : 4; }
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_wg_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a[s], db);
+  wg_commit();
+}
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db, int u) {
+  switch (u) {
+    case 1: wgrad_wg_mmas<T, NW, NS, 1>(acc, a, db); break;
+    case 2: wgrad_wg_mmas<T, NW, NS, 2>(acc, a, db); break;
+    case 3: wgrad_wg_mmas<T, NW, NS, 3>(acc, a, db); break;
+    case 4: wgrad_wg_mmas<T, NW, NS, 4>(acc, a, db); break;
+    case 5: if constexpr (NS >= 5) wgrad_wg_mmas<T, NW, NS, 5>(acc, a, db); break;
+    case 6: if constexpr (NS >= 6) wgrad_wg_mmas<T, NW, NS, 6>(acc, a, db); break;
+    case 7: if constexpr (NS >= 7) wgrad_wg_mmas<T, NW, NS, 7>(acc, a, db); break;
+    default: break;
+  }
+}
+template <typename T, int NW>
+__global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
+#ifdef CT3D_WGMMA
+  constexpr bool K16 = !std::is_same<T, float>::value;
+  using W = typename WinElem<T>::type;
+  constexpr int NS = wgrad_wg_sets(NW), BM = wgrad_wg_bm<T>();
+  constexpr int KW = K16 ? 16 : 8;
+  constexpr int EP = 16 / int(sizeof(W));
+  constexpr int XPR = BM / EP;
+  static_assert(XPR % 2 == 0, "x pieces go in pairs");
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int S = prm.windows;
+  unsigned char* xt0 = smem + S * prm.window_bytes;
+  int* pos_tab = reinterpret_cast<int*>(xt0 + S * prm.xt_bytes);
+  const uint32_t bars = smem_u32(pos_tab + BM);
+  const Problem& P = prm.P;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
+  const int chunk = blockIdx.y, split = blockIdx.x;
+  if (prm.bulk && threadIdx.x == 0) {
+    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int gq = lane / 4, tq = lane % 4;
+  const int R = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs;
+  int tap0, ntaps;
+  wgrad_group_taps(prm, tg, tap0, ntaps);
+  const int rd0 = tap0 / int(P.k[1] * P.k[2]);
+  const int Wd = wd[2].P, plane = wd[1].P * wd[2].P;
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int nsets = (ntaps * CH + 63) / 64;
+  const int my_sets = nsets > wg ? (nsets - wg + 1) / 2 : 0;
+  auto row_off = [&](int m) {
+    const int tl = m / CH, co = m - tl * CH;
+    return wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + co;
+  };
+  int off0[NS], off1[NS];
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    const int m = (2 * s + wg) * 64 + 16 * w4;
+    off0[s] = row_off(m + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+    off1[s] = K16 ? 0 : row_off(m + gq + 8);
+  }
+  float acc[NS][NW / 2];
+#pragma unroll
+  for (int s = 0; s < NS; ++s)
+#pragma unroll
+    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
+  const T* __restrict__ x = static_cast<const T*>(prm.x);
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
+  struct TilePos { int64_t n; int jd, m0; };
+  auto tile_pos = [&](int64_t tile) {
+    const int64_t rest = tile / prm.tiles_per_plane;
+    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * BM};
+  };
+  auto next = [&](TilePos& tp) {
+    tp.m0 += BM;
+    if (tp.m0 >= prm.tiles_per_plane * BM) {
+      tp.m0 = 0;
+      if (++tp.jd == wd[0].P) tp.jd = 0, ++tp.n;
+    }
+  };
+  const int pieces = CH * int(sizeof(W)) / 16;
+  const int win_pieces = prm.bulk ? 0 : Td * R * C * pieces, x_pieces = NW * XPR;
+  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
+  const int iters = (win_pieces + x_pieces + 255) / 256;
+  const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
+  const uint32_t p_magic = fast_div_magic(uint32_t(pieces));
+  auto issue_tile = [&](const TilePos& tp, int b) {
+    const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
+    const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
+    const int ow0 = win_off_min(wd[2]);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
+    const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
+    if (prm.bulk && threadIdx.x == 0) {
+      const uint32_t bar = bars + 8 * b;
+      mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
+      for (int rr = 0; rr < Td * R; ++rr) {
+        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
+      }
+    }
+    for (int it = 0; it < iters; ++it) {
+      const int q = threadIdx.x + it * 256;
+      if (q < x_pieces) {
+        const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1), pp = kc * EP, left = plane - (m0 + pp);
+        const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
+        cp_async16(xdst + (kc * NW + ci) * 16, bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
+      } else if (q - x_pieces < win_pieces) {
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic), pc = qw - p * pieces;
+        const int rr = fast_div(p, c_magic), c = p - rr * C;
+        const int td = fast_div(rr, r_magic), r = rr - td * R;
+        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
+        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * RS + pc * (16 / int(sizeof(W))) : base;
+        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+      }
+    }
+  };
+  const bool row_tiles = BM % Wd == 0;
+  auto make_pos_tab = [&](int m0) {
+    const int jh0 = m0 / Wd;
+    for (int p = threadIdx.x; p < BM; p += blockDim.x) {
+      const int m = row_tiles ? m0 + p : min(m0 + p, plane - 1);
+      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
+    }
+  };
+  if (row_tiles) make_pos_tab(0);
+  TilePos ahead = tile_pos(t_begin);
+  for (int st = 0; st + 1 < S; ++st) {
+    if (t_begin + st < t_end) issue_tile(ahead, st);
+    cp_async_commit();
+    next(ahead);
+  }
+  TilePos tp = tile_pos(t_begin);
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
+    __syncthreads();
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
+    if (S > 1) next(ahead);
+    cp_async_commit();
+    if (!row_tiles) make_pos_tab(tp.m0);
+    cp_async_wait(S - 1);
+    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);
+    if constexpr (!K16) {
+      if (prm.round_a) {
+        float* xf = reinterpret_cast<float*>(xt0 + buf * prm.xt_bytes);
+        for (int q = threadIdx.x; q < x_pieces; q += 256) {
+          const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
+          float4* v = reinterpret_cast<float4*>(xf + (kc * NW + ci) * 4);
+          const float4 f = *v;
+          *v = make_float4(round_tf32(f.x), round_tf32(f.y), round_tf32(f.z), round_tf32(f.w));
+        }
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
+    const uint32_t xt = smem_u32(xt0 + buf * prm.xt_bytes);
+    auto load_a = [&](uint32_t (&a)[NS][4], int k0) {
+      if constexpr (K16) {
+        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
+#pragma unroll
+        for (int s = 0; s < NS; ++s)
+          if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
+      } else {
+        const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
+        const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
+#pragma unroll
+        for (int s = 0; s < NS; ++s)
+          if (s < my_sets) {
+            a[s][0] = __float_as_uint(wf[pa + off0[s]]);
+            a[s][1] = __float_as_uint(wf[pa + off1[s]]);
+            a[s][2] = __float_as_uint(wf[pb + off0[s]]);
+            a[s][3] = __float_as_uint(wf[pb + off1[s]]);
+          }
+      }
+    };
+    auto step = [&](const uint32_t (&a)[NS][4], uint32_t (&next)[NS][4], int k0) {
+      wgrad_wg_step<T, NW, NS>(acc, a, wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
+      wg_wait<1>();
+      if (k0 + KW < BM) load_a(next, k0 + KW);
+    };
+    if (my_sets > 0) {
+      static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
+      uint32_t a0[NS][4], a1[NS][4];
+      load_a(a0, 0);
+      for (int k0 = 0; k0 < BM; k0 += 2 * KW) {
+        step(a0, a1, k0);
+        step(a1, a0, k0 + KW);
+      }
+      wg_wait<0>();
+    }
+  }
+  cp_async_wait(0);
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s >= my_sets) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = (2 * s + wg) * 64 + 16 * w4 + gq + 8 * h, tl = m / CH, co = chunk * CH + m - tl * CH;
+      if (tl >= ntaps || co >= cout_g) continue;
+#pragma unroll
+      for (int i = 0; i < NW / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ci = 8 * i + 2 * tq + e;
+          if (ci < cin_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = acc[s][4 * i + 2 * h + e];
+        }
+    }
+  }
+#endif
+}
 template <typename T>
 __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ dw,
                                   int64_t numel, int splits) {
@@ -1909,6 +2241,43 @@ __global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy
   }
   const double sum = block_sum_256(acc);
   if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
+}
+struct WgradGeometry {
+  int64_t bm, tap_groups, sub_groups, taps_per_group, win_planes, rows, cols;
+  bool x_async;
+  void fill(WgradTcParams& prm, const Problem& P) const {
+    prm.tiles_per_plane = int((P.in[1] * P.in[2] + bm - 1) / bm);
+    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+    prm.tap_groups = int(tap_groups);
+    prm.sub_groups = int(sub_groups);
+    prm.taps_per_group = int(taps_per_group);
+    prm.win_planes = int(win_planes);
+    prm.R = int(rows);
+    prm.C = int(cols);
+  }
+};
+inline WgradGeometry wgrad_geometry(const Problem& P, const at::Tensor& x, int64_t bm, int64_t cap, int64_t elem) {
+  WgradGeometry geo{bm, 0, 1, 0, 1, 0, 0, false};
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int64_t trows = bm % wd[2].P == 0 ? bm / wd[2].P : (bm + wd[2].P - 1) / wd[2].P + 1;
+  geo.rows = (std::min<int64_t>(wd[1].P, trows) - 1) * wd[1].mult + win_span(wd[1]) + 1;
+  geo.cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+  const int64_t ptaps = P.k[1] * P.k[2];
+  if (ptaps <= cap) {
+    geo.win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
+    while (P.k[0] % geo.win_planes != 0) --geo.win_planes;
+    geo.tap_groups = P.k[0] / geo.win_planes;
+    geo.taps_per_group = geo.win_planes * ptaps;
+  } else {
+    geo.sub_groups = (ptaps + cap - 1) / cap;
+    geo.taps_per_group = (ptaps + geo.sub_groups - 1) / geo.sub_groups;
+    geo.tap_groups = P.k[0] * geo.sub_groups;
+  }
+  const int64_t ep = 16 / elem;
+  geo.x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
+                reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  return geo;
 }
 using WgradKernel = void (*)(WgradTcParams);
 template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
@@ -1939,76 +2308,129 @@ inline int64_t wgrad_splits(int64_t base, int64_t slots, int64_t most) {
   while (cost(sp) > 1.04 * best) ++sp;
   return sp;
 }
+struct WgradPlan {
+  WgradKernel kernel = nullptr;
+  WgradGeometry geo{};
+  int64_t chunk_ch = 0;
+  int64_t window_bytes = 0, xt_bytes = 0, smem = 0;
+  int windows = 0;
+  bool wg = false;
+  int64_t rs = 0;
+  bool bulk = false;
+};
+template <typename T, int NW>
+static WgradKernel wgrad_wg_instance() { return wgrad_wg_kernel<T, NW>; }
 template <typename T>
-bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
-                    const Problem& P, bool tf32) {
-  const int dev = dy.get_device();
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
-  if (prop->major < 8 || P.cin_g() > 64 || dw.numel() == 0 || P.N * P.in_vol() == 0) return false;
+bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  if ((!k16 && !tf32) || P.cin_g() < 17 || P.cin_g() > 64 || !wgmma_available(dev)) return false;
+  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
+  const int64_t rows_cap = 2 * int64_t(wgrad_wg_sets(nw)) * 64;
+  const int64_t bm = wgrad_wg_bm<T>(), optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
+  int64_t best = -1;
+  for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
+    const int64_t ch = ((cout_g + chunks - 1) / chunks + 7) / 8 * 8;
+    if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
+    const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
+    if (!geo.x_async) return false;
+    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
+    const int64_t wbytes = (geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
+    const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T));
+    auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };
+    const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
+    if (windows == 0) continue;
+    int64_t sets = 0;
+    for (int64_t tg = 0; tg < geo.tap_groups; ++tg) {
+      const int64_t ntaps = geo.sub_groups > 1
+                                ? std::min(geo.taps_per_group, ptaps - (tg % geo.sub_groups) * geo.taps_per_group)
+                                : std::min(geo.taps_per_group, kvol - tg * geo.taps_per_group);
+      sets += (ntaps * ch + 63) / 64;
+    }
+    sets *= chunks;
+    if (best >= 0 && sets >= best) continue;
+    best = sets;
+    pl.geo = geo;
+    pl.chunk_ch = ch;
+    pl.rs = rs;
+    pl.window_bytes = wbytes;
+    pl.xt_bytes = xt;
+    pl.windows = windows;
+    pl.smem = smem_for(windows);
+  }
+  if (best < 0) return false;
+  pl.wg = true;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
+  pl.kernel = nw == 32 ? wgrad_wg_instance<T, 32>() : nw == 48 ? wgrad_wg_instance<T, 48>() : wgrad_wg_instance<T, 64>();
+  return true;
+}
+template <typename T>
+bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cudaDeviceProp* prop, WgradPlan& pl) {
+  if (prop->major < 8 || P.cin_g() > 64) return false;
   constexpr bool k16 = !std::is_same<T, float>::value;
   const int mt = int((P.cin_g() + 15) / 16);
   const bool split3 = !k16 && !tf32;
   const int nt = k16 && P.cout_g() > 8 ? 2 : 1;
   const bool two = !k16 && !split3 && mt <= 2;
   const int tpw = wgrad_tpw(mt, nt, k16, split3, two);
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
-  const int64_t rows = (std::min<int64_t>(wd[1].P, (kWgBM + wd[2].P - 1) / wd[2].P + 1) - 1) * wd[1].mult +
-                       win_span(wd[1]) + 1;
-  const int64_t cols = int64_t(wd[2].P - 1) * wd[2].mult + win_span(wd[2]) + 1;
+  pl.geo = wgrad_geometry(P, x, kWgBM, 8 * int64_t(tpw), int64_t(sizeof(T)));
   using W = typename WinElem<T>::type;
-  const int64_t ptaps = P.k[1] * P.k[2], cap = 8 * int64_t(tpw);
-  int64_t tap_groups, sub_groups = 1, taps_per_group, win_planes = 1;
-  if (ptaps <= cap) {
-    win_planes = std::min<int64_t>(P.k[0], cap / ptaps);
-    while (P.k[0] % win_planes != 0) --win_planes;
-    tap_groups = P.k[0] / win_planes;
-    taps_per_group = win_planes * ptaps;
-  } else {
-    sub_groups = (ptaps + cap - 1) / cap;
-    taps_per_group = (ptaps + sub_groups - 1) / sub_groups;
-    tap_groups = P.k[0] * sub_groups;
-  }
-  const int64_t wbytes = (win_planes * rows * cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
-  const int64_t xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
-  const int64_t ep = 16 / int64_t(sizeof(T));
-  const bool x_async = P.xl.v == 1 && P.xl.c % ep == 0 && P.xl.n % ep == 0 && (P.in[1] * P.in[2]) % ep == 0 &&
-                       reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  pl.window_bytes = (pl.geo.win_planes * pl.geo.rows * pl.geo.cols * wgrad_rs(k16, nt) * int64_t(sizeof(W)) + 15) / 16 * 16;
+  pl.xt_bytes = int64_t(mt) * 16 * (k16 ? kWgXStride16 * int64_t(sizeof(W)) : kWgXStride * 4);
   auto smem_for = [&](int64_t windows) {
-    return windows * wbytes + (x_async ? windows : 1) * xt_bytes + kWgBM * 4;
+    return windows * pl.window_bytes + (pl.geo.x_async ? windows : 1) * pl.xt_bytes + kWgBM * 4;
   };
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t per_block = two ? std::min<int64_t>(optin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024) : optin;
-  const int windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
-  const int64_t smem = smem_for(windows);
-  if (smem > int64_t(prop->sharedMemPerBlockOptin) || P.N > 65535) return false;
-  const WgradKernel kernel = wgrad_kernel<T>(mt, nt, split3, two);
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  pl.windows = smem_for(3) <= per_block ? 3 : smem_for(2) <= optin ? 2 : 1;
+  pl.smem = smem_for(pl.windows);
+  if (pl.smem > optin) return false;
+  pl.chunk_ch = 8 * nt;
+  pl.kernel = wgrad_kernel<T>(mt, nt, split3, two);
+  return true;
+}
+template <typename T>
+bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                    const Problem& P, bool tf32, int64_t algo) {
+  const int dev = dy.get_device();
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
+  if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  WgradPlan pl;
+  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
+                       plan_wgrad_mma<T>(x, P, tf32, prop, pl);
+  if (!planned) return false;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(pl.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(pl.smem)));
   int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, 256, smem));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pl.kernel, 256, pl.smem));
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t chunk_ch = 8 * nt, chunks = (P.cout_g() + chunk_ch - 1) / chunk_ch;
-  const int64_t cg_pad = chunks * chunk_ch, gc = P.G * cg_pad, out_vol = P.out_vol();
-  const at::Tensor dyp = pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db);
+  const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
+  const at::Tensor dyp =
+      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true} : PackSlices{1, 0, false});
+  at::Tensor zrow;
+  if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
   WgradTcParams prm{};
   prm.x = x.data_ptr<T>();
   prm.dyp = dyp.data_ptr<T>();
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
+  prm.slice = out_vol * cg_pad;
+  prm.bulk = pl.bulk;
+  prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;
-  prm.tiles_per_plane = int((int64_t(wd[1].P) * wd[2].P + kWgBM - 1) / kWgBM);
-  prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
-  prm.tap_groups = int(tap_groups);
-  prm.sub_groups = int(sub_groups);
-  prm.taps_per_group = int(taps_per_group);
-  prm.win_planes = int(win_planes);
-  prm.R = int(rows);
-  prm.C = int(cols);
-  prm.window_bytes = int(wbytes);
-  prm.windows = windows;
-  prm.x_async = x_async;
+  pl.geo.fill(prm, P);
+  prm.window_bytes = int(pl.window_bytes);
+  prm.windows = pl.windows;
+  prm.x_async = pl.geo.x_async;
   prm.round_a = !k16 && tf32;
+  prm.ch = int(pl.chunk_ch);
+  prm.rs = int(pl.rs);
+  prm.xt_bytes = int(pl.xt_bytes);
   const int64_t base = chunks * P.G * prm.tap_groups;
   int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
                                 std::min<int64_t>(prm.total_tiles, kMaxSplits));
@@ -2019,7 +2441,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  kernel<<<grid, 256, smem, stream>>>(prm);
+  pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
@@ -2068,7 +2490,7 @@ void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   template void grad_weight_tiled<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,      \
                                      const Problem&, bool);                                  \
   template bool grad_weight_tc<T>(const at::Tensor&, const at::Tensor&, at::Tensor&,         \
-                                  at::Tensor*, const Problem&, bool);
+                                  at::Tensor*, const Problem&, bool, int64_t);
 CT3D_INSTANTIATE_WGRAD(float)
 CT3D_INSTANTIATE_WGRAD(at::Half)
 CT3D_INSTANTIATE_WGRAD(at::BFloat16)
@@ -2220,7 +2642,7 @@ template <typename T> bool forward_tc(const at::Tensor&, const at::Tensor&, cons
 template <typename T> void forward_tiled(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&, bool);
 template <typename T> bool grad_input_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool, int64_t);
 template <typename T> void grad_input_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
-template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool);
+template <typename T> bool grad_weight_tc(const at::Tensor&, const at::Tensor&, at::Tensor&, at::Tensor*, const Problem&, bool, int64_t);
 template <typename T> void grad_weight_tiled(const at::Tensor&, const at::Tensor&, at::Tensor&, const Problem&, bool);
 template <typename T> void grad_bias(const at::Tensor&, at::Tensor&, const Problem&);
 template <typename T> void forward_direct(const at::Tensor&, const at::Tensor&, const at::Tensor*, at::Tensor&, const Problem&);
@@ -2399,7 +2821,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
       if (direct) {
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
-        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32);
+        const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32, algo);
         TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
                     "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
