@@ -2123,7 +2123,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       }
     }
   };
-  const bool row_tiles = BM % Wd == 0;
+  const bool row_tiles = BM % Wd == 0 && BM / Wd <= wd[1].P;
   auto make_pos_tab = [&](int m0) {
     const int jh0 = m0 / Wd;
     for (int p = threadIdx.x; p < BM; p += blockDim.x) {

@@ -662,10 +662,12 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       }
     }
   };
-  // Window offset of each tile position. Tiles of whole rows (BM a multiple of W) all have
-  // the same table, made once (positions past the plane's end fall on window rows that
-  // exist; x is zero there); else made each tile.
-  const bool row_tiles = BM % Wd == 0;
+  // Window offset of each tile position. Tiles of whole rows (BM a multiple of W, and no
+  // more rows than the plane: the window has min(H, BM / W) rows' worth, see
+  // wgrad_geometry) all have the same table, made once: positions past the plane's end
+  // fall on window rows that exist and are copied (x is zero there, and the dy values
+  // are finite). Else made each tile, positions past the end clamped to the last one.
+  const bool row_tiles = BM % Wd == 0 && BM / Wd <= wd[1].P;
   auto make_pos_tab = [&](int m0) {
     const int jh0 = m0 / Wd;
     for (int p = threadIdx.x; p < BM; p += blockDim.x) {
