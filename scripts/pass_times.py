@@ -20,6 +20,23 @@ import model_new as mn  # noqa: E402
 import reference as ref  # noqa: E402
 
 
+def kernel_table(fn, reps: int) -> str:
+    """The CUDA kernels one call of fn launches, with their mean time a call."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+        if us > 0:
+            rows.append((us / reps, e.count / reps, e.key))
+    rows.sort(reverse=True)
+    return "\n".join(f"    {us:9.1f} us  x{cnt:4.1f}  {key[:110]}" for us, cnt, key in rows[:10])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problem", choices=list(ref.PROBLEMS), action="append")
@@ -27,6 +44,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--passes", default="fwd,dgrad,wgrad")
     ap.add_argument("--algo", default="auto", choices=list(mn._ALGOS), help="kernel family (model_new._ALGOS)")
+    ap.add_argument("--kernels", action="store_true", help="also each pass's kernels and their times (torch.profiler)")
     args = ap.parse_args()
     ext = mn._extension()
     tag = " ".join([f"algo={args.algo}"] + [f"{k}={v}" for k, v in sorted(os.environ.items())
@@ -57,6 +75,10 @@ def main() -> int:
                 ms = bench.time_ms(fns[ps], 1, args.reps)
                 cells.append(f"{ps} {ms:8.3f} ms {flops / ms / 1e9:6.1f} TF/s")
             print(f"{name} {mode:4s} | " + " | ".join(cells) + f"   [{tag}]", flush=True)
+            if args.kernels:
+                for ps in passes:
+                    print(f"  {name} {mode} {ps}: kernels, us a call")
+                    print(kernel_table(fns[ps], args.reps))
             del m, x, y, dy, w, b
             torch.cuda.empty_cache()
     return 0
