@@ -477,6 +477,88 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     sums[(n * gridDim.x + blockIdx.x) * gc + c0 + tx] = s;
   }
 }
+constexpr int kPackTP = 64, kPackTC = 64;
+template <typename T, typename E, bool SUMS>
+__global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l,
+                                                           int64_t vol, int64_t cg, int64_t cg_pad, int64_t gc,
+                                                           bool round, double* __restrict__ sums, PackSlices sl) {
+  static_assert(sizeof(T) <= 4 && sizeof(E) <= 4, "pack: 16- or 32-bit elements");
+  constexpr int LS = 16 / int(sizeof(T));
+  constexpr int LD = 16 / int(sizeof(E));
+  constexpr int LPC = kPackTP / LS;
+  constexpr int NL = kPackTP * kPackTC / LS / 256;
+  constexpr int NS = kPackTP * kPackTC / LD / 256;
+  static_assert(256 % LPC == 0 && NL >= 1 && NS >= 1, "pack tile");
+  __shared__ __align__(16) float tile[kPackTC][kPackTP + 4];
+  __shared__ int64_t src_row[kPackTC];
+  __shared__ int64_t dst_grp[kPackTC / LD];
+  const int64_t c0 = int64_t(blockIdx.y) * kPackTC, n = blockIdx.z;
+  const int64_t nslices = gc / cg_pad;
+  const int64_t vstride = sl.slice_major ? cg_pad : gc;
+  for (int i = threadIdx.x; i < kPackTC; i += blockDim.x) {
+    const int64_t c = c0 + i, gs = c / cg_pad, cc = c - gs * cg_pad;
+    const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;
+    src_row[i] = (c < gc && cc < sl.chunk_ch && ch < cg) ? l.at(n, g * cg + ch, 0) : -1;
+    if (i % LD == 0)
+      dst_grp[i / LD] = sl.slice_major ? (n * nslices + gs) * vol * cg_pad + cc : n * vol * gc + c;
+  }
+  __syncthreads();
+  double sum[NL];
+#pragma unroll
+  for (int j = 0; j < NL; ++j) sum[j] = 0.0;
+  const int pc = threadIdx.x % LPC;
+  for (int64_t v0 = int64_t(blockIdx.x) * kPackTP; v0 < vol; v0 += int64_t(gridDim.x) * kPackTP) {
+    uint4 raw[NL];
+#pragma unroll
+    for (int j = 0; j < NL; ++j) {
+      const int ci = threadIdx.x / LPC + j * (256 / LPC);
+      const int64_t v = v0 + pc * LS, row = src_row[ci];
+      raw[j] = row >= 0 && v < vol ? __ldcs(reinterpret_cast<const uint4*>(src + row + v)) : make_uint4(0, 0, 0, 0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < NL; ++j) {
+      const int ci = threadIdx.x / LPC + j * (256 / LPC);
+      T e[LS];
+      memcpy(e, &raw[j], 16);
+      float f[LS];
+#pragma unroll
+      for (int k = 0; k < LS; ++k) {
+        f[k] = float(e[k]);
+        if constexpr (SUMS) sum[j] += double(f[k]);
+      }
+#pragma unroll
+      for (int k = 0; k < LS; k += 4)
+        *reinterpret_cast<float4*>(&tile[ci][pc * LS + k]) = make_float4(f[k], f[k + 1], f[k + 2], f[k + 3]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      const int k = threadIdx.x + 256 * j, p = k % kPackTP, grp = k / kPackTP;
+      const int64_t v = v0 + p;
+      if (v >= vol || c0 + grp * LD >= gc) continue;
+      E o[LD];
+#pragma unroll
+      for (int e = 0; e < LD; ++e) {
+        const float val = tile[grp * LD + e][p];
+        o[e] = E(round ? round_tf32(val) : val);
+      }
+      uint4 packed;
+      memcpy(&packed, o, 16);
+      *reinterpret_cast<uint4*>(dst + dst_grp[grp] + v * vstride) = packed;
+    }
+  }
+  if constexpr (SUMS) {
+#pragma unroll
+    for (int j = 0; j < NL; ++j) {
+      double s = sum[j];
+#pragma unroll
+      for (int m = 1; m < LPC; m <<= 1) s += __shfl_xor_sync(0xffffffffu, s, m);
+      const int64_t c = c0 + threadIdx.x / LPC + j * (256 / LPC);
+      if (pc == 0 && c < gc) sums[(n * gridDim.x + blockIdx.x) * gc + c] = s;
+    }
+  }
+}
 template <typename T>
 __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
                                  int64_t G, int64_t cg, int64_t cg_pad, PackSlices sl) {
@@ -765,16 +847,32 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
   const int64_t gc = G * sl.chunks * cg_pad;
   at::Tensor packed = at::empty({N * vol * gc}, src.options().dtype(c10::CppTypeToScalarType<E>::value));
   TORCH_CHECK(N <= 65535 && (gc + 31) / 32 <= 65535, "conv_transpose3d: problem too large for the pack grid");
-  const int64_t tiles = (vol + 31) / 32, ctiles = (gc + 31) / 32;
+  constexpr int64_t LS = 16 / int64_t(sizeof(T)), LD = 16 / int64_t(sizeof(E));
+  const bool vec = sizeof(T) <= 4 && sizeof(E) <= 4 && l.v == 1 && vol % LS == 0 && l.c % LS == 0 &&
+                   l.n % LS == 0 && reinterpret_cast<uintptr_t>(src.data_ptr()) % 16 == 0 && cg_pad % LD == 0;
+  const int64_t tp = vec ? kPackTP : 32;
+  const int64_t tiles = (vol + tp - 1) / tp, ctiles = (gc + tp - 1) / tp;
   const int slices = int(std::max<int64_t>(
       1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / std::max<int64_t>(1, N * ctiles))})));
   at::Tensor sums;
   if (bias != nullptr) sums = at::empty({N * slices * gc}, src.options().dtype(at::kDouble));
   if (packed.numel() > 0) {
-    const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
-    pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
-                                                    l, vol, cg, cg_pad, gc, round,
-                                                    bias != nullptr ? sums.data_ptr<double>() : nullptr, sl);
+    double* sums_p = bias != nullptr ? sums.data_ptr<double>() : nullptr;
+    bool done = false;
+    if constexpr (sizeof(T) <= 4 && sizeof(E) <= 4) {
+      if (vec) {
+        const dim3 grid{unsigned(slices), unsigned((gc + kPackTC - 1) / kPackTC), unsigned(N)};
+        auto kernel = bias != nullptr ? pack_src_vec_kernel<T, E, true> : pack_src_vec_kernel<T, E, false>;
+        kernel<<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(), l, vol, cg,
+                                         cg_pad, gc, round, sums_p, sl);
+        done = true;
+      }
+    }
+    if (!done) {
+      const dim3 grid{unsigned(slices), unsigned(ctiles), unsigned(N)};
+      pack_src_kernel<T, E><<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(),
+                                                      l, vol, cg, cg_pad, gc, round, sums_p, sl);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (bias != nullptr) {
       pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
