@@ -489,7 +489,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   constexpr int NL = kPackTP * kPackTC / LS / 256;
   constexpr int NS = kPackTP * kPackTC / LD / 256;
   static_assert(256 % LPC == 0 && NL >= 1 && NS >= 1, "pack tile");
-  __shared__ __align__(16) float tile[kPackTC][kPackTP + 4];
+  __shared__ float tile[kPackTP][kPackTC + 1];
   __shared__ int64_t src_row[kPackTC];
   __shared__ int64_t dst_grp[kPackTC / LD];
   const int64_t c0 = int64_t(blockIdx.y) * kPackTC, n = blockIdx.z;
@@ -528,24 +528,24 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
         if constexpr (SUMS) sum[j] += double(f[k]);
       }
 #pragma unroll
-      for (int k = 0; k < LS; k += 4)
-        *reinterpret_cast<float4*>(&tile[ci][pc * LS + k]) = make_float4(f[k], f[k + 1], f[k + 2], f[k + 3]);
+      for (int k = 0; k < LS; ++k) tile[pc * LS + k][ci] = f[k];
     }
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int k = threadIdx.x + 256 * j, p = k % kPackTP, grp = k / kPackTP;
+      const int k = threadIdx.x + 256 * j, grp = k % (kPackTC / LD), p = k / (kPackTC / LD);
       const int64_t v = v0 + p;
       if (v >= vol || c0 + grp * LD >= gc) continue;
       E o[LD];
 #pragma unroll
       for (int e = 0; e < LD; ++e) {
-        const float val = tile[grp * LD + e][p];
+        const float val = tile[p][grp * LD + e];
         o[e] = E(round ? round_tf32(val) : val);
       }
-      uint4 packed;
-      memcpy(&packed, o, 16);
-      *reinterpret_cast<uint4*>(dst + dst_grp[grp] + v * vstride) = packed;
+      uint32_t u[4];
+      memcpy(u, o, 16);
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + dst_grp[grp] + v * vstride),
+                   "r"(u[0]), "r"(u[1]), "r"(u[2]), "r"(u[3]) : "memory");
     }
   }
   if constexpr (SUMS) {

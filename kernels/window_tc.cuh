@@ -367,7 +367,9 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
 // channels in whole 16-byte pieces that stay inside a slice (cg_pad a multiple of them).
 // A block's tile is 64 positions x 64 packed channels: 16-byte loads along positions (a
 // warp reads 4 (16-bit) or 2 (fp32) channel rows of 128-256 contiguous bytes), the tile
-// transposed through shared memory as fp32, 16-byte stores along packed channels. Which
+// transposed through shared memory as fp32 ([position][channel], pitch 65: at most 2-way
+// bank conflicts either side), 16-byte stores along packed channels (a warp writes 2-4
+// positions' 64 channels: contiguous where the packed row is the tile's). Which
 // source channel feeds each packed channel, and where each 16-byte group of them goes,
 // is worked out once per block: no divisions in the loop. pack_src_kernel moved its
 // 2-byte elements one at a time with int64 divisions each and ran at 10-20% of the copy
@@ -386,7 +388,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   constexpr int NL = kPackTP * kPackTC / LS / 256;     // loads a thread a tile
   constexpr int NS = kPackTP * kPackTC / LD / 256;     // stores a thread a tile
   static_assert(256 % LPC == 0 && NL >= 1 && NS >= 1, "pack tile");
-  __shared__ __align__(16) float tile[kPackTC][kPackTP + 4];
+  __shared__ float tile[kPackTP][kPackTC + 1];
   __shared__ int64_t src_row[kPackTC];       // source offset of packed channel c0 + i at position 0, or -1
   __shared__ int64_t dst_grp[kPackTC / LD];  // destination offset of packed channels c0 + LD*j.. at position 0
   const int64_t c0 = int64_t(blockIdx.y) * kPackTC, n = blockIdx.z;
@@ -425,24 +427,25 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
         if constexpr (SUMS) sum[j] += double(f[k]);
       }
 #pragma unroll
-      for (int k = 0; k < LS; k += 4)
-        *reinterpret_cast<float4*>(&tile[ci][pc * LS + k]) = make_float4(f[k], f[k + 1], f[k + 2], f[k + 3]);
+      for (int k = 0; k < LS; ++k) tile[pc * LS + k][ci] = f[k];
     }
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {  // a warp: 32 consecutive positions, one group of LD channels
-      const int k = threadIdx.x + 256 * j, p = k % kPackTP, grp = k / kPackTP;
+    for (int j = 0; j < NS; ++j) {  // LD channels (group grp) of position p
+      const int k = threadIdx.x + 256 * j, grp = k % (kPackTC / LD), p = k / (kPackTC / LD);
       const int64_t v = v0 + p;
       if (v >= vol || c0 + grp * LD >= gc) continue;
       E o[LD];
 #pragma unroll
       for (int e = 0; e < LD; ++e) {
-        const float val = tile[grp * LD + e][p];
+        const float val = tile[p][grp * LD + e];
         o[e] = E(round ? round_tf32(val) : val);
       }
-      uint4 packed;
-      memcpy(&packed, o, 16);
-      *reinterpret_cast<uint4*>(dst + dst_grp[grp] + v * vstride) = packed;
+      uint32_t u[4];
+      memcpy(u, o, 16);
+      // one 16-byte store (through a uint4 the compiler split it into 4-8 narrow ones)
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + dst_grp[grp] + v * vstride),
+                   "r"(u[0]), "r"(u[1]), "r"(u[2]), "r"(u[3]) : "memory");
     }
   }
   if constexpr (SUMS) {
