@@ -477,8 +477,8 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     sums[(n * gridDim.x + blockIdx.x) * gc + c0 + tx] = s;
   }
 }
-constexpr int kPackTP = 64, kPackTC = 64;
-template <typename T, typename E, bool SUMS>
+constexpr int kPackTP = 64;
+template <typename T, typename E, int TC, bool SUMS>
 __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l,
                                                            int64_t vol, int64_t cg, int64_t cg_pad, int64_t gc,
                                                            bool round, double* __restrict__ sums, PackSlices sl) {
@@ -486,16 +486,16 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   constexpr int LS = 16 / int(sizeof(T));
   constexpr int LD = 16 / int(sizeof(E));
   constexpr int LPC = kPackTP / LS;
-  constexpr int NL = kPackTP * kPackTC / LS / 256;
-  constexpr int NS = kPackTP * kPackTC / LD / 256;
+  constexpr int NL = kPackTP * TC / LS / 256;
+  constexpr int NS = kPackTP * TC / LD / 256;
   static_assert(256 % LPC == 0 && NL >= 1 && NS >= 1, "pack tile");
-  __shared__ float tile[kPackTP][kPackTC + 1];
-  __shared__ int64_t src_row[kPackTC];
-  __shared__ int64_t dst_grp[kPackTC / LD];
-  const int64_t c0 = int64_t(blockIdx.y) * kPackTC, n = blockIdx.z;
+  __shared__ float tile[kPackTP][TC + 1];
+  __shared__ int64_t src_row[TC];
+  __shared__ int64_t dst_grp[TC / LD];
+  const int64_t c0 = int64_t(blockIdx.y) * TC, n = blockIdx.z;
   const int64_t nslices = gc / cg_pad;
   const int64_t vstride = sl.slice_major ? cg_pad : gc;
-  for (int i = threadIdx.x; i < kPackTC; i += blockDim.x) {
+  for (int i = threadIdx.x; i < TC; i += blockDim.x) {
     const int64_t c = c0 + i, gs = c / cg_pad, cc = c - gs * cg_pad;
     const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;
     src_row[i] = (c < gc && cc < sl.chunk_ch && ch < cg) ? l.at(n, g * cg + ch, 0) : -1;
@@ -533,7 +533,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < NS; ++j) {
-      const int k = threadIdx.x + 256 * j, grp = k % (kPackTC / LD), p = k / (kPackTC / LD);
+      const int k = threadIdx.x + 256 * j, grp = k % (TC / LD), p = k / (TC / LD);
       const int64_t v = v0 + p;
       if (v >= vol || c0 + grp * LD >= gc) continue;
       E o[LD];
@@ -850,8 +850,8 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
   constexpr int64_t LS = 16 / int64_t(sizeof(T)), LD = 16 / int64_t(sizeof(E));
   const bool vec = sizeof(T) <= 4 && sizeof(E) <= 4 && l.v == 1 && vol % LS == 0 && l.c % LS == 0 &&
                    l.n % LS == 0 && reinterpret_cast<uintptr_t>(src.data_ptr()) % 16 == 0 && cg_pad % LD == 0;
-  const int64_t tp = vec ? kPackTP : 32;
-  const int64_t tiles = (vol + tp - 1) / tp, ctiles = (gc + tp - 1) / tp;
+  const int64_t tp = vec ? kPackTP : 32, tc = !vec ? 32 : gc > 64 ? 128 : 64;
+  const int64_t tiles = (vol + tp - 1) / tp, ctiles = (gc + tc - 1) / tc;
   const int slices = int(std::max<int64_t>(
       1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / std::max<int64_t>(1, N * ctiles))})));
   at::Tensor sums;
@@ -861,8 +861,9 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
     bool done = false;
     if constexpr (sizeof(T) <= 4 && sizeof(E) <= 4) {
       if (vec) {
-        const dim3 grid{unsigned(slices), unsigned((gc + kPackTC - 1) / kPackTC), unsigned(N)};
-        auto kernel = bias != nullptr ? pack_src_vec_kernel<T, E, true> : pack_src_vec_kernel<T, E, false>;
+        const dim3 grid{unsigned(slices), unsigned((gc + tc - 1) / tc), unsigned(N)};
+        auto kernel = tc == 64 ? (bias != nullptr ? pack_src_vec_kernel<T, E, 64, true> : pack_src_vec_kernel<T, E, 64, false>)
+                               : (bias != nullptr ? pack_src_vec_kernel<T, E, 128, true> : pack_src_vec_kernel<T, E, 128, false>);
         kernel<<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(), l, vol, cg,
                                          cg_pad, gc, round, sums_p, sl);
         done = true;

@@ -365,19 +365,21 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
 // pack_src_kernel's result, faster (where it applies: see pack_src): for positions
 // contiguous (l.v == 1), every channel row and vol in whole 16-byte pieces, and packed
 // channels in whole 16-byte pieces that stay inside a slice (cg_pad a multiple of them).
-// A block's tile is 64 positions x 64 packed channels: 16-byte loads along positions (a
+// A block's tile is 64 positions x TC packed channels (TC = 64, or 128 where a packed row
+// is longer than 64: kb68's grad weight rows of 72 then go out whole from one block, not
+// 64 + 8 from two, whose 16-byte tails ran the pack at half speed): 16-byte loads along positions (a
 // warp reads 4 (16-bit) or 2 (fp32) channel rows of 128-256 contiguous bytes), the tile
 // transposed through shared memory as fp32 ([position][channel], pitch 65: at most 2-way
-// bank conflicts either side), 16-byte stores along packed channels (a warp writes 2-4
-// positions' 64 channels: contiguous where the packed row is the tile's). Which
+// bank conflicts either side), 16-byte stores along packed channels (a warp's stores
+// cover whole packed rows of consecutive positions where a row fits in the tile). Which
 // source channel feeds each packed channel, and where each 16-byte group of them goes,
 // is worked out once per block: no divisions in the loop. pack_src_kernel moved its
 // 2-byte elements one at a time with int64 divisions each and ran at 10-20% of the copy
 // bandwidth (kb68 bf16: 4.3 ms to pack dy for grad weight; NOTES.md, pack v2).
 // sums (SUMS): as pack_src_kernel's, taken from the loads (before any rounding); each
 // channel's lanes add theirs by a fixed butterfly (deterministic).
-constexpr int kPackTP = 64, kPackTC = 64;  // positions, packed channels a tile
-template <typename T, typename E, bool SUMS>
+constexpr int kPackTP = 64;  // positions a tile
+template <typename T, typename E, int TC, bool SUMS>
 __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l,
                                                            int64_t vol, int64_t cg, int64_t cg_pad, int64_t gc,
                                                            bool round, double* __restrict__ sums, PackSlices sl) {
@@ -385,16 +387,16 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   constexpr int LS = 16 / int(sizeof(T));              // positions a load
   constexpr int LD = 16 / int(sizeof(E));              // packed channels a store
   constexpr int LPC = kPackTP / LS;                    // loads a channel row of the tile
-  constexpr int NL = kPackTP * kPackTC / LS / 256;     // loads a thread a tile
-  constexpr int NS = kPackTP * kPackTC / LD / 256;     // stores a thread a tile
+  constexpr int NL = kPackTP * TC / LS / 256;          // loads a thread a tile
+  constexpr int NS = kPackTP * TC / LD / 256;          // stores a thread a tile
   static_assert(256 % LPC == 0 && NL >= 1 && NS >= 1, "pack tile");
-  __shared__ float tile[kPackTP][kPackTC + 1];
-  __shared__ int64_t src_row[kPackTC];       // source offset of packed channel c0 + i at position 0, or -1
-  __shared__ int64_t dst_grp[kPackTC / LD];  // destination offset of packed channels c0 + LD*j.. at position 0
-  const int64_t c0 = int64_t(blockIdx.y) * kPackTC, n = blockIdx.z;
+  __shared__ float tile[kPackTP][TC + 1];
+  __shared__ int64_t src_row[TC];       // source offset of packed channel c0 + i at position 0, or -1
+  __shared__ int64_t dst_grp[TC / LD];  // destination offset of packed channels c0 + LD*j.. at position 0
+  const int64_t c0 = int64_t(blockIdx.y) * TC, n = blockIdx.z;
   const int64_t nslices = gc / cg_pad;
   const int64_t vstride = sl.slice_major ? cg_pad : gc;  // destination elements a position
-  for (int i = threadIdx.x; i < kPackTC; i += blockDim.x) {
+  for (int i = threadIdx.x; i < TC; i += blockDim.x) {
     const int64_t c = c0 + i, gs = c / cg_pad, cc = c - gs * cg_pad;  // slice gs = (group, chunk)
     const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;  // channel in group g
     src_row[i] = (c < gc && cc < sl.chunk_ch && ch < cg) ? l.at(n, g * cg + ch, 0) : -1;
@@ -432,7 +434,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < NS; ++j) {  // LD channels (group grp) of position p
-      const int k = threadIdx.x + 256 * j, grp = k % (kPackTC / LD), p = k / (kPackTC / LD);
+      const int k = threadIdx.x + 256 * j, grp = k % (TC / LD), p = k / (TC / LD);
       const int64_t v = v0 + p;
       if (v >= vol || c0 + grp * LD >= gc) continue;
       E o[LD];
@@ -814,8 +816,8 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
                    l.n % LS == 0 && reinterpret_cast<uintptr_t>(src.data_ptr()) % 16 == 0 && cg_pad % LD == 0;
   // Slices of the positions: enough blocks in all to keep the copy busy (about 2048),
   // a fixed number for a given problem, so the bias sums add in the same order every run.
-  const int64_t tp = vec ? kPackTP : 32;
-  const int64_t tiles = (vol + tp - 1) / tp, ctiles = (gc + tp - 1) / tp;
+  const int64_t tp = vec ? kPackTP : 32, tc = !vec ? 32 : gc > 64 ? 128 : 64;  // tile: positions, channels
+  const int64_t tiles = (vol + tp - 1) / tp, ctiles = (gc + tc - 1) / tc;
   const int slices = int(std::max<int64_t>(
       1, std::min<int64_t>({tiles, 65535, std::max<int64_t>(64, 2048 / std::max<int64_t>(1, N * ctiles))})));
   at::Tensor sums;
@@ -825,8 +827,9 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
     bool done = false;
     if constexpr (sizeof(T) <= 4 && sizeof(E) <= 4) {
       if (vec) {
-        const dim3 grid{unsigned(slices), unsigned((gc + kPackTC - 1) / kPackTC), unsigned(N)};
-        auto kernel = bias != nullptr ? pack_src_vec_kernel<T, E, true> : pack_src_vec_kernel<T, E, false>;
+        const dim3 grid{unsigned(slices), unsigned((gc + tc - 1) / tc), unsigned(N)};
+        auto kernel = tc == 64 ? (bias != nullptr ? pack_src_vec_kernel<T, E, 64, true> : pack_src_vec_kernel<T, E, 64, false>)
+                               : (bias != nullptr ? pack_src_vec_kernel<T, E, 128, true> : pack_src_vec_kernel<T, E, 128, false>);
         kernel<<<grid, 256, 0, stream>>>(static_cast<const T*>(src.data_ptr()), packed.data_ptr<E>(), l, vol, cg,
                                          cg_pad, gc, round, sums_p, sl);
         done = true;
