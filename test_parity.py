@@ -354,6 +354,31 @@ def test_kernel_families_match_direct(algo, seed, mode):
             assert torch.allclose(a, b, atol=tol * b.abs().max().item() + 1e-6, rtol=tol)
 
 
+# Shapes for the thin-group forward (forward.cu: Cin/G, Cout/G <= 8, all stride phases of an
+# output tile in one block), beyond the random configurations (which it runs too).
+THIN_CASES = {
+    # kb72's geometry on a W of 70 phase columns (a 64-column tile and a 6-column one) and
+    # 11 input rows (a partial 8-row tile)
+    "kb72_wide": conv_cfg(16, 16, (3, 5, 7), s=2, p=(1, 2, 3), op=1, g=2, bias=True, batch=1,
+                          size=(3, 11, 70)),
+    # stride 3 with dilation 2: phase taps 3 apart in the window; Cin/G 5, Cout/G 7 (zero
+    # padding of K and N)
+    "stride3_dilation2": conv_cfg(5, 7, 3, s=3, d=2, p=1, op=1, bias=True, batch=2, size=(4, 9, 20)),
+    # nine depth taps (nine window planes), one tap in h
+    "deep_kernel": conv_cfg(4, 4, (9, 1, 3), p=(4, 0, 1), batch=1, size=(10, 5, 30)),
+    # 3xTF32 past kFlushTaps taps in one phase (5 x 5 taps at stride 1)
+    "many_taps": conv_cfg(8, 8, (2, 5, 5), p=1, bias=True, batch=1, size=(3, 12, 17)),
+}
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "fp16", "bf16"])
+@pytest.mark.parametrize("case", list(THIN_CASES))
+def test_thin_group_forward(case, mode, layout):
+    check_against_truth(THIN_CASES[case], mode, layout=layout)
+
+
 # Shapes for the wgmma window kernel (window_wg.cuh), beyond what the random configurations
 # reach: several 512-position tiles a plane, more than 64 output channels (two M tiles),
 # channels that are not whole 32-byte chunks, and grad input at stride 1 with padding and

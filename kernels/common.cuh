@@ -68,7 +68,8 @@ Problem make_problem(at::IntArrayRef x_sizes, at::IntArrayRef w_sizes,
 // kDirect: the simple exact kernels. kTc: tensor cores, an error where they do not fit.
 // kTcMma, kTcWgmma: kTc with the forward and grad input window kernels on mma.sync only
 // (window_tc.cuh), or on wgmma wherever it can run (window_wg.cuh; tests), not by the
-// usual choice. Grad weight: mma.sync under kTcMma, else wgmma wherever it runs.
+// usual choice (nor by the thin-group forward, forward.cu, which kAuto and kTc take where
+// Cin/G and Cout/G are at most 8). Grad weight: mma.sync under kTcMma, else wgmma wherever it runs.
 enum Algo : int64_t { kAuto = 0, kTiled = 1, kDirect = 2, kTc = 3, kTcMma = 4, kTcWgmma = 5 };
 inline bool tc_required(int64_t algo) { return algo == kTc || algo == kTcMma || algo == kTcWgmma; }
 

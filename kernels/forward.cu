@@ -140,13 +140,306 @@ struct FwdGemm {
   }
 };
 
+
+// ============================================================================
+// Thin groups: every stride phase of an output tile in one block (tensor cores)
+// ============================================================================
+// For Cin/G <= 8 and Cout/G <= 8 (kb72: grouped, stride 2) the window kernel's sub-problems
+// are too thin: one 32-byte chunk a stage, one or two stages a block, so its blocks spend
+// their lives on prologue and copy latency, and each phase's stores land on every s-th
+// element. Here a block owns one output depth plane od of one (n, g) and a tile of
+// 8*sH rows x RW*sW columns, i.e. phase rows j_h in [jh0, jh0 + 8) and columns j_w in
+// [jw0, jw0 + RW) of every (h, w) phase; warp u takes phase row jh0 + u of all phases (equal
+// work per warp, and the phases of one output row are written by one warp back to back).
+// GEMM view per (phase, row): M = RW = 16*MW positions j_w, N = 8 (Cout/G, zero-padded),
+// K = 8 (Cin/G, zero-padded) per tap; one m16n8k8 TF32 MMA per 16 positions and tap.
+// Shared memory: B of all taps of group g ([tap][lane][2 words], fragment order, from
+// transform_weight_kernel; twice for 3xTF32), then the input window: the valid depth planes
+// of od x (8 + span) rows x (RW + span) columns, 32 bytes (8 channels, fp32) a position,
+// the two 16-byte halves swapped where bit 2 of the position is set, so the 8 consecutive
+// positions an ldmatrix phase reads hit all 32 banks.
+// Precision: the window holds fp32. TF32 mode rounds x to nearest-even as it is staged
+// (B by the transform): what cuDNN does. fp16/bf16 values are exact in TF32, so one TF32
+// MMA on them is exact products with fp32 accumulation, as m16n8k16 would be (the shape is
+// memory-bound; the halved MMA rate costs nothing). fp32 strict: 3xTF32 as in window_tc.cuh
+// (A split from the fragment, big*big chain flushed every kFlushTaps taps).
+constexpr int kThinMaxTd = 16;  // most depth taps a phase may have
+constexpr int kThinMaxS = 8;    // largest stride (phases a dimension) the thin kernel takes
+
+struct ThinParams {
+  const void* x;
+  const uint32_t* wt_big;    // [G][kvol][32 lanes][2 words]
+  const uint32_t* wt_small;  // same, 3xTF32 only
+  const void* bias;          // may be null
+  void* y;
+  Problem P;
+  int tiles_h, tiles_w;      // tiles of an output plane: 8 phase rows, RW phase columns each
+  int lo_h, lo_w;            // first window row / column, relative to jh0 / jw0
+  int wr, wc;                // window rows and columns (a plane)
+  int w_words;               // B words of one group: kvol * 64
+  uint32_t wc_magic, plane_magic;  // fast_div_magic of wc and of wr * wc
+  PhaseDim ph[3][kThinMaxS]; // the phases of each dimension (phase_dim), made on the host
+};
+
+// One accumulator set: 3 blocks an SM (<= 80 registers); 3xTF32 (three sets, twice the B): 2.
+template <typename T, int MW, bool SPLIT>
+__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const ThinParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_td[kThinMaxTd], s_id[kThinMaxTd], s_nvt;
+  constexpr int RW = 16 * MW;
+  constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  // ---- block -> (n, g, od, tile) ----
+  int64_t b = blockIdx.x;
+  const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
+  const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
+  const int od = int(b % P.out[0]); b /= P.out[0];
+  const int g = int(b % P.G);
+  const int64_t n = b / P.G;
+  const int jh0 = th_i * 8, jw0 = tw_i * RW;
+
+  // ---- B of group g by cp.async; it lands while the window is staged ----
+  uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
+  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
+  for (int i = tid * 4; i < nw; i += 1024) {
+    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
+                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
+    cp_async16(smem_u32(wsm + i), src, 16);
+  }
+  cp_async_commit();
+
+  // ---- depth: od = cd + sD*jd reads source plane jd + off0 - td*doff through tap td ----
+  const PhaseDim qd = prm.ph[0][od % int(P.s[0])];
+  if (tid == 0) {
+    int nvt = 0;
+    for (int td = 0; td < qd.T; ++td) {
+      const int id = od / int(P.s[0]) + qd.off0 - td * qd.doff;
+      if (unsigned(id) < unsigned(P.in[0])) { s_td[nvt] = td; s_id[nvt] = id; ++nvt; }
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+
+  // ---- the window: position (plane pi, row r, column c) holds x at (s_id[pi], jh0 + lo_h + r,
+  // jw0 + lo_w + c), channels 0..7 (0 outside x and past Cin/G); one position a thread ----
+  unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
+  const int plane_pos = prm.wr * prm.wc, npos = nvt * plane_pos;
+  const T* xp = static_cast<const T*>(prm.x);
+  const int cin_g = int(P.cin_g());
+  const int64_t xbase = n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
+  for (int pos = tid; pos < npos; pos += 256) {
+    const int pi = fast_div(pos, prm.plane_magic), rem = pos - pi * plane_pos;
+    const int r = fast_div(rem, prm.wc_magic), c = rem - r * prm.wc;
+    const int ih = jh0 + prm.lo_h + r, iw = jw0 + prm.lo_w + c;
+    const bool in = unsigned(ih) < unsigned(P.in[1]) && unsigned(iw) < unsigned(P.in[2]);
+    const int64_t off = xbase + ((int64_t(s_id[pi]) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v;
+    float v[8];
+#pragma unroll
+    for (int ci = 0; ci < 8; ++ci) {
+      const float e = (in && ci < cin_g) ? float(xp[off + ci * P.xl.c]) : 0.f;
+      v[ci] = kRoundA ? round_tf32(e) : e;
+    }
+    float4* dst = reinterpret_cast<float4*>(win + pos * 32);
+    const int swz = (pos >> 2) & 1;
+    dst[swz] = make_float4(v[0], v[1], v[2], v[3]);
+    dst[swz ^ 1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+
+  // ---- MMAs: warp u, phase row jh0 + u of each (h, w) phase ----
+  const uint32_t win_s = smem_u32(win);
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;  // ldmatrix.x4 rows
+  const int sH = int(P.s[1]), sW = int(P.s[2]), k1 = int(P.k[1]), k2 = int(P.k[2]);
+  const int cout_g = int(P.cout_g());
+  // Epilogue constants of this lane: its two output channels co0, co0 + 1 (n8 fragment
+  // columns), whether they exist, their bias, and y at (n, g*Cout/G + co0, voxel 0).
+  const int co0 = 2 * (lane % 4);
+  const bool st0 = co0 < cout_g, st1 = co0 + 1 < cout_g;
+  float bias0 = 0.f, bias1 = 0.f;
+  if (prm.bias != nullptr) {
+    const T* bp = static_cast<const T*>(prm.bias) + int64_t(g) * cout_g + co0;
+    if (st0) bias0 = float(bp[0]);
+    if (st1) bias1 = float(bp[1]);
+  }
+  T* const ylane = static_cast<T*>(prm.y) + n * P.yl.n + (int64_t(g) * cout_g + co0) * P.yl.c;
+  const int64_t ysc = P.yl.c, ysv = P.yl.v;
+  {
+    const int u = warp, jh = jh0 + u;
+    for (int ph = 0; ph < sH * sW; ++ph) {
+      const int ch = ph / sW, cw = ph - ch * sW;
+      const PhaseDim qh = prm.ph[1][ch], qw = prm.ph[2][cw];
+      if (jh >= qh.P || jw0 >= qw.P) continue;
+      float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
+#pragma unroll
+      for (int i = 0; i < MW; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+      int taps = 0;
+      for (int pi = 0; pi < nvt; ++pi) {
+        const int rd = qd.r0 + s_td[pi] * qd.rs;
+        for (int th = 0; th < qh.T; ++th) {
+          // Gather rule: tap t of a phase reads source position j + off0 - t*doff.
+          const int row0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc +
+                           qw.off0 - prm.lo_w + a_row;
+          const int rbase = (rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0;
+          for (int tw = 0; tw < qw.T; ++tw) {
+            const int r = rbase + tw * qw.rs;
+            const uint2 bb = *reinterpret_cast<const uint2*>(wsm + r * 64 + lane * 2);
+            uint2 bs = bb;
+            if (SPLIT) bs = *reinterpret_cast<const uint2*>(wsm + prm.w_words + r * 64 + lane * 2);
+            const int p0 = row0 - tw * qw.doff;
+#pragma unroll
+            for (int mt = 0; mt < MW; ++mt) {
+              const int pos = p0 + mt * 16;
+              uint32_t a[4];
+              ldmatrix_x4(a, win_s + pos * 32 + ((a_half ^ ((pos >> 2) & 1)) << 4));
+              if constexpr (SPLIT) {
+                uint32_t ab[4], as[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  ab[e] = tf32_rna(__uint_as_float(a[e]));
+                  as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
+                }
+                mma_tf32(blk[mt], ab, bb.x, bb.y);
+                mma_tf32(cor[mt], as, bb.x, bb.y);
+                mma_tf32(cor[mt], ab, bs.x, bs.y);
+              } else {
+                mma_tf32(acc[mt], a, bb.x, bb.y);
+              }
+            }
+            if (SPLIT && ++taps == kFlushTaps) {
+              taps = 0;
+#pragma unroll
+              for (int i = 0; i < MW; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+            }
+          }
+        }
+      }
+      // ---- epilogue: bias, one rounding, y at (od, ch + sH*jh, cw + sW*jw) ----
+      T* const yrow = ylane + ((int64_t(od) * P.out[1] + ch + int64_t(sH) * jh) * P.out[2] + cw) * ysv;
+#pragma unroll
+      for (int mt = 0; mt < MW; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int jw = jw0 + mt * 16 + lane / 4 + 8 * hf;
+          float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
+          if (SPLIT) {
+            v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
+            v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
+          }
+          if (jw < qw.P) {
+            T* const q = yrow + int64_t(sW * jw) * ysv;
+            if (st0) q[0] = T(v0 + bias0);
+            if (st1) q[ysc] = T(v1 + bias1);
+          }
+        }
+    }
+  }
+#endif
+}
+
 // ============================================================================
 // Launchers
 // ============================================================================
-// Tensor cores; false where the kernel does not fit (see run_window_tc).
+
+// Thin groups (thin_fwd_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
+// GPU older than sm_80, more than kThinMaxTd depth taps a phase, or shared memory too small.
+template <typename T, int MW, bool SPLIT>
+static void launch_thin(const ThinParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
+  auto kernel = thin_fwd_kernel<T, MW, SPLIT>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool SPLIT>
+static void dispatch_thin(int mw, const ThinParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
+  if (mw == 1) launch_thin<T, 1, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 2) launch_thin<T, 2, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 3) launch_thin<T, 3, SPLIT>(prm, blocks, smem, stream);
+  else launch_thin<T, 4, SPLIT>(prm, blocks, smem, stream);
+}
+
+bool thin_fits(const Problem& P) { return P.cin_g() <= 8 && P.cout_g() <= 8; }
+
+template <typename T>
+bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
+                  const Problem& P, bool tf32) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
+  if (prop->major < 8 || !thin_fits(P)) return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  // Window extent per dimension: over the phases with taps, the lowest first-tap offset
+  // (off0 - (T-1)*doff) and the highest off0; depth: the most taps of a phase.
+  if (P.s[0] > kThinMaxS || P.s[1] > kThinMaxS || P.s[2] > kThinMaxS) return false;
+  ThinParams prm{};
+  int lo[3] = {0, 0, 0}, hi[3] = {0, 0, 0}, pmax[3] = {0, 0, 0}, td_max = 0;
+  for (int e = 0; e < 3; ++e) {
+    bool any = false;
+    for (int c = 0; c < int(P.s[e]); ++c) {
+      const PhaseDim q = phase_dim(c, int(P.k[e]), int(P.s[e]), int(P.p[e]), int(P.d[e]), int(P.out[e]));
+      prm.ph[e][c] = q;
+      pmax[e] = std::max(pmax[e], q.P);
+      if (e == 0) td_max = std::max(td_max, q.T);
+      if (q.T == 0) continue;
+      const int l = q.off0 - (q.T - 1) * q.doff;
+      lo[e] = any ? std::min(lo[e], l) : l;
+      hi[e] = any ? std::max(hi[e], q.off0) : q.off0;
+      any = true;
+    }
+  }
+  if (td_max > kThinMaxTd) return false;
+  const int mw = int(std::min<int64_t>(4, std::max<int64_t>(1, (pmax[2] + 15) / 16)));
+  prm.P = P;
+  prm.lo_h = lo[1];
+  prm.lo_w = lo[2];
+  prm.wr = 8 + hi[1] - lo[1];
+  prm.wc = 16 * mw + hi[2] - lo[2];
+  prm.tiles_h = (pmax[1] + 7) / 8;
+  prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
+  prm.w_words = int(P.kvol() * 64);
+  prm.wc_magic = fast_div_magic(uint32_t(prm.wc));
+  prm.plane_magic = fast_div_magic(uint32_t(prm.wr * prm.wc));
+  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 + int64_t(std::max(td_max, 1)) * prm.wr * prm.wc * 32;
+  if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
+  const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
+
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t wt_numel = P.G * int64_t(prm.w_words);
+  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
+      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobForward, 1, 1,
+      split ? kWeightSplit : kWeightTf32);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  prm.x = x.data_ptr();
+  prm.wt_big = wt_ptr;
+  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
+  prm.bias = bias ? bias->data_ptr() : nullptr;
+  prm.y = y.data_ptr();
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) {
+      dispatch_thin<T, true>(mw, prm, blocks, smem, stream);
+      return true;
+    }
+  }
+  dispatch_thin<T, false>(mw, prm, blocks, smem, stream);
+  return true;
+}
+
+// Tensor cores; false where the kernel does not fit (see run_window_tc). Thin groups take
+// thin_fwd_kernel (except under kTcMma / kTcWgmma, which test the window kernels).
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32, int64_t algo) {
+  if (algo != kTcMma && algo != kTcWgmma && forward_thin<T>(x, w, bias, y, P, tf32)) return true;
   const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
   return run_window_tc<T>(prm, x, w, tf32, algo);
 }
