@@ -1613,6 +1613,10 @@ struct FwdGemm {
 };
 constexpr int kThinMaxTd = 16;
 constexpr int kThinMaxS = 8;
+__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
+  big = v & 0xffffe000u;
+  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
 struct ThinParams {
   const void* x;
   const uint32_t* wt_big;
@@ -1636,12 +1640,12 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  int64_t b = blockIdx.x;
-  const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
-  const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
-  const int od = int(b % P.out[0]); b /= P.out[0];
-  const int g = int(b % P.G);
-  const int64_t n = b / P.G;
+  uint32_t b = blockIdx.x;
+  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
+  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int od = int(b % uint32_t(P.out[0])); b /= uint32_t(P.out[0]);
+  const int g = int(b % uint32_t(P.G));
+  const int64_t n = b / uint32_t(P.G);
   const int jh0 = th_i * 8, jw0 = tw_i * RW;
   uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
   const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
@@ -1702,8 +1706,8 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int64_t ysc = P.yl.c, ysv = P.yl.v;
   {
     const int u = warp, jh = jh0 + u;
-    for (int ph = 0; ph < sH * sW; ++ph) {
-      const int ch = ph / sW, cw = ph - ch * sW;
+    for (int ch = 0; ch < sH; ++ch)
+    for (int cw = 0; cw < sW; ++cw) {
       const PhaseDim qh = prm.ph[1][ch], qw = prm.ph[2][cw];
       if (jh >= qh.P || jw0 >= qw.P) continue;
       float acc[MW][4], blk[MW][4], cor[MW][4];
@@ -1715,27 +1719,21 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
       for (int pi = 0; pi < nvt; ++pi) {
         const int rd = qd.r0 + s_td[pi] * qd.rs;
         for (int th = 0; th < qh.T; ++th) {
-          const int row0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc +
-                           qw.off0 - prm.lo_w + a_row;
-          const int rbase = (rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0;
-          for (int tw = 0; tw < qw.T; ++tw) {
-            const int r = rbase + tw * qw.rs;
-            const uint2 bb = *reinterpret_cast<const uint2*>(wsm + r * 64 + lane * 2);
+          int p0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc + qw.off0 - prm.lo_w + a_row;
+          const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
+          for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
+            const uint2 bb = *reinterpret_cast<const uint2*>(bw);
             uint2 bs = bb;
-            if (SPLIT) bs = *reinterpret_cast<const uint2*>(wsm + prm.w_words + r * 64 + lane * 2);
-            const int p0 = row0 - tw * qw.doff;
+            if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
+            const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
 #pragma unroll
             for (int mt = 0; mt < MW; ++mt) {
-              const int pos = p0 + mt * 16;
               uint32_t a[4];
-              ldmatrix_x4(a, win_s + pos * 32 + ((a_half ^ ((pos >> 2) & 1)) << 4));
+              ldmatrix_x4(a, a_addr + mt * 512);
               if constexpr (SPLIT) {
                 uint32_t ab[4], as[4];
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  ab[e] = tf32_rna(__uint_as_float(a[e]));
-                  as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
-                }
+                for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
                 mma_tf32(blk[mt], ab, bb.x, bb.y);
                 mma_tf32(cor[mt], as, bb.x, bb.y);
                 mma_tf32(cor[mt], ab, bs.x, bs.y);
@@ -1753,19 +1751,19 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
           }
         }
       }
-      T* const yrow = ylane + ((int64_t(od) * P.out[1] + ch + int64_t(sH) * jh) * P.out[2] + cw) * ysv;
+      const int jw_l = jw0 + lane / 4;
+      const int64_t qstep = int64_t(8 * sW) * ysv;
+      T* q = ylane + ((int64_t(od) * P.out[1] + ch + int64_t(sH) * jh) * P.out[2] + cw + int64_t(sW) * jw_l) * ysv;
 #pragma unroll
       for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int jw = jw0 + mt * 16 + lane / 4 + 8 * hf;
+        for (int hf = 0; hf < 2; ++hf, q += qstep) {
           float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
           if (SPLIT) {
             v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
             v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
           }
-          if (jw < qw.P) {
-            T* const q = yrow + int64_t(sW * jw) * ysv;
+          if (jw_l + 16 * mt + 8 * hf < qw.P) {
             if (st0) q[0] = T(v0 + bias0);
             if (st1) q[ysc] = T(v1 + bias1);
           }

@@ -15,13 +15,15 @@
 // phases with no valid taps (possible when gcd(s, d) > 1 or s > k) get bias only.
 // blockIdx.z = g * (sD*sH*sW) + phase.
 //
-// Two kernels run it. forward_tc: the tensor-core window convolution of window_tc.cuh
-// (one sub-problem per group and phase), the default. forward_tiled: common.cuh's FFMA
-// tile (TileWide 64x64x16 or TileNarrow 128x16x16 by Cout/G, 256 threads, fp32
-// accumulation, TF32 rounding of both operands when the caller allows TF32), the
-// fallback where the tensor-core kernel does not fit, and algo="tiled".
+// Kernels. forward_thin (below): where Cin/G and Cout/G are at most 8, every phase of an
+// output tile in one block on TF32 MMAs. forward_tc: the tensor-core window convolution of
+// window_tc.cuh (one sub-problem per group and phase), the default otherwise.
+// forward_tiled: common.cuh's FFMA tile (TileWide 64x64x16 or TileNarrow 128x16x16 by
+// Cout/G, 256 threads, fp32 accumulation, TF32 rounding of both operands when the caller
+// allows TF32), the fallback where the tensor-core kernels do not fit, and algo="tiled".
 //
-// Sections: the FFMA Gemm (gather rule + epilogue), launchers. Phase geometry: common.cuh.
+// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, launchers.
+// Phase geometry: common.cuh.
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
@@ -162,9 +164,20 @@ struct FwdGemm {
 // (B by the transform): what cuDNN does. fp16/bf16 values are exact in TF32, so one TF32
 // MMA on them is exact products with fp32 accumulation, as m16n8k16 would be (the shape is
 // memory-bound; the halved MMA rate costs nothing). fp32 strict: 3xTF32 as in window_tc.cuh
-// (A split from the fragment, big*big chain flushed every kFlushTaps taps).
+// (big*big chain flushed every kFlushTaps taps), A split from the fragment by split_tf32.
 constexpr int kThinMaxTd = 16;  // most depth taps a phase may have
 constexpr int kThinMaxS = 8;    // largest stride (phases a dimension) the thin kernel takes
+
+// 3xTF32 split of an fp32 A value v = big + small, both with their low 13 bits clear: big
+// truncates v, small = v - big (exact, at most 13 significant bits) rounded to nearest.
+// Four instructions a value where two cvt.rna.tf32 (emulated with inf/NaN checks) and a
+// subtraction take nine: the split was most of the 3xTF32 kernel's instructions. Error of
+// big*b + small*b against v*b: below 2^-21 |v b| (a rounded big would halve it); NaN and
+// inf stay non-finite.
+__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
+  big = v & 0xffffe000u;
+  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
 
 struct ThinParams {
   const void* x;
@@ -193,12 +206,12 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   // ---- block -> (n, g, od, tile) ----
-  int64_t b = blockIdx.x;
-  const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
-  const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
-  const int od = int(b % P.out[0]); b /= P.out[0];
-  const int g = int(b % P.G);
-  const int64_t n = b / P.G;
+  uint32_t b = blockIdx.x;  // 32-bit divisions: the grid is below 2^31 blocks
+  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
+  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int od = int(b % uint32_t(P.out[0])); b /= uint32_t(P.out[0]);
+  const int g = int(b % uint32_t(P.G));
+  const int64_t n = b / uint32_t(P.G);
   const int jh0 = th_i * 8, jw0 = tw_i * RW;
 
   // ---- B of group g by cp.async; it lands while the window is staged ----
@@ -270,8 +283,8 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int64_t ysc = P.yl.c, ysv = P.yl.v;
   {
     const int u = warp, jh = jh0 + u;
-    for (int ph = 0; ph < sH * sW; ++ph) {
-      const int ch = ph / sW, cw = ph - ch * sW;
+    for (int ch = 0; ch < sH; ++ch)
+    for (int cw = 0; cw < sW; ++cw) {
       const PhaseDim qh = prm.ph[1][ch], qw = prm.ph[2][cw];
       if (jh >= qh.P || jw0 >= qw.P) continue;
       float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
@@ -283,28 +296,24 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
       for (int pi = 0; pi < nvt; ++pi) {
         const int rd = qd.r0 + s_td[pi] * qd.rs;
         for (int th = 0; th < qh.T; ++th) {
-          // Gather rule: tap t of a phase reads source position j + off0 - t*doff.
-          const int row0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc +
-                           qw.off0 - prm.lo_w + a_row;
-          const int rbase = (rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0;
-          for (int tw = 0; tw < qw.T; ++tw) {
-            const int r = rbase + tw * qw.rs;
-            const uint2 bb = *reinterpret_cast<const uint2*>(wsm + r * 64 + lane * 2);
+          // Gather rule: tap t of a phase reads source position j + off0 - t*doff. p0: this
+          // lane's ldmatrix row (position jw0 + a_row) at tap tw = 0; bw: its B fragment.
+          int p0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc + qw.off0 - prm.lo_w + a_row;
+          const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
+          for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
+            const uint2 bb = *reinterpret_cast<const uint2*>(bw);
             uint2 bs = bb;
-            if (SPLIT) bs = *reinterpret_cast<const uint2*>(wsm + prm.w_words + r * 64 + lane * 2);
-            const int p0 = row0 - tw * qw.doff;
+            if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
+            // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
+            const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
 #pragma unroll
             for (int mt = 0; mt < MW; ++mt) {
-              const int pos = p0 + mt * 16;
               uint32_t a[4];
-              ldmatrix_x4(a, win_s + pos * 32 + ((a_half ^ ((pos >> 2) & 1)) << 4));
+              ldmatrix_x4(a, a_addr + mt * 512);
               if constexpr (SPLIT) {
                 uint32_t ab[4], as[4];
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  ab[e] = tf32_rna(__uint_as_float(a[e]));
-                  as[e] = tf32_rna(__uint_as_float(a[e]) - __uint_as_float(ab[e]));
-                }
+                for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
                 mma_tf32(blk[mt], ab, bb.x, bb.y);
                 mma_tf32(cor[mt], as, bb.x, bb.y);
                 mma_tf32(cor[mt], ab, bs.x, bs.y);
@@ -323,19 +332,20 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
         }
       }
       // ---- epilogue: bias, one rounding, y at (od, ch + sH*jh, cw + sW*jw) ----
-      T* const yrow = ylane + ((int64_t(od) * P.out[1] + ch + int64_t(sH) * jh) * P.out[2] + cw) * ysv;
+      // Fragment rows lane/4 + 8k (k = 2*mt + hf) are positions jw0 + lane/4 + 8k.
+      const int jw_l = jw0 + lane / 4;
+      const int64_t qstep = int64_t(8 * sW) * ysv;
+      T* q = ylane + ((int64_t(od) * P.out[1] + ch + int64_t(sH) * jh) * P.out[2] + cw + int64_t(sW) * jw_l) * ysv;
 #pragma unroll
       for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int jw = jw0 + mt * 16 + lane / 4 + 8 * hf;
+        for (int hf = 0; hf < 2; ++hf, q += qstep) {
           float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
           if (SPLIT) {
             v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
             v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
           }
-          if (jw < qw.P) {
-            T* const q = yrow + int64_t(sW * jw) * ysv;
+          if (jw_l + 16 * mt + 8 * hf < qw.P) {
             if (st0) q[0] = T(v0 + bias0);
             if (st1) q[ysc] = T(v1 + bias1);
           }
