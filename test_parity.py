@@ -452,6 +452,33 @@ def test_opcheck(dtype):
 
 
 @gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_path_matches_custom_op(dtype):
+    """Eager calls go through _ConvTranspose3dFn (no custom-op dispatch cost); the custom op
+    (torch.compile, dispatch modes) runs the same kernels: bitwise-equal output and grads."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 4, 5, device="cuda", dtype=dtype)
+    w = torch.randn(4, 3, 2, 3, 2, device="cuda", dtype=dtype)
+    b = torch.randn(6, device="cuda", dtype=dtype)
+    args = ([2, 1, 2], [1, 0, 1], [1, 0, 0], [1, 2, 1], 2)
+    res = []
+    for path in ("eager", "op"):
+        xl, wl, bl = (t.clone().requires_grad_(True) for t in (x, w, b))
+        if path == "eager":
+            y = mn.conv_transpose3d(xl, wl, bl, args[0], args[1], args[2], args[4], args[3])
+            assert type(y.grad_fn).__name__.startswith("_ConvTranspose3dFn"), type(y.grad_fn)
+        else:
+            y = mn._conv_transpose3d_op(xl, wl, bl, *args, 0)
+        dy = torch.randn(y.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(1)).to(dtype)
+        y.backward(dy)
+        res.append([y.detach(), xl.grad, wl.grad, bl.grad])
+    for name, a, e in zip(["output", "grad_input", "grad_weight", "grad_bias"], *res):
+        assert torch.equal(a, e), f"{name}: the eager path differs from the custom op"
+    m = mn.ConvTranspose3d(4, 6, 2).cuda().to(dtype)  # parameters take the eager path too
+    assert type(m(x).grad_fn).__name__.startswith("_ConvTranspose3dFn")
+
+
+@gpu
 @pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16"])
 def test_backward_is_deterministic(mode):
     """Backward twice on the same inputs gives bitwise-equal gradients (fixed-order
@@ -938,6 +965,27 @@ def test_errors_match_pytorch(case):
         assert {"weight_dtype": "weight type", "bias_dtype": "bias type",
                 "dilation0": "dilation should be greater than zero",
                 "output_too_small": "Output size is too small"}[case] in str(ours.value)
+
+
+def test_eager_path_only_for_plain_tensors(monkeypatch):
+    """The autograd.Function fast path is taken for plain CUDA tensors (and parameters) only:
+    fake tensors (and any other dispatch mode), CPU or meta tensors, tensor subclasses and
+    functorch transforms go through the custom op. Meta tensors stand in for CUDA ones here."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: self.device.type == "meta"))
+    t = torch.zeros(1, device="meta")
+    assert mn._eager_ok(t, t, None) and mn._eager_ok(t, torch.nn.Parameter(t), None)
+    assert not mn._eager_ok(t, torch.zeros(1), None)  # a CPU tensor
+    with FakeTensorMode():
+        assert not mn._eager_ok(t, t, None)
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not mn._eager_ok(t, t.as_subclass(Sub), None)
+    seen = []
+    torch.func.vmap(lambda v: seen.append(mn._eager_ok(v)) or v)(torch.zeros(2, 1, device="meta"))
+    assert seen == [False]
 
 
 def test_error_for_unsupported_dtype_and_cpu_tensor():
