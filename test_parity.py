@@ -509,10 +509,11 @@ def test_torch_compile_fullgraph():
 
 @gpu
 def test_only_requested_gradients(monkeypatch):
+    # The extension calls behind both the eager path and the custom ops.
     calls = []
-    gi, gwb = mn._grad_input_op, mn._grad_weight_bias_op
-    monkeypatch.setattr(mn, "_grad_input_op", lambda *a: calls.append("input") or gi(*a))
-    monkeypatch.setattr(mn, "_grad_weight_bias_op",
+    gi, gwb = mn._grad_input_ext, mn._grad_weight_bias_ext
+    monkeypatch.setattr(mn, "_grad_input_ext", lambda *a: calls.append("input") or gi(*a))
+    monkeypatch.setattr(mn, "_grad_weight_bias_ext",
                         lambda *a: calls.append(("weight", a[8], a[9])) or gwb(*a))
     m = mn.ConvTranspose3d(3, 4, 2, bias=True).cuda()
     x = torch.randn(1, 3, 2, 2, 2, device="cuda")
