@@ -2098,6 +2098,23 @@ __device__ __forceinline__ int wgrad_tap_shift(const Problem& P, const WinDim (&
   const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
   return (rd * R + sh) * C + sw;
 }
+struct WgradTile { int64_t n; int jd, m0; };
+__device__ __forceinline__ WgradTile wgrad_tile(int64_t tile, int tiles_per_plane, int pd, int bm) {
+  const int64_t rest = tile / tiles_per_plane;
+  return WgradTile{rest / pd, int(rest % pd), int(tile % tiles_per_plane) * bm};
+}
+template <typename W>
+__device__ __forceinline__ void wgrad_dy_piece(uint32_t wdst, int pos_bytes, const W* base, int64_t pk_v, int p,
+                                               int pc, int C, int R, uint32_t c_magic, uint32_t r_magic, int od0,
+                                               int oh0, int ow0, int dstep, const Problem& P) {
+  const int rr = fast_div(p, c_magic), c = p - rr * C;
+  const int td = fast_div(rr, r_magic), r = rr - td * R;
+  const int od = od0 + td * dstep, oh = oh0 + r, ow = ow0 + c;
+  const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(P.out[1]) &&
+                  unsigned(ow) < unsigned(P.out[2]);
+  const W* src = ok ? base + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * pk_v + pc * (16 / int(sizeof(W))) : base;
+  cp_async16(wdst + p * pos_bytes + pc * 16, src, ok ? 16 : 0);
+}
 template <typename T, int MT, int TPW, int NT, bool SPLIT3>
 __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wgrad_tc_kernel(const WgradTcParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -2147,18 +2164,14 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int Td = prm.win_planes;
   const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
-  struct TilePos { int64_t n; int jd, m0; };
-  auto tile_pos = [&](int64_t tile) {
-    const int64_t rest = tile / prm.tiles_per_plane;
-    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * kWgBM};
-  };
+  auto tile_pos = [&](int64_t tile) { return wgrad_tile(tile, prm.tiles_per_plane, wd[0].P, kWgBM); };
   constexpr int EP = 16 / int(sizeof(T)), XPR = kWgBM / EP;
   const int win_pieces = Td * R * C * PIECES, x_pieces = prm.x_async ? MT * 16 * XPR : 0;
   const int iters = (win_pieces + x_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
-  auto issue_tile = [&](const TilePos& tp, int b) {
+  auto issue_tile = [&](const WgradTile& tp, int b) {
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
@@ -2173,13 +2186,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
         const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
         cp_async16(xdst + (ci * XS + pp) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
       } else if (q - x_pieces < win_pieces) {
-        const int qw = q - x_pieces, p = qw / PIECES, pc = qw % PIECES;
-        const int rr = fast_div(p, c_magic), c = p - rr * C;
-        const int td = fast_div(rr, r_magic), r = rr - td * R;
-        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
-        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+        const int qw = q - x_pieces;
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, prm.pk_v, qw / PIECES, qw % PIECES, C, R, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
       }
     }
   };
@@ -2189,7 +2198,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   }
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
-    const TilePos tp = tile_pos(tile);
+    const WgradTile tp = tile_pos(tile);
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int64_t n = tp.n;
     __syncthreads();
@@ -2407,12 +2416,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
-  struct TilePos { int64_t n; int jd, m0; };
-  auto tile_pos = [&](int64_t tile) {
-    const int64_t rest = tile / prm.tiles_per_plane;
-    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * BM};
-  };
-  auto next = [&](TilePos& tp) {
+  auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
     if (tp.m0 >= prm.tiles_per_plane * BM) {
       tp.m0 = 0;
@@ -2425,7 +2429,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int iters = (win_pieces + x_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
   const uint32_t p_magic = fast_div_magic(uint32_t(pieces));
-  auto issue_tile = [&](const TilePos& tp, int b) {
+  auto issue_tile = [&](const WgradTile& tp, int b) {
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
@@ -2450,13 +2454,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
         cp_async16(xdst + (kc * NW + ci) * 16, bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
       } else if (q - x_pieces < win_pieces) {
-        const int qw = q - x_pieces, p = fast_div(qw, p_magic), pc = qw - p * pieces;
-        const int rr = fast_div(p, c_magic), c = p - rr * C;
-        const int td = fast_div(rr, r_magic), r = rr - td * R;
-        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * RS + pc * (16 / int(sizeof(W))) : base;
-        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, R, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
       }
     }
   };
@@ -2469,13 +2469,13 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     }
   };
   if (row_tiles) make_pos_tab(0);
-  TilePos ahead = tile_pos(t_begin);
+  WgradTile ahead = wgrad_tile(t_begin, prm.tiles_per_plane, wd[0].P, BM);
   for (int st = 0; st + 1 < S; ++st) {
     if (t_begin + st < t_end) issue_tile(ahead, st);
     cp_async_commit();
     next(ahead);
   }
-  TilePos tp = tile_pos(t_begin);
+  WgradTile tp = wgrad_tile(t_begin, prm.tiles_per_plane, wd[0].P, BM);
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
     __syncthreads();

@@ -220,6 +220,32 @@ __device__ __forceinline__ int wgrad_tap_shift(const Problem& P, const WinDim (&
   return (rd * R + sh) * C + sw;
 }
 
+// A tile of the grad-weight reduction: batch item n, input plane jd, first position m0 of
+// the plane (tiles_per_plane tiles of bm positions a plane).
+struct WgradTile { int64_t n; int jd, m0; };
+__device__ __forceinline__ WgradTile wgrad_tile(int64_t tile, int tiles_per_plane, int pd, int bm) {
+  const int64_t rest = tile / tiles_per_plane;
+  return WgradTile{rest / pd, int(rest % pd), int(tile % tiles_per_plane) * bm};
+}
+
+// One 16-byte piece (pc) of window position p of a tile's dy window (planes x R rows x C
+// columns; c_magic, r_magic = fast_div_magic of C and R), copied by cp.async to the
+// window at wdst (pos_bytes a position) from the packed dy at base (pk_v elements a
+// position, the window's corner at output (od0, oh0, ow0), planes dstep apart); zero
+// outside dy. Both tensor-core grad-weight kernels.
+template <typename W>
+__device__ __forceinline__ void wgrad_dy_piece(uint32_t wdst, int pos_bytes, const W* base, int64_t pk_v, int p,
+                                               int pc, int C, int R, uint32_t c_magic, uint32_t r_magic, int od0,
+                                               int oh0, int ow0, int dstep, const Problem& P) {
+  const int rr = fast_div(p, c_magic), c = p - rr * C;
+  const int td = fast_div(rr, r_magic), r = rr - td * R;
+  const int od = od0 + td * dstep, oh = oh0 + r, ow = ow0 + c;
+  const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(P.out[1]) &&
+                  unsigned(ow) < unsigned(P.out[2]);
+  const W* src = ok ? base + ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * pk_v + pc * (16 / int(sizeof(W))) : base;
+  cp_async16(wdst + p * pos_bytes + pc * 16, src, ok ? 16 : 0);
+}
+
 // MT m16 tiles of input channels (all of Cin/G), NT n8 tiles of dy channels (the chunk),
 // TPW taps a warp. fp32: m16n8k8 TF32 (or 3xTF32), B by two 4-byte loads a fragment (a
 // tap's shift breaks ldmatrix's 16-byte alignment in fp32). 16-bit: m16n8k16, B by
@@ -285,14 +311,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   // The dy window of a tile: the group's planes (win_planes from rd0) x R rows x C columns
   // of this chunk's CH channels, copied with cp.async from the packed dy in 16-byte pieces
   // (zero outside dy).
-  const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int Td = prm.win_planes;
   const W* dy_g = static_cast<const W*>(prm.dyp) + int64_t(g) * prm.cg_pad + chunk * CH;
-  // tile -> batch item n, input plane jd, first position m0 of the plane
-  struct TilePos { int64_t n; int jd, m0; };
-  auto tile_pos = [&](int64_t tile) {
-    const int64_t rest = tile / prm.tiles_per_plane;
-    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * kWgBM};
-  };
+  auto tile_pos = [&](int64_t tile) { return wgrad_tile(tile, prm.tiles_per_plane, wd[0].P, kWgBM); };
   // A tile's copies: (x_async) x_pieces 16-byte pieces of the x tile, then win_pieces of
   // window; thread t copies pieces t, t + 256, ... (so the x pieces a thread rounds in TF32
   // mode are the ones it copied). The row and plane of a window position come from
@@ -302,7 +323,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   const int win_pieces = Td * R * C * PIECES, x_pieces = prm.x_async ? MT * 16 * XPR : 0;
   const int iters = (win_pieces + x_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
-  auto issue_tile = [&](const TilePos& tp, int b) {
+  auto issue_tile = [&](const WgradTile& tp, int b) {
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
@@ -319,13 +340,9 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
         const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
         cp_async16(xdst + (ci * XS + pp) * int(sizeof(T)), bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
       } else if (q - x_pieces < win_pieces) {  // the dy window: planes x R rows x C columns, zero outside dy
-        const int qw = q - x_pieces, p = qw / PIECES, pc = qw % PIECES;
-        const int rr = fast_div(p, c_magic), c = p - rr * C;
-        const int td = fast_div(rr, r_magic), r = rr - td * R;
-        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * prm.pk_v + pc * (16 / int(sizeof(W))) : base;
-        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+        const int qw = q - x_pieces;
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, prm.pk_v, qw / PIECES, qw % PIECES, C, R, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
       }
     }
   };
@@ -335,7 +352,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
   }
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1) {
-    const TilePos tp = tile_pos(tile);
+    const WgradTile tp = tile_pos(tile);
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int64_t n = tp.n;
     __syncthreads();  // the previous tile's MMAs are done with xt, pos_tab and its buffer
@@ -601,14 +618,8 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;  // pk_v = RS
-  // tile -> batch item n, input plane jd, first position m0 of the plane; walked one tile
-  // at a time (next) rather than divided out each tile
-  struct TilePos { int64_t n; int jd, m0; };
-  auto tile_pos = [&](int64_t tile) {
-    const int64_t rest = tile / prm.tiles_per_plane;
-    return TilePos{rest / wd[0].P, int(rest % wd[0].P), int(tile % prm.tiles_per_plane) * BM};
-  };
-  auto next = [&](TilePos& tp) {
+  // tiles walked one at a time (next) rather than divided out each tile
+  auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
     if (tp.m0 >= prm.tiles_per_plane * BM) {
       tp.m0 = 0;
@@ -627,7 +638,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int iters = (win_pieces + x_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C)), r_magic = fast_div_magic(uint32_t(R));
   const uint32_t p_magic = fast_div_magic(uint32_t(pieces));
-  auto issue_tile = [&](const TilePos& tp, int b) {
+  auto issue_tile = [&](const WgradTile& tp, int b) {
     const int jd = tp.jd, m0 = tp.m0, jh0 = m0 / Wd;
     const int od0 = jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = jh0 * wd[1].mult + win_off_min(wd[1]);
     const int ow0 = win_off_min(wd[2]);
@@ -652,13 +663,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         const int bytes = ci < cin_g && left > 0 ? min(left, EP) * int(sizeof(T)) : 0;
         cp_async16(xdst + (kc * NW + ci) * 16, bytes ? xb + ci * P.xl.c + m0 + pp : x, bytes);
       } else if (q - x_pieces < win_pieces) {  // the dy window: planes x R rows x C columns, zero outside dy
-        const int qw = q - x_pieces, p = fast_div(qw, p_magic), pc = qw - p * pieces;
-        const int rr = fast_div(p, c_magic), c = p - rr * C;
-        const int td = fast_div(rr, r_magic), r = rr - td * R;
-        const int od = od0 + td * wd[0].dstep, oh = oh0 + r, ow = ow0 + c;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo);
-        const W* src = ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow) * RS + pc * (16 / int(sizeof(W))) : base;
-        cp_async16(wdst + p * (RS * int(sizeof(W))) + pc * 16, src, ok ? 16 : 0);
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, R, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
       }
     }
   };
@@ -676,13 +683,13 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     }
   };
   if (row_tiles) make_pos_tab(0);  // read after the first tile's barrier
-  TilePos ahead = tile_pos(t_begin);  // the next tile to copy
+  WgradTile ahead = wgrad_tile(t_begin, prm.tiles_per_plane, wd[0].P, BM);  // the next tile to copy
   for (int st = 0; st + 1 < S; ++st) {  // the first S - 1 tiles
     if (t_begin + st < t_end) issue_tile(ahead, st);
     cp_async_commit();
     next(ahead);
   }
-  TilePos tp = tile_pos(t_begin);
+  WgradTile tp = wgrad_tile(t_begin, prm.tiles_per_plane, wd[0].P, BM);
   int buf = 0;
   for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
     __syncthreads();  // the previous tile's loads and wgmmas are done with pos_tab and its buffer
