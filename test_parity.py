@@ -406,7 +406,7 @@ WGMMA_CASES = {
 
 @gpu
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("mode", ["fp32_tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16", "fp16"])
 @pytest.mark.parametrize("case", list(WGMMA_CASES))
 def test_wgmma_window_kernel(case, mode, layout):
     """The wgmma forward, grad input and grad weight wherever they can run; a Hopper GPU must

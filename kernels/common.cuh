@@ -124,6 +124,17 @@ __device__ __forceinline__ float round_tf32(float v) {
   return __uint_as_float(u & 0xffffe000u);
 }
 
+// 3xTF32 split of an fp32 value v = big + small, both with their low 13 bits clear: big
+// truncates v, small = v - big (exact, at most 13 significant bits) rounded to nearest.
+// Four instructions a value where two cvt.rna.tf32 (emulated with inf/NaN checks) and a
+// subtraction take nine: the split was most of the 3xTF32 kernel's instructions. Error of
+// big*b + small*b against v*b: below 2^-21 |v b| (a rounded big would halve it); NaN and
+// inf stay non-finite.
+__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
+  big = v & 0xffffe000u;
+  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
+
 // Rounds an fp64 sum to the output type. fp16/bf16 round through fp32: that
 // differs from one direct rounding only when the fp32 value lands exactly on
 // a half-way point of the narrow type, which an fp64 sum practically never does.

@@ -168,17 +168,6 @@ struct FwdGemm {
 constexpr int kThinMaxTd = 16;  // most depth taps a phase may have
 constexpr int kThinMaxS = 8;    // largest stride (phases a dimension) the thin kernel takes
 
-// 3xTF32 split of an fp32 A value v = big + small, both with their low 13 bits clear: big
-// truncates v, small = v - big (exact, at most 13 significant bits) rounded to nearest.
-// Four instructions a value where two cvt.rna.tf32 (emulated with inf/NaN checks) and a
-// subtraction take nine: the split was most of the 3xTF32 kernel's instructions. Error of
-// big*b + small*b against v*b: below 2^-21 |v b| (a rounded big would halve it); NaN and
-// inf stay non-finite.
-__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
-  big = v & 0xffffe000u;
-  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
-}
-
 struct ThinParams {
   const void* x;
   const uint32_t* wt_big;    // [G][kvol][32 lanes][2 words]

@@ -976,7 +976,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (prop->major < 8) return false;
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;  // TF32 where the caller allows it, else 3xTF32
-  if (!split && algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
+  if (algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));

@@ -41,12 +41,21 @@
 namespace ct3d {
 
 constexpr int kWgM = 64;                 // output channels a block (wgmma M)
-constexpr int kWgN = 256;                // positions a warpgroup (wgmma N)
 constexpr int kWgGroups = 2;             // warpgroups a block
-constexpr int kWgQ = kWgN * kWgGroups;   // positions a block
-constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights in a stage: 2 K slices x 64 co x 16 bytes
-constexpr int kWgEpPitch = kWgQ + 8;     // epilogue rows of D in shared memory (floats)
-constexpr int kWgEpBytes = kWgM * kWgEpPitch * 4;
+constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights (one part): 2 K slices x 64 co x 16 bytes
+constexpr int kWgFlushTaps = 8;          // 3xTF32: taps a chain before it is added into the sum
+
+// The shape of a variant: positions a warpgroup (wgmma N: 256, or 128 for 3xTF32, which
+// keeps two accumulator sets), positions a block, a tap's weight bytes in a stage (big,
+// then small for 3xTF32), the epilogue's row pitch (floats) and bytes.
+template <bool SPLIT>
+struct WgShape {
+  static constexpr int N = SPLIT ? 128 : 256;
+  static constexpr int Q = N * kWgGroups;
+  static constexpr int TapBytes = SPLIT ? 2 * kWgTapBytes : kWgTapBytes;
+  static constexpr int EpPitch = Q + 8;
+  static constexpr int EpBytes = kWgM * EpPitch * 4;
+};
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
@@ -165,6 +174,31 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_
 #endif
 }
 
+// d (64 x 128, fp32) = (scale_d ? d : 0) + A * B, TF32, both through descriptors (3xTF32).
+#define CT3D_WG_D64                                                                              \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "            \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define CT3D_F8(d, i) \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+__device__ __forceinline__ void wgmma_n128_tf32(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+#ifdef CT3D_WGMMA
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " CT3D_WG_D64 ", %64, %65, p, 1, 1;\n}\n"
+               : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                 CT3D_F8(d, 48), CT3D_F8(d, 56)
+               : "l"(da), "l"(db), "r"(scale_d));
+#endif
+}
+
+// Pins accumulator registers at this point of the program: the compiler may not move their
+// reads or writes across it (around wgmma.wait_group, which does not name them).
+template <int R>
+__device__ __forceinline__ void wg_fence_operands(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
 constexpr int kWgChunk = 8;  // taps issued together after one wgmma.fence
 
 // The wgmmas of n (1..kWgChunk) consecutive taps, straight-line after one fence: tap j's A
@@ -195,12 +229,52 @@ __device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, ui
   }
 }
 
+// 3xTF32: the chain of n (1..kWgFlushTaps) consecutive taps into `chain`, which it
+// overwrites (the first product has scale-d 0). A tap's weights are big at a + j * TapBytes,
+// small kWgTapBytes later; the window's small parts lie 2 slices after its big ones. The
+// small products (big A x small B, small A x big B) of every tap come first, while the
+// chain is still ~2^-11 of its final size, so that the tensor core's truncating alignment
+// costs them nothing; then the big x big products. The chain is added into a rounded
+// register sum after at most kWgFlushTaps big products: the truncation error grows with
+// the number of MMAs a chain, as in window_tc.cuh's kFlushTaps.
+template <int N>
+__device__ __forceinline__ void wg_split_taps_n(float (&chain)[64], uint32_t a, uint32_t b, const int* sh,
+                                                int slice_bytes) {
+  constexpr int TB = WgShape<true>::TapBytes;
+  uint32_t bo[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) bo[j] = b + uint32_t(sh[j]) * 16;
+  wg_fence();
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB + kWgTapBytes, kWgM * 16, 128), wg_desc(bo[j], slice_bytes, 128),
+                    j > 0);
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB, kWgM * 16, 128), wg_desc(bo[j] + 2 * slice_bytes, slice_bytes, 128),
+                    1);
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB, kWgM * 16, 128), wg_desc(bo[j], slice_bytes, 128), 1);
+}
+__device__ __forceinline__ void wg_split_taps(float (&chain)[64], int n, uint32_t a, uint32_t b, const int* sh,
+                                              int slice_bytes) {
+  static_assert(kWgFlushTaps == 8, "wg_split_taps: one case a chain length");
+  switch (n) {
+    case 1: wg_split_taps_n<1>(chain, a, b, sh, slice_bytes); break;
+    case 2: wg_split_taps_n<2>(chain, a, b, sh, slice_bytes); break;
+    case 3: wg_split_taps_n<3>(chain, a, b, sh, slice_bytes); break;
+    case 4: wg_split_taps_n<4>(chain, a, b, sh, slice_bytes); break;
+    case 5: wg_split_taps_n<5>(chain, a, b, sh, slice_bytes); break;
+    case 6: wg_split_taps_n<6>(chain, a, b, sh, slice_bytes); break;
+    case 7: wg_split_taps_n<7>(chain, a, b, sh, slice_bytes); break;
+    default: wg_split_taps_n<8>(chain, a, b, sh, slice_bytes); break;
+  }
+}
+
 // d (64 x NW, fp32) += A (64 x K) * B (K x NW), A from registers, B through descriptor db
 // (K-major); K = 16 for fp16/bf16, 8 for TF32; NW = 32, 48 or 64. A: this thread's
 // fragment, laid out as mma.sync's m16n8k16 (m16n8k8 for TF32) A fragment of rows
 // 16 * (warp % 4) .. + 15 of the 64 (grad weight on wgmma).
-#define CT3D_F8(d, i) \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 #define CT3D_RS_IN(a, db) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)
 template <typename T, int NW>
 __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)[4], uint64_t db) {
@@ -267,24 +341,27 @@ __global__ void wgmma_probe_kernel(int* out) {
 #endif
 }
 
-// w [Cin, Cout/G, kvol] -> [g][tap r][chunk][co tile][K slice 2][64 co][16 bytes], one
-// 32-bit word per idx; zero outside. 16-bit: the word packs B[k][co] (low half) and
+// w [Cin, Cout/G, kvol] -> [g][tap r][chunk][co tile][part][K slice 2][64 co][16 bytes],
+// one 32-bit word per idx; zero outside. 16-bit: the word packs B[k][co] (low half) and
 // B[k + 1][co], k = chunk*16 + slice*8 + 2*(word % 4). fp32: B[k][co] rounded to TF32
-// (nearest-even), k = chunk*8 + slice*4 + word % 4. B[k][co] as in transform_weight_kernel.
+// (nearest-even), k = chunk*8 + slice*4 + word % 4; with split (3xTF32) two parts, the big
+// and small halves of split_tf32. B[k][co] as in transform_weight_kernel.
 template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
-                                           int job, int nchunks, int ncot) {
-  const int64_t total = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+                                           int job, int nchunks, int ncot, bool split) {
+  const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
+  const int64_t total = P.G * P.kvol() * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
   const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t t = idx;
-    const int word = int(t % (kWgTapBytes / 4)); t /= kWgTapBytes / 4;
+    const int tw = int(t % tap_words); t /= tap_words;
     const int cot = int(t % ncot); t /= ncot;
     const int ch = int(t % nchunks); t /= nchunks;
     const int64_t r = t % P.kvol();
     const int64_t g = t / P.kvol();
+    const int part = tw / part_words, word = tw % part_words;
     const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
     const int64_t n = int64_t(cot) * kWgM + co;
     auto value = [&](int64_t k) -> float {
@@ -293,7 +370,14 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
       return float(w[((g * P.cin_g() + ci) * P.cout_g() + cx) * P.kvol() + r]);
     };
     if constexpr (std::is_same<T, float>::value) {
-      out[idx] = __float_as_uint(round_tf32(value(int64_t(ch) * 8 + slice * 4 + wi)));
+      const float v = value(int64_t(ch) * 8 + slice * 4 + wi);
+      if (split) {
+        uint32_t big, small;
+        split_tf32(__float_as_uint(v), big, small);
+        out[idx] = part == 0 ? big : small;
+      } else {
+        out[idx] = __float_as_uint(round_tf32(v));
+      }
     } else {
       const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
       const T lo = T(value(k)), hi = T(value(k + 1));  // exact: the values are T already
@@ -305,11 +389,14 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
   }
 }
 
-// The window convolution on wgmma: 256 threads (2 warpgroups), one block per SM.
-template <typename T>
+// The window convolution on wgmma: 256 threads (2 warpgroups), one block per SM. SPLIT:
+// 3xTF32 (fp32 only).
+template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
+  using S = WgShape<SPLIT>;
+  static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
   constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
@@ -324,14 +411,14 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
   const int jd = bx % prm.pd_max;
   const int n = bx / prm.pd_max;
-  const int q0 = pt * kWgQ;  // the block's first virtual position
+  const int q0 = pt * S::Q;  // the block's first virtual position
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int Thw = wd[1].T * wd[2].T;
 
   // ---- window: rows jh0 .. of the source plane, C columns; see the header ----
   const int jh0 = q0 / C;
-  const int R = (q0 + kWgQ - 1) / C - jh0 + win_span(wd[1]) + 2;
+  const int R = (q0 + S::Q - 1) / C - jh0 + win_span(wd[1]) + 2;
   const int wh0 = jh0 + win_off_min(wd[1]);  // source row of window row 0
   const int ww0 = win_off_min(wd[2]);        // source column of window column 0
   const int qoff = q0 - jh0 * C;             // window position of q0 at shift 0
@@ -341,20 +428,22 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
-  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);  // ntiles: co tiles
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);  // ntiles: co tiles
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;  // stages
 
   // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
   // win_pieces 16-byte pieces of window (piece q: position q / 2, K slice q % 2), then the
-  // weights, 128 pieces a tap; thread t copies pieces t, t + 256, ...
+  // weights, TapBytes / 16 pieces a tap; thread t copies pieces t, t + 256, ... (3xTF32: the
+  // window's small parts are made in place from these pieces, 2 slices further on.)
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
-  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (kWgTapBytes / 4);
-  const int slice_bytes = prm.window_bytes / 2;
-  const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
+  const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
+  constexpr int kTapPieces = S::TapBytes / 16;
+  const int win_pieces = R * C * 2, w_pieces = Thw * kTapPieces;
   const int iters = (win_pieces + w_pieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
   // Copies stage kk (round it: pieces it * 256 + threadIdx.x).
@@ -362,7 +451,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
+    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
     const int tap0 = td * Thw;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
     for (int it = 0; it < iters; ++it) {
@@ -372,70 +461,112 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
         cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
       } else if (q < win_pieces + w_pieces) {
-        const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
-        cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
+        const int qw = q - win_pieces, thw = qw / kTapPieces, piece = qw % kTapPieces;
+        cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
       }
     }
   };
 
-  float acc[128];
+  constexpr int NACC = S::N / 2;  // accumulator registers a thread (m64 x N over 128 threads)
+  float acc[NACC];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
 
   for (int st = 0; st < prm.stages - 1; ++st) {
     if (st < nK) issue(st);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
-  const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;  // this warpgroup's positions at shift 0
-  // Stage kk: the wgmmas of its first kWgChunk taps; once stage kk - 1's are done
-  // (everyone's), the copy of stage kk + stages - 1 into that buffer, while the tensor
-  // pipe works on the issued taps; then the rest of the taps. Taps are issued kWgChunk at
-  // a time in straight-line code after one wgmma.fence: a wgmma inside a loop with other
-  // code gets a fence of its own from the compiler, and each fence waited for the
-  // wgmmas before it (NOTES.md, wgmma v2).
-  for (int kk = 0; kk < nK; ++kk) {
-    cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
-    const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    if (std::is_same<E, float>::value && prm.round_a) {
-      // TF32 with the source used in place: round the window pieces this thread copied
+  const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
+  if constexpr (!SPLIT) {
+    // Stage kk: the wgmmas of its first kWgChunk taps; once stage kk - 1's are done
+    // (everyone's), the copy of stage kk + stages - 1 into that buffer, while the tensor
+    // pipe works on the issued taps; then the rest of the taps. Taps are issued kWgChunk at
+    // a time in straight-line code after one wgmma.fence: a wgmma inside a loop with other
+    // code gets a fence of its own from the compiler, and each fence waited for the
+    // wgmmas before it (NOTES.md, wgmma v2).
+    for (int kk = 0; kk < nK; ++kk) {
+      cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
+      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+      if (std::is_same<E, float>::value && prm.round_a) {
+        // TF32 with the source used in place: round the window pieces this thread copied
+        unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+        for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
+          float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+          *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        }
+      }
+      fence_proxy_async();
+      __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
+      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+      const int lead = min(kWgChunk, Thw);
+      wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
+      wg_commit();
+      wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
+      __syncthreads();  // ... and the other's: its buffer is free
+      if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+      cp_async_commit();
+      for (int t = lead; t < Thw; t += kWgChunk)
+        wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
+      wg_commit();
+    }
+    wg_wait<0>();
+  } else {
+    // 3xTF32. Each thread splits the window pieces it copied (big: truncated in place;
+    // small: 2 slices on). The taps of a stage run as chains of at most kWgFlushTaps taps
+    // (equal lengths), each waited for and added into acc (rounded fp32 adds); after the
+    // first chain, stage kk - 1 is done everywhere and its buffer takes the next copy.
+    float chain[NACC];
+    const int nchain = (Thw + kWgFlushTaps - 1) / kWgFlushTaps, clen = (Thw + nchain - 1) / nchain;
+    for (int kk = 0; kk < nK; ++kk) {
+      cp_async_wait(prm.stages - 2);
+      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
       unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
-        float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+        uint4 big = *v, small;
+        split_tf32(big.x, big.x, small.x);
+        split_tf32(big.y, big.y, small.y);
+        split_tf32(big.z, big.z, small.z);
+        split_tf32(big.w, big.w, small.w);
+        *v = big;
+        *reinterpret_cast<uint4*>(win + (2 + (q & 1)) * slice_bytes + (q >> 1) * 16) = small;
+      }
+      fence_proxy_async();
+      __syncthreads();
+      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+      for (int t = 0; t < Thw; t += clen) {
+        wg_split_taps(chain, min(clen, Thw - t), a_base + t * S::TapBytes, b_base, sh_tab + t, slice_bytes);
+        wg_commit();
+        wg_wait<0>();
+        wg_fence_operands(chain);
+#pragma unroll
+        for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
+        if (t == 0) {
+          __syncthreads();  // everyone is done with stage kk - 1
+          if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+          cp_async_commit();
+        }
       }
     }
-    fence_proxy_async();
-    __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
-    const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-    const int lead = min(kWgChunk, Thw);
-    wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
-    wg_commit();
-    wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
-    __syncthreads();  // ... and the other's: its buffer is free
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
-    cp_async_commit();
-    for (int t = lead; t < Thw; t += kWgChunk)
-      wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
-    wg_commit();
   }
-  wg_wait<0>();
+  wg_fence_operands(acc);
   cp_async_wait(0);  // no copy may be in flight past this point
   __syncthreads();   // every warpgroup is done with the stage buffers
 
   // ---- epilogue: the block's D through shared memory (the stage buffers), then bias, one
   // rounding and coalesced stores along positions; virtual columns jw >= Pw are dropped ----
-  // ep[co][q], kWgEpPitch floats a row: the 8-byte stores of a half-warp (4 rows x 4 lanes)
+  // ep[co][q], EpPitch floats a row: the 8-byte stores of a half-warp (4 rows x 4 lanes)
   // land in distinct banks.
   float* ep = reinterpret_cast<float*>(smem);
   {
     const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
 #pragma unroll
-    for (int i = 0; i < 32; ++i)
+    for (int i = 0; i < S::N / 8; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * kWgN + 8 * i + 2 * (lane % 4);
-        *reinterpret_cast<float2*>(ep + row * kWgEpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
+        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * S::N + 8 * i + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(ep + row * S::EpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
       }
   }
   __syncthreads();
@@ -445,7 +576,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int nco = min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
     const int jh = q / C, jw = q - jh * C;
     if (jh >= Ph || jw >= Pw) continue;
@@ -453,7 +584,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
     T* o = out + prm.out_l.at(n, c0, pos);
     for (int co = 0; co < nco; ++co) {
-      const float v = ep[co * kWgEpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
       o[co * prm.out_l.c] = T(v);
     }
   }
@@ -487,17 +618,20 @@ inline bool wgmma_available(int dev) {
 // Runs the window convolution on wgmma. force: wherever it can run (tests); else only
 // where it is expected to beat window_tc.cuh's kernel: more than 32 output channels a
 // group (with 32, half of M is zero rows: kb68's grad input measured 7.1 ms against 6.7
-// on mma.sync in bf16, 12.3 against 11.5 in TF32). Returns false, launching nothing, where
-// it does not apply: no wgmma build, a strided source step (grad input at stride > 1 in
-// h or w), 3xTF32, or a window that does not fit.
+// on mma.sync in bf16, 12.3 against 11.5 in TF32). fp32 without TF32 runs 3xTF32
+// (WgShape<true>). Returns false, launching nothing, where it does not apply: no wgmma
+// build, a strided source step (grad input at stride > 1 in h or w), or a window that does
+// not fit (two stages at least).
 template <typename T>
 bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
   const int dev = w.get_device();
-  const bool fp32 = std::is_same<T, float>::value;
-  if (fp32 && !tf32) return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
+  const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
+  const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
   if (!force && prm.out_cg <= 32) return false;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
   if (!wgmma_available(dev)) return false;
@@ -514,19 +648,20 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + kWgQ - 1) / kWgQ);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + Q - 1) / Q);
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
-    const int64_t rows = (kWgQ - 1) / C + 1 + win_span(wd[1]) + 2;
+    const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
+  // The window: two K slices (3xTF32: then their small parts), 128-byte aligned.
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
-  const int64_t window_bytes = 2 * slice_bytes, stage_bytes = window_bytes + thw_max * kWgTapBytes;
+  const int64_t window_bytes = (split ? 4 : 2) * slice_bytes, stage_bytes = window_bytes + thw_max * tap_bytes;
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  const int64_t body = std::max<int64_t>(stages * stage_bytes, kWgEpBytes);  // stages, then the epilogue's D
+  const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
 
@@ -536,18 +671,18 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
 
   // ---- the weight, in the wgmma layout ----
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (tap_bytes / 4);
   auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
   uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {
     transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
-                                                              int(ncot));
+                                                              int(ncot), split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
   prm.wt_big = wt_ptr;
-  prm.wt_small = nullptr;
+  prm.wt_small = nullptr;  // 3xTF32: each tap's small part follows its big part
   prm.nchunks = int(nchunks);
   prm.ntiles = int(ncot);
   prm.tiles_per_plane = int(tpp);
@@ -559,7 +694,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  auto kernel = window_wg_kernel<T>;
+  auto kernel = window_wg_kernel<T, false>;
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) kernel = window_wg_kernel<T, true>;
+  }
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
