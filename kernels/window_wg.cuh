@@ -32,6 +32,15 @@
 // accumulators, the address work of 128 scattered stores a thread was a quarter of the
 // kernel's time: NOTES.md, wgmma v1.)
 //
+// fp32 strict (3xTF32, WgShape<true>): each operand is split as big + small (split_tf32);
+// the weight transform writes both parts of a tap (big, then small), and each thread
+// splits the window pieces it copied in place (big) and two slices on (small), so a stage
+// holds four window slices. A tap is three wgmmas, big x small and small x big first, then
+// big x big. The tensor core aligns with truncation, so the error of a chain grows with
+// its MMAs: each warpgroup keeps a chain accumulator besides its sum (m64n128, two sets
+// of 64 registers, 256 positions a block), restarts it every kWgFlushTaps taps and adds
+// it into the sum with rounded fp32 adds (window_tc.cuh's kFlushTaps, same reason).
+//
 // Sections: PTX helpers, kernels (weight transform, window convolution), host.
 #pragma once
 #include "window_tc.cuh"
