@@ -401,6 +401,12 @@ WGMMA_CASES = {
     # 20 ci (zero columns of N) and 12 dy channels (a zero-padded chunk)
     "wgrad_stride2_dilation_groups": conv_cfg(40, 24, 3, s=2, p=1, op=1, d=(1, 2, 1), g=2, batch=1,
                                               size=(2, 6, 16)),
+    # 63 (h, w) taps: their weights do not fit two stages, so a (chunk, depth tap) runs as
+    # several stages of a part of the taps each (2 in bf16/TF32, 4 in 3xTF32, 16 taps a part)
+    "tap_parts": conv_cfg(16, 40, (2, 7, 9), p=(0, 3, 4), bias=True, batch=1, size=(3, 10, 30)),
+    # stride 2 with 9 x 9 taps: phases of 16 to 25 (h, w) taps; in 3xTF32 they run in two
+    # parts of unequal length
+    "tap_parts_stride2": conv_cfg(8, 40, (1, 9, 9), s=2, p=(0, 4, 4), op=1, batch=1, size=(2, 8, 20)),
 }
 
 

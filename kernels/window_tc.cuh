@@ -101,6 +101,7 @@ struct WinParams {
   int stage_bytes;        // one pipeline stage: the window, then (one accumulator set) B
   int stages;             // pipeline depth, 2..4
   int table_offset;       // window_wg.cuh: shared-memory bytes before the tap tables
+  int tap_parts;          // window_wg.cuh: stages a (chunk, depth tap) takes, its taps split among them
   bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 
@@ -263,16 +264,26 @@ __device__ __forceinline__ int fast_div(int p, uint32_t magic) {
   return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
 }
 
+// The 16-byte halves of chunk `chunk` (kc channels) that a group's cg_pad source channels
+// hold: 2, or 1 where cg_pad ends mid-chunk (the source is padded to whole halves only).
+__device__ __forceinline__ int win_halves(int64_t cg_pad, int chunk, int kc) {
+  const int64_t h = (cg_pad - int64_t(chunk) * kc) / (kc / 2);
+  return h < 2 ? int(h) : 2;
+}
+
 // Where window piece half (0 or 1: bytes 0-15 or 16-31 of the chunk) of window position p
 // (row p / C, column p % C; c_magic = fast_div_magic(C)) comes from: the source plane at
 // base (rows H x columns W, pk_v elements a position, kc channels a chunk), its row wh0 + r,
-// column ww0 + c; null outside it (the copy then writes zeros). Both window kernels.
+// column ww0 + c; null outside it or where half >= halves, the halves of this chunk the
+// source holds (the last chunk of a group may hold one: win_halves) -- the copy then writes
+// zeros. Both window kernels.
 template <typename E>
-__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int C, uint32_t c_magic, int wh0,
-                                                  int ww0, int H, int W, int64_t pk_v, int kc) {
+__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int halves, int C,
+                                                  uint32_t c_magic, int wh0, int ww0, int H, int W, int64_t pk_v,
+                                                  int kc) {
   const int r = fast_div(p, c_magic), c = p - r * C;
   const int ih = wh0 + r, iw = ww0 + c;
-  if (unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
+  if (half >= halves || unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
   return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
 }
 
@@ -600,12 +611,13 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     const uint32_t* wsrc;
     int tap0;  // td * Thw
     uint32_t dst;
+    int halves;  // of the chunk, in the source (win_halves)
   };
   auto stage_src = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
-                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes};
+                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes, win_halves(prm.cg_pad, chunk, KC)};
   };
   auto issue = [&](const StageSrc& ss) {
     const E* base = ss.base;
@@ -614,7 +626,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        const E* s = win_piece_src(base, p, q & 1, ss.halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
         cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
       } else if (BS && q < win_pieces + b_pieces) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
         const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
@@ -922,12 +934,13 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
 }
 
 // The source of a window convolution, channels innermost, where prm.src (and pk_n, pk_v,
-// cg_pad, round_a) say: src_t itself where it already is (channels_last_3d, whole chunks,
-// 16-byte aligned), else a packed copy with cg_pad channels a group, returned (keep it
-// alive until the kernel has run).
+// cg_pad, round_a) say: src_t itself where it already is (channels_last_3d, whole 16-byte
+// halves of a chunk, 16-byte aligned), else a packed copy with cg_pad channels a group,
+// returned (keep it alive until the kernel has run). cg_pad rounds the group's channels up
+// to whole halves, not whole chunks: the window copy zero-fills a chunk's missing half
+// (win_halves), so 8 bf16 channels a group (kb72's grad input) pack into 8, not 16.
 template <typename T>
-at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, int64_t cg_pad,
-                                 cudaStream_t stream) {
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
@@ -935,7 +948,8 @@ at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool t
   const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
   const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
   const int64_t C = P.G * prm.src_cg;
-  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
+  const int64_t cg_pad = (prm.src_cg + KC / 2 - 1) / (KC / 2) * (KC / 2);
+  const bool in_place = sl.c == 1 && prm.src_cg == cg_pad &&
                         reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
                         (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
                         sl.v >= C;
@@ -1039,7 +1053,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   auto stream = at::cuda::getCurrentCUDAStream();
 
   // ---- the source, channels innermost (in place where it already is) ----
-  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
+  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
 
   // ---- the weight, in fragment order ----
   const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;

@@ -439,9 +439,18 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* vtd = sh_tab + P.k[1] * P.k[2];
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);  // ntiles: co tiles
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
-  const int nK = nvt * prm.nchunks;  // stages
+  // A (chunk, depth tap) runs as tap_parts stages of up to hp (th, tw) taps each (more than
+  // one where the weights of all taps would not let two stages fit; each part copies the
+  // window again).
+  const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
+  const int nK = nvt * prm.nchunks * nparts;  // stages
+  auto part_taps = [&](int kk, int& t0) {  // the taps t0 .. t0 + (result) - 1 of stage kk
+    t0 = (kk % nparts) * hp;
+    return max(0, min(hp, Thw - t0));
+  };
 
-  // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
+  // ---- stage copies: stage kk = (chunk u / nvt, depth tap vtd[u % nvt], part kk % nparts),
+  // u = kk / nparts ----
   // win_pieces 16-byte pieces of window (piece q: position q / 2, K slice q % 2), then the
   // weights, TapBytes / 16 pieces a tap; thread t copies pieces t, t + 256, ... (3xTF32: the
   // window's small parts are made in place from these pieces, 2 slices further on.)
@@ -452,22 +461,25 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;
-  const int win_pieces = R * C * 2, w_pieces = Thw * kTapPieces;
-  const int iters = (win_pieces + w_pieces + 255) / 256;
+  const int win_pieces = R * C * 2;
+  const int iters = (win_pieces + hp * kTapPieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
   // Copies stage kk (round it: pieces it * 256 + threadIdx.x).
   auto issue = [&](int kk) {
-    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int u = kk / nparts, chunk = u / nvt, td = vtd[u % nvt];
+    int t0;
+    const int w_pieces = part_taps(kk, t0) * kTapPieces;
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
     const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
-    const int tap0 = td * Thw;
+    const int tap0 = td * Thw + t0;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    const int halves = win_halves(prm.cg_pad, chunk, KC);
     for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        const E* s = win_piece_src(base, p, q & 1, halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
         cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
       } else if (q < win_pieces + w_pieces) {
         const int qw = q - win_pieces, thw = qw / kTapPieces, piece = qw % kTapPieces;
@@ -508,15 +520,16 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       fence_proxy_async();
       __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
       const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      const int lead = min(kWgChunk, Thw);
-      wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
+      int t0;
+      const int nt = part_taps(kk, t0), lead = min(kWgChunk, nt);
+      if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
       wg_commit();
       wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
       __syncthreads();  // ... and the other's: its buffer is free
       if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
       cp_async_commit();
-      for (int t = lead; t < Thw; t += kWgChunk)
-        wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
+      for (int t = lead; t < nt; t += kWgChunk)
+        wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
       wg_commit();
     }
     wg_wait<0>();
@@ -526,7 +539,6 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     // (equal lengths), each waited for and added into acc (rounded fp32 adds); after the
     // first chain, stage kk - 1 is done everywhere and its buffer takes the next copy.
     float chain[NACC];
-    const int nchain = (Thw + kWgFlushTaps - 1) / kWgFlushTaps, clen = (Thw + nchain - 1) / nchain;
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
       const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
@@ -544,14 +556,19 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       fence_proxy_async();
       __syncthreads();
       const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      for (int t = 0; t < Thw; t += clen) {
-        wg_split_taps(chain, min(clen, Thw - t), a_base + t * S::TapBytes, b_base, sh_tab + t, slice_bytes);
-        wg_commit();
-        wg_wait<0>();
-        wg_fence_operands(chain);
+      int t0;
+      const int nt = part_taps(kk, t0);
+      const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
+      for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
+        if (t < nt) {
+          wg_split_taps(chain, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+          wg_commit();
+          wg_wait<0>();
+          wg_fence_operands(chain);
 #pragma unroll
-        for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
-        if (t == 0) {
+          for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
+        }
+        if (c == 0) {
           __syncthreads();  // everyone is done with stage kk - 1
           if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
           cp_async_commit();
@@ -666,8 +683,14 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
   // The window: two K slices (3xTF32: then their small parts), 128-byte aligned.
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
-  const int64_t window_bytes = (split ? 4 : 2) * slice_bytes, stage_bytes = window_bytes + thw_max * tap_bytes;
+  // A stage: the window, then the weights of a part of the (th, tw) taps: all of them, or
+  // the fewest parts that let two stages fit.
+  const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
+  int64_t parts = 1;
+  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
+  const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
@@ -677,7 +700,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
+  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
 
   // ---- the weight, in the wgmma layout ----
   const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (tap_bytes / 4);
@@ -699,6 +722,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.window_bytes = int(window_bytes);
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
+  prm.tap_parts = int(parts);
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
