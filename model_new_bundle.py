@@ -96,6 +96,10 @@ __device__ __forceinline__ float round_tf32(float v) {
   u += 0xfffu + ((u >> 13) & 1u);
   return __uint_as_float(u & 0xffffe000u);
 }
+__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
+  big = v & 0xffffe000u;
+  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
 template <typename T> __device__ __forceinline__ T cast_out(double v) { return T(float(v)); }
 template <> __device__ __forceinline__ double cast_out<double>(double v) { return v; }
 __device__ __forceinline__ double block_sum_256(double v) {
@@ -272,6 +276,7 @@ struct WinParams {
   int stage_bytes;
   int stages;
   int table_offset;
+  int tap_parts;
   bool round_a;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
@@ -404,12 +409,17 @@ __host__ __device__ inline uint32_t fast_div_magic(uint32_t d) { return d <= 1 ?
 __device__ __forceinline__ int fast_div(int p, uint32_t magic) {
   return magic == 0 ? p : int(__umulhi(uint32_t(p), magic));
 }
+__device__ __forceinline__ int win_halves(int64_t cg_pad, int chunk, int kc) {
+  const int64_t h = (cg_pad - int64_t(chunk) * kc) / (kc / 2);
+  return h < 2 ? int(h) : 2;
+}
 template <typename E>
-__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int C, uint32_t c_magic, int wh0,
-                                                  int ww0, int H, int W, int64_t pk_v, int kc) {
+__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int halves, int C,
+                                                  uint32_t c_magic, int wh0, int ww0, int H, int W, int64_t pk_v,
+                                                  int kc) {
   const int r = fast_div(p, c_magic), c = p - r * C;
   const int ih = wh0 + r, iw = ww0 + c;
-  if (unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
+  if (half >= halves || unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
   return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
 }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
@@ -664,12 +674,13 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     const uint32_t* wsrc;
     int tap0;
     uint32_t dst;
+    int halves;
   };
   auto stage_src = [&](int kk) {
     const int chunk = kk / nvt, td = vtd[kk % nvt];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
-                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes};
+                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes, win_halves(prm.cg_pad, chunk, KC)};
   };
   auto issue = [&](const StageSrc& ss) {
     const E* base = ss.base;
@@ -678,7 +689,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        const E* s = win_piece_src(base, p, q & 1, ss.halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
         cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
       } else if (BS && q < win_pieces + b_pieces) {
         const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
@@ -941,8 +952,7 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
   return 2;
 }
 template <typename T>
-at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, int64_t cg_pad,
-                                 cudaStream_t stream) {
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
@@ -950,7 +960,8 @@ at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool t
   const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
   const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
   const int64_t C = P.G * prm.src_cg;
-  const bool in_place = sl.c == 1 && prm.src_cg % KC == 0 &&
+  const int64_t cg_pad = (prm.src_cg + KC / 2 - 1) / (KC / 2) * (KC / 2);
+  const bool in_place = sl.c == 1 && prm.src_cg == cg_pad &&
                         reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
                         (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
                         sl.v >= C;
@@ -983,7 +994,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (prop->major < 8) return false;
   const bool fp32 = std::is_same<T, float>::value;
   const bool split = fp32 && !tf32;
-  if (!split && algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
+  if (algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
@@ -1037,7 +1048,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ntiles = (prm.out_cg + bn - 1) / bn * (bn / 8);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
+  const at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
   const int mode = !fp32 ? kWeight16 : split ? kWeightSplit : kWeightTf32;
   const int64_t wt_numel = P.G * P.kvol() * nchunks * ntiles * 64;
   auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
@@ -1074,12 +1085,17 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
 #include <vector>
 namespace ct3d {
 constexpr int kWgM = 64;
-constexpr int kWgN = 256;
 constexpr int kWgGroups = 2;
-constexpr int kWgQ = kWgN * kWgGroups;
 constexpr int kWgTapBytes = 2 * kWgM * 16;
-constexpr int kWgEpPitch = kWgQ + 8;
-constexpr int kWgEpBytes = kWgM * kWgEpPitch * 4;
+constexpr int kWgFlushTaps = 8;
+template <bool SPLIT>
+struct WgShape {
+  static constexpr int N = SPLIT ? 128 : 256;
+  static constexpr int Q = N * kWgGroups;
+  static constexpr int TapBytes = SPLIT ? 2 * kWgTapBytes : kWgTapBytes;
+  static constexpr int EpPitch = Q + 8;
+  static constexpr int EpBytes = kWgM * EpPitch * 4;
+};
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
 #endif
@@ -1178,6 +1194,26 @@ __device__ __forceinline__ void wgmma_n256(float (&d)[128], uint64_t da, uint64_
   }
 #endif
 }
+#define CT3D_WG_D64                                                                              \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "            \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "            \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define CT3D_F8(d, i) \
+  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+__device__ __forceinline__ void wgmma_n128_tf32(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
+#ifdef CT3D_WGMMA
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 " CT3D_WG_D64 ", %64, %65, p, 1, 1;\n}\n"
+               : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                 CT3D_F8(d, 48), CT3D_F8(d, 56)
+               : "l"(da), "l"(db), "r"(scale_d));
+#endif
+}
+template <int R>
+__device__ __forceinline__ void wg_fence_operands(float (&d)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 constexpr int kWgChunk = 8;
 template <typename T, int N>
 __device__ __forceinline__ void wg_taps_n(float (&acc)[128], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
@@ -1204,8 +1240,39 @@ __device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, ui
     default: wg_taps_n<T, 8>(acc, a, b, sh, slice_bytes); break;
   }
 }
-#define CT3D_F8(d, i) \
-  "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+template <int N>
+__device__ __forceinline__ void wg_split_taps_n(float (&chain)[64], uint32_t a, uint32_t b, const int* sh,
+                                                int slice_bytes) {
+  constexpr int TB = WgShape<true>::TapBytes;
+  uint32_t bo[N];
+#pragma unroll
+  for (int j = 0; j < N; ++j) bo[j] = b + uint32_t(sh[j]) * 16;
+  wg_fence();
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB + kWgTapBytes, kWgM * 16, 128), wg_desc(bo[j], slice_bytes, 128),
+                    j > 0);
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB, kWgM * 16, 128), wg_desc(bo[j] + 2 * slice_bytes, slice_bytes, 128),
+                    1);
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    wgmma_n128_tf32(chain, wg_desc(a + j * TB, kWgM * 16, 128), wg_desc(bo[j], slice_bytes, 128), 1);
+}
+__device__ __forceinline__ void wg_split_taps(float (&chain)[64], int n, uint32_t a, uint32_t b, const int* sh,
+                                              int slice_bytes) {
+  static_assert(kWgFlushTaps == 8, "wg_split_taps: one case a chain length");
+  switch (n) {
+    case 1: wg_split_taps_n<1>(chain, a, b, sh, slice_bytes); break;
+    case 2: wg_split_taps_n<2>(chain, a, b, sh, slice_bytes); break;
+    case 3: wg_split_taps_n<3>(chain, a, b, sh, slice_bytes); break;
+    case 4: wg_split_taps_n<4>(chain, a, b, sh, slice_bytes); break;
+    case 5: wg_split_taps_n<5>(chain, a, b, sh, slice_bytes); break;
+    case 6: wg_split_taps_n<6>(chain, a, b, sh, slice_bytes); break;
+    case 7: wg_split_taps_n<7>(chain, a, b, sh, slice_bytes); break;
+    default: wg_split_taps_n<8>(chain, a, b, sh, slice_bytes); break;
+  }
+}
 #define CT3D_RS_IN(a, db) "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)
 template <typename T, int NW>
 __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)[4], uint64_t db) {
@@ -1268,18 +1335,20 @@ __global__ void wgmma_probe_kernel(int* out) {
 }
 template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
-                                           int job, int nchunks, int ncot) {
-  const int64_t total = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+                                           int job, int nchunks, int ncot, bool split) {
+  const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
+  const int64_t total = P.G * P.kvol() * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
   const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     int64_t t = idx;
-    const int word = int(t % (kWgTapBytes / 4)); t /= kWgTapBytes / 4;
+    const int tw = int(t % tap_words); t /= tap_words;
     const int cot = int(t % ncot); t /= ncot;
     const int ch = int(t % nchunks); t /= nchunks;
     const int64_t r = t % P.kvol();
     const int64_t g = t / P.kvol();
+    const int part = tw / part_words, word = tw % part_words;
     const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
     const int64_t n = int64_t(cot) * kWgM + co;
     auto value = [&](int64_t k) -> float {
@@ -1288,7 +1357,14 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
       return float(w[((g * P.cin_g() + ci) * P.cout_g() + cx) * P.kvol() + r]);
     };
     if constexpr (std::is_same<T, float>::value) {
-      out[idx] = __float_as_uint(round_tf32(value(int64_t(ch) * 8 + slice * 4 + wi)));
+      const float v = value(int64_t(ch) * 8 + slice * 4 + wi);
+      if (split) {
+        uint32_t big, small;
+        split_tf32(__float_as_uint(v), big, small);
+        out[idx] = part == 0 ? big : small;
+      } else {
+        out[idx] = __float_as_uint(round_tf32(v));
+      }
     } else {
       const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
       const T lo = T(value(k)), hi = T(value(k + 1));
@@ -1299,10 +1375,12 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     }
   }
 }
-template <typename T>
+template <typename T, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
+  using S = WgShape<SPLIT>;
+  static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
   constexpr int KC = 32 / int(sizeof(E));
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
@@ -1315,94 +1393,146 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
   const int jd = bx % prm.pd_max;
   const int n = bx / prm.pd_max;
-  const int q0 = pt * kWgQ;
+  const int q0 = pt * S::Q;
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int Thw = wd[1].T * wd[2].T;
   const int jh0 = q0 / C;
-  const int R = (q0 + kWgQ - 1) / C - jh0 + win_span(wd[1]) + 2;
+  const int R = (q0 + S::Q - 1) / C - jh0 + win_span(wd[1]) + 2;
   const int wh0 = jh0 + win_off_min(wd[1]);
   const int ww0 = win_off_min(wd[2]);
   const int qoff = q0 - jh0 * C;
   int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
-  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (kWgTapBytes / 4);
+  const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
-  const int nK = nvt * prm.nchunks;
+  const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
+  const int nK = nvt * prm.nchunks * nparts;
+  auto part_taps = [&](int kk, int& t0) {
+    t0 = (kk % nparts) * hp;
+    return max(0, min(hp, Thw - t0));
+  };
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
-  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (kWgTapBytes / 4);
-  const int slice_bytes = prm.window_bytes / 2;
-  const int win_pieces = R * C * 2, w_pieces = Thw * (kWgTapBytes / 16);
-  const int iters = (win_pieces + w_pieces + 255) / 256;
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
+  const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
+  constexpr int kTapPieces = S::TapBytes / 16;
+  const int win_pieces = R * C * 2;
+  const int iters = (win_pieces + hp * kTapPieces + 255) / 256;
   const uint32_t c_magic = fast_div_magic(uint32_t(C));
   auto issue = [&](int kk) {
-    const int chunk = kk / nvt, td = vtd[kk % nvt];
+    const int u = kk / nparts, chunk = u / nvt, td = vtd[u % nvt];
+    int t0;
+    const int w_pieces = part_taps(kk, t0) * kTapPieces;
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (kWgTapBytes / 4);
-    const int tap0 = td * Thw;
+    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
+    const int tap0 = td * Thw + t0;
     const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    const int halves = win_halves(prm.cg_pad, chunk, KC);
     for (int it = 0; it < iters; ++it) {
       const int q = threadIdx.x + it * 256;
       if (q < win_pieces) {
         const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
+        const E* s = win_piece_src(base, p, q & 1, halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
         cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
       } else if (q < win_pieces + w_pieces) {
-        const int qw = q - win_pieces, thw = qw >> 7, piece = qw & 127;
-        cp_async16(dst + prm.window_bytes + thw * kWgTapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
+        const int qw = q - win_pieces, thw = qw / kTapPieces, piece = qw % kTapPieces;
+        cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
       }
     }
   };
-  float acc[128];
+  constexpr int NACC = S::N / 2;
+  float acc[NACC];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
   for (int st = 0; st < prm.stages - 1; ++st) {
     if (st < nK) issue(st);
     cp_async_commit();
   }
   const int wg = threadIdx.x / 128;
-  const uint32_t b_off = uint32_t(qoff + wg * kWgN) * 16;
-  for (int kk = 0; kk < nK; ++kk) {
-    cp_async_wait(prm.stages - 2);
-    const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    if (std::is_same<E, float>::value && prm.round_a) {
+  const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
+  if constexpr (!SPLIT) {
+    for (int kk = 0; kk < nK; ++kk) {
+      cp_async_wait(prm.stages - 2);
+      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+      if (std::is_same<E, float>::value && prm.round_a) {
+        unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+        for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
+          float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+          *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        }
+      }
+      fence_proxy_async();
+      __syncthreads();
+      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+      int t0;
+      const int nt = part_taps(kk, t0), lead = min(kWgChunk, nt);
+      if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
+      wg_commit();
+      wg_wait<1>();
+      __syncthreads();
+      if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+      cp_async_commit();
+      for (int t = lead; t < nt; t += kWgChunk)
+        wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+      wg_commit();
+    }
+    wg_wait<0>();
+  } else {
+    float chain[NACC];
+    for (int kk = 0; kk < nK; ++kk) {
+      cp_async_wait(prm.stages - 2);
+      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
       unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
-        float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+        uint4 big = *v, small;
+        split_tf32(big.x, big.x, small.x);
+        split_tf32(big.y, big.y, small.y);
+        split_tf32(big.z, big.z, small.z);
+        split_tf32(big.w, big.w, small.w);
+        *v = big;
+        *reinterpret_cast<uint4*>(win + (2 + (q & 1)) * slice_bytes + (q >> 1) * 16) = small;
+      }
+      fence_proxy_async();
+      __syncthreads();
+      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
+      int t0;
+      const int nt = part_taps(kk, t0);
+      const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
+      for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
+        if (t < nt) {
+          wg_split_taps(chain, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+          wg_commit();
+          wg_wait<0>();
+          wg_fence_operands(chain);
+#pragma unroll
+          for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
+        }
+        if (c == 0) {
+          __syncthreads();
+          if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+          cp_async_commit();
+        }
       }
     }
-    fence_proxy_async();
-    __syncthreads();
-    const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-    const int lead = min(kWgChunk, Thw);
-    wg_taps<T>(acc, lead, a_base, b_base, sh_tab, slice_bytes);
-    wg_commit();
-    wg_wait<1>();
-    __syncthreads();
-    if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
-    cp_async_commit();
-    for (int t = lead; t < Thw; t += kWgChunk)
-      wg_taps<T>(acc, min(kWgChunk, Thw - t), a_base + t * kWgTapBytes, b_base, sh_tab + t, slice_bytes);
-    wg_commit();
   }
-  wg_wait<0>();
+  wg_fence_operands(acc);
   cp_async_wait(0);
   __syncthreads();
   float* ep = reinterpret_cast<float*>(smem);
   {
     const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
 #pragma unroll
-    for (int i = 0; i < 32; ++i)
+    for (int i = 0; i < S::N / 8; ++i)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * kWgN + 8 * i + 2 * (lane % 4);
-        *reinterpret_cast<float2*>(ep + row * kWgEpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
+        const int row = 16 * w4 + lane / 4 + 8 * h, col = wg * S::N + 8 * i + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(ep + row * S::EpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
       }
   }
   __syncthreads();
@@ -1412,7 +1542,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int nco = min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
+  for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
     const int jh = q / C, jw = q - jh * C;
     if (jh >= Ph || jw >= Pw) continue;
@@ -1420,7 +1550,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
     T* o = out + prm.out_l.at(n, c0, pos);
     for (int co = 0; co < nco; ++co) {
-      const float v = ep[co * kWgEpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
       o[co * prm.out_l.c] = T(v);
     }
   }
@@ -1449,8 +1579,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
   const int dev = w.get_device();
-  const bool fp32 = std::is_same<T, float>::value;
-  if (fp32 && !tf32) return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
+  const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
+  const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
   if (!force && prm.out_cg <= 32) return false;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
   if (!wgmma_available(dev)) return false;
@@ -1464,32 +1596,36 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + kWgQ - 1) / kWgQ);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + Q - 1) / Q);
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
-    const int64_t rows = (kWgQ - 1) / C + 1 + win_span(wd[1]) + 2;
+    const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
-  const int64_t window_bytes = 2 * slice_bytes, stage_bytes = window_bytes + thw_max * kWgTapBytes;
+  const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
+  int64_t parts = 1;
+  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
+  const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  const int64_t body = std::max<int64_t>(stages * stage_bytes, kWgEpBytes);
+  const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, nchunks * KC, stream);
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (kWgTapBytes / 4);
+  at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
+  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (tap_bytes / 4);
   auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
   uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {
     transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
-                                                              int(ncot));
+                                                              int(ncot), split);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   prm.wt_big = wt_ptr;
@@ -1501,11 +1637,15 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.window_bytes = int(window_bytes);
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
+  prm.tap_parts = int(parts);
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  auto kernel = window_wg_kernel<T>;
+  auto kernel = window_wg_kernel<T, false>;
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) kernel = window_wg_kernel<T, true>;
+  }
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -1613,10 +1753,6 @@ struct FwdGemm {
 };
 constexpr int kThinMaxTd = 16;
 constexpr int kThinMaxS = 8;
-__device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
-  big = v & 0xffffe000u;
-  small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
-}
 struct ThinParams {
   const void* x;
   const uint32_t* wt_big;
