@@ -271,20 +271,22 @@ __device__ __forceinline__ int win_halves(int64_t cg_pad, int chunk, int kc) {
   return h < 2 ? int(h) : 2;
 }
 
-// Where window piece half (0 or 1: bytes 0-15 or 16-31 of the chunk) of window position p
-// (row p / C, column p % C; c_magic = fast_div_magic(C)) comes from: the source plane at
-// base (rows H x columns W, pk_v elements a position, kc channels a chunk), its row wh0 + r,
-// column ww0 + c; null outside it or where half >= halves, the halves of this chunk the
-// source holds (the last chunk of a group may hold one: win_halves) -- the copy then writes
-// zeros. Both window kernels.
-template <typename E>
-__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int halves, int C,
-                                                  uint32_t c_magic, int wh0, int ww0, int H, int W, int64_t pk_v,
-                                                  int kc) {
-  const int r = fast_div(p, c_magic), c = p - r * C;
-  const int ih = wh0 + r, iw = ww0 + c;
-  if (half >= halves || unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
-  return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
+// The window's source positions, made once a block (every stage reads the same positions
+// of another plane or chunk): tab[p] = the offset, in 16-byte units, of window position p
+// (row p / C, column p % C: source row wh0 + p / C, column ww0 + p % C) from the start of a
+// source plane of H x W positions, `unit` 16-byte units a position; -1 outside the plane.
+// A stage's copy then costs a table read a piece, not a division and bounds checks: the
+// copy's issue was on the wgmma kernel's critical path (NOTES.md, position table). The
+// host makes sure that H * W * unit < 2^31 (win_table_ok).
+__device__ inline void win_pos_table(int* tab, int npos, int C, int wh0, int ww0, int H, int W, int unit) {
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  for (int p = threadIdx.x; p < npos; p += blockDim.x) {
+    const int r = fast_div(p, c_magic), c = p - r * C, ih = wh0 + r, iw = ww0 + c;
+    tab[p] = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W) ? (ih * W + iw) * unit : -1;
+  }
+}
+inline bool win_table_ok(int64_t H, int64_t W, int64_t pos_bytes) {
+  return pos_bytes % 16 == 0 && H * W * (pos_bytes / 16) < (int64_t(1) << 31);
 }
 
 // 16-byte global -> shared copy; src_bytes = 0 writes zeros (the source is not read).
@@ -299,6 +301,24 @@ __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 #endif
 }
+
+// A stage's copy of the window: piece q < pieces (window position q / 2, half q % 2: bytes
+// 0-15 or 16-31 of its chunk) from the source plane at base (the chunk's first channel;
+// positions through tab) to dst + p * pos_bytes + half * half_bytes; zeros outside the
+// plane, or where half >= halves, the halves of this chunk the source holds (the last
+// chunk of a group may hold one: win_halves). Thread t copies pieces t, t + blockDim.x, ...
+// Both window kernels.
+__device__ __forceinline__ void win_copy_window(uint32_t dst, int pos_bytes, int half_bytes, const void* base,
+                                                const int* tab, int pieces, int halves) {
+  const char* b = static_cast<const char*>(base);
+#pragma unroll 4
+  for (int q = threadIdx.x; q < pieces; q += blockDim.x) {
+    const int p = q >> 1, half = q & 1, t = tab[p];
+    const bool ok = t >= 0 && half < halves;
+    cp_async16(dst + p * pos_bytes + half * half_bytes, b + (int64_t(ok ? t : 0) + half) * 16, ok ? 16 : 0);
+  }
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
@@ -572,10 +592,14 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   const int gq = lane / 4, tq = lane % 4;
 
   // Tables after the stages: w_tab[t] = weight offset of tap t (words), sh_tab[(th, tw)] =
-  // window shift of that tap (bytes), vtd = the depth taps whose source plane is inside src.
+  // window shift of that tap (bytes), vtd = the depth taps whose source plane is inside
+  // src, pos_tab = where each window position comes from (win_pos_table).
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
+  int* pos_tab = vtd + P.k[0];
+  win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, kWinPos, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;  // stages
@@ -589,51 +613,38 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     a_base[i] = ((m / Pw - jh0) * wd[1].mult * C + (m % Pw) * wd[2].mult) * kWinPos + (lane >> 4) * 16;
   }
 
-  // ---- stage copies: stage kk = (chunk kk / nvt, depth tap vtd[kk % nvt]) ----
-  // A stage is win_pieces 16-byte pieces of window (two per position) then, with B staged,
-  // b_pieces of B; thread t copies pieces t, t + 256, ... The window row of a position
-  // comes from a multiply-high (fast_div: a window fits in shared memory, so p, C < 2^16),
-  // not a division: the copy's instructions are ~20% of the kernel's time (NOTES.md v10). (Spreading the copy in slices over the taps, to issue it while
-  // the tensor pipe is busy, measured slower: v10.)
+  // ---- stage copies: stage kk = (chunk, depth tap vtd[tdi]), tdi counting fastest; its
+  // buffer kk % stages (counters, not divisions) ----
+  // A stage is the window (two 16-byte pieces a position: win_copy_window) then, with B
+  // staged, b_pieces of B; thread t copies pieces t, t + 256, ... (Spreading the copy in
+  // slices over the taps, to issue it while the tensor pipe is busy, measured slower: v10.)
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
-  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   // B of this block: group g, its n8 tiles from co0 / 8; + chunk and tap offsets
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
   const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
-  const int iters = (win_pieces + b_pieces + 255) / 256;
-  const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  // Where stage kk's copies come from and go: the source plane of its chunk, its B and
-  // taps, its buffer.
-  struct StageSrc {
-    const E* base;
-    const uint32_t* wsrc;
-    int tap0;  // td * Thw
-    uint32_t dst;
-    int halves;  // of the chunk, in the source (win_halves)
+  struct Stage {
+    int tdi, chunk, buf;
   };
-  auto stage_src = [&](int kk) {
-    const int chunk = kk / nvt, td = vtd[kk % nvt];
+  Stage copy{0, 0, 0};  // the next stage to copy
+  // Copies stage `copy` (the next one), then moves it on.
+  auto issue = [&]() {
+    const int td = vtd[copy.tdi];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
-    return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
-                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes, win_halves(prm.cg_pad, chunk, KC)};
-  };
-  auto issue = [&](const StageSrc& ss) {
-    const E* base = ss.base;
-    const uint32_t dst = ss.dst;
-    for (int it = 0; it < iters; ++it) {
-      const int q = threadIdx.x + it * 256;
-      if (q < win_pieces) {
-        const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, ss.halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
-        cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
-      } else if (BS && q < win_pieces + b_pieces) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
-        const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
-        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,
-                   ss.wsrc + w_tab[ss.tap0 + thw] + nt * 64 + piece * 4, 16);
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + copy.chunk * KC;
+    const uint32_t dst = smem0 + copy.buf * prm.stage_bytes;
+    win_copy_window(dst, kWinPos, 16, base, pos_tab, win_pieces, win_halves(prm.cg_pad, copy.chunk, KC));
+    if (BS) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
+      const uint32_t* wsrc = wb_blk + copy.chunk * int64_t(prm.ntiles) * 64;
+      const int* wt = w_tab + td * Thw;
+      for (int qb = threadIdx.x; qb < b_pieces; qb += 256) {
+        const int piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16, wsrc + wt[thw] + nt * 64 + piece * 4, 16);
       }
     }
+    if (++copy.tdi == nvt) copy.tdi = 0, ++copy.chunk;
+    if (++copy.buf == prm.stages) copy.buf = 0;
   };
 
   // acc: the running sum. 3xTF32 also keeps blk (the bounded big*big MMA chain, added
@@ -667,21 +678,22 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   };
 
   // ---- stages: stage kk is waited for when its first tap comes up ----
-  int kk = 0, thw = 0;
+  int kk = 0, thw = 0, buf = 0;  // buf: kk % stages
   uint32_t xs = smem0;
   auto begin_stage = [&]() {
     cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies) ...
     if (!k16 && !SPLIT3 && prm.round_a) {  // TF32, source in place: round this thread's copies
-      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
         float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
         *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
       }
     }
     __syncthreads();                // ... everyone's; and stage kk - 1's MMAs are done
-    if (kk + prm.stages - 1 < nK) issue(stage_src(kk + prm.stages - 1));  // into stage kk - 1's buffer
+    if (kk + prm.stages - 1 < nK) issue();  // stage kk + stages - 1, into stage kk - 1's buffer
     cp_async_commit();
-    xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    xs = smem0 + buf * prm.stage_bytes;
+    if (++buf == prm.stages) buf = 0;
   };
   auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
     const uint32_t base = xs + sh_tab[t];
@@ -760,7 +772,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   load_b(b0, s0);
   load_b(b1, s1);
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(stage_src(st));
+    if (st < nK) issue();
     cp_async_commit();
   }
   if (nK > 0) {
@@ -933,18 +945,23 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
   return 2;
 }
 
-// The source of a window convolution, channels innermost, where prm.src (and pk_n, pk_v,
-// cg_pad, round_a) say: src_t itself where it already is (channels_last_3d, whole 16-byte
+// The source of a window convolution, channels innermost (window_source: where, without
+// launching anything; prepare_window_source: prm.src, pk_n, pk_v, cg_pad, round_a): src_t itself where it already is (channels_last_3d, whole 16-byte
 // halves of a chunk, 16-byte aligned), else a packed copy with cg_pad channels a group,
 // returned (keep it alive until the kernel has run). cg_pad rounds the group's channels up
 // to whole halves, not whole chunks: the window copy zero-fills a chunk's missing half
 // (win_halves), so 8 bf16 channels a group (kb72's grad input) pack into 8, not 16.
 template <typename T>
-at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
+struct WinSource {
+  bool in_place;  // src_t itself (channels_last_3d, whole halves, 16-byte aligned)
+  int64_t pk_n, pk_v, cg_pad;
+  int64_t pos_bytes() const { return pk_v * int64_t(sizeof(typename WinElem<T>::type)); }
+};
+template <typename T>
+WinSource<T> window_source(const WinParams& prm, const at::Tensor& src_t) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
-  const bool fp32 = std::is_same<T, float>::value;
   const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
   const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
   const int64_t C = P.G * prm.src_cg;
@@ -953,20 +970,27 @@ at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool t
                         reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
                         (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
                         sl.v >= C;
-  if (in_place) {
+  if (in_place) return WinSource<T>{true, sl.n, sl.v, prm.src_cg};
+  return WinSource<T>{false, vol * P.G * cg_pad, P.G * cg_pad, cg_pad};
+}
+template <typename T>
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
+  using E = typename WinElem<T>::type;
+  const Problem& P = prm.P;
+  const bool fp32 = std::is_same<T, float>::value;
+  const WinSource<T> ws = window_source<T>(prm, src_t);
+  prm.pk_n = ws.pk_n;
+  prm.pk_v = ws.pk_v;
+  prm.cg_pad = ws.cg_pad;
+  if (ws.in_place) {
     prm.src = src_t.data_ptr();
-    prm.pk_n = sl.n;
-    prm.pk_v = sl.v;
-    prm.cg_pad = prm.src_cg;
     prm.round_a = fp32 && tf32;
     return at::Tensor();
   }
-  const int64_t gc = P.G * cg_pad;
-  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, ws.cg_pad, fp32 && tf32, stream);
   prm.src = packed.data_ptr();
-  prm.pk_n = vol * gc;
-  prm.pk_v = gc;
-  prm.cg_pad = cg_pad;
   prm.round_a = false;
   return packed;
 }
@@ -993,20 +1017,21 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
 
   // Geometry of a tile shape (BN, narrow or wide): tiles per plane, planes, the bytes of a
   // stage (the largest window over the sub-problems, then B of the most (th, tw) taps
-  // unless 3xTF32), and the share of the tiles' rows that are real positions.
+  // unless 3xTF32), of the tables (kernel: w_tab, sh_tab, vtd, pos_tab), and the share of
+  // the tiles' rows that are real positions.
   struct Geo {
     int bn;
     bool wide, fits;
-    int64_t bm, tpp, pd_max, window_bytes, stage_bytes;
+    int64_t bm, tpp, pd_max, window_bytes, stage_bytes, table_bytes;
     double used;
   };
   auto geometry = [&](int bn, bool wide) {
-    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0.0};
+    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0, 0.0};
     int64_t most = 0, thw_max = 0, pos = 0, rows_run = 0;
     for (int64_t z = 0; z < nz; ++z) {  // sub-problems differ by phase only, not by group
       WinDim wd[3];
@@ -1025,7 +1050,8 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     }
     q.window_bytes = (most * kWinPos + 127) / 128 * 128;
     q.stage_bytes = q.window_bytes + (split ? 0 : thw_max * (bn / 8) * 256);
-    q.fits = q.tpp > 0 && 2 * q.stage_bytes + table_bytes <= optin;  // two stages at least
+    q.table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + most) * int64_t(sizeof(int));
+    q.fits = q.tpp > 0 && 2 * q.stage_bytes + q.table_bytes <= optin;  // two stages at least
     q.used = rows_run > 0 ? double(pos) / double(rows_run) : 0.0;
     return q;
   };
@@ -1042,7 +1068,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int bn = geo.bn;
   const bool wide = geo.wide;
   const int64_t tpp = geo.tpp, pd_max = geo.pd_max, window_bytes = geo.window_bytes,
-                stage_bytes = geo.stage_bytes;
+                stage_bytes = geo.stage_bytes, table_bytes = geo.table_bytes;
   const int blocks = !wide && !split && 2 * (2 * stage_bytes + table_bytes + 1024) <=
                                             int64_t(prop->sharedMemPerMultiprocessor) ? 2 : 1;
   const int stages = win_stages(stage_bytes, table_bytes, blocks, prop);

@@ -433,10 +433,14 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int qoff = q0 - jh0 * C;             // window position of q0 at shift 0
 
   // Tables after the stages: w_tab[t] = weight offset of tap t (words), sh_tab[(th, tw)] =
-  // window shift of that tap (positions), vtd = the depth taps whose source plane is inside src.
+  // window shift of that tap (positions), vtd = the depth taps whose source plane is inside
+  // src, pos_tab = where each window position comes from (win_pos_table).
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
+  int* pos_tab = vtd + P.k[0];
+  win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);  // ntiles: co tiles
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   // A (chunk, depth tap) runs as tap_parts stages of up to hp (th, tw) taps each (more than
@@ -444,48 +448,45 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   // window again).
   const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
   const int nK = nvt * prm.nchunks * nparts;  // stages
-  auto part_taps = [&](int kk, int& t0) {  // the taps t0 .. t0 + (result) - 1 of stage kk
-    t0 = (kk % nparts) * hp;
-    return max(0, min(hp, Thw - t0));
-  };
+  auto part_taps = [&](int part) { return max(0, min(hp, Thw - part * hp)); };  // taps from part * hp
 
-  // ---- stage copies: stage kk = (chunk u / nvt, depth tap vtd[u % nvt], part kk % nparts),
-  // u = kk / nparts ----
-  // win_pieces 16-byte pieces of window (piece q: position q / 2, K slice q % 2), then the
-  // weights, TapBytes / 16 pieces a tap; thread t copies pieces t, t + 256, ... (3xTF32: the
+  // ---- stage copies: stage kk = (chunk, depth tap vtd[tdi], part), part counting fastest,
+  // then tdi, then chunk; its buffer kk % stages. Counters, not divisions: this is the
+  // per-stage work of every thread. ----
+  // The window: 16-byte pieces (piece q: position q / 2, K slice q % 2); then the weights,
+  // TapBytes / 16 pieces a tap; thread t copies pieces t, t + 256, ... (3xTF32: the
   // window's small parts are made in place from these pieces, 2 slices further on.)
+  struct Stage {
+    int part, tdi, chunk, buf;
+  };
+  auto next_stage = [&](Stage& c) {
+    if (++c.part == nparts) {
+      c.part = 0;
+      if (++c.tdi == nvt) c.tdi = 0, ++c.chunk;
+    }
+    if (++c.buf == prm.stages) c.buf = 0;
+  };
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
-  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;
   const int win_pieces = R * C * 2;
-  const int iters = (win_pieces + hp * kTapPieces + 255) / 256;
-  const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  // Copies stage kk (round it: pieces it * 256 + threadIdx.x).
-  auto issue = [&](int kk) {
-    const int u = kk / nparts, chunk = u / nvt, td = vtd[u % nvt];
-    int t0;
-    const int w_pieces = part_taps(kk, t0) * kTapPieces;
+  // Copies stage c, then moves c on to the next stage.
+  auto issue = [&](Stage& c) {
+    const int td = vtd[c.tdi], t0 = c.part * hp, w_pieces = part_taps(c.part) * kTapPieces;
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
-    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
-    const int tap0 = td * Thw + t0;
-    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    const int halves = win_halves(prm.cg_pad, chunk, KC);
-    for (int it = 0; it < iters; ++it) {
-      const int q = threadIdx.x + it * 256;
-      if (q < win_pieces) {
-        const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
-        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
-      } else if (q < win_pieces + w_pieces) {
-        const int qw = q - win_pieces, thw = qw / kTapPieces, piece = qw % kTapPieces;
-        cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
-      }
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + c.chunk * KC;
+    const uint32_t dst = smem0 + c.buf * prm.stage_bytes;
+    win_copy_window(dst, 16, slice_bytes, base, pos_tab, win_pieces, win_halves(prm.cg_pad, c.chunk, KC));
+    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
+    const int* wt = w_tab + td * Thw + t0;
+    for (int q = threadIdx.x; q < w_pieces; q += 256) {
+      const int thw = q / kTapPieces, piece = q % kTapPieces;
+      cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + wt[thw] + piece * 4, 16);
     }
+    next_stage(c);
   };
 
   constexpr int NACC = S::N / 2;  // accumulator registers a thread (m64 x N over 128 threads)
@@ -493,10 +494,12 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
 
+  Stage copy{0, 0, 0, 0};  // the next stage to copy
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(copy);
     cp_async_commit();
   }
+  int part = 0, buf = 0;  // of stage kk
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
   if constexpr (!SPLIT) {
@@ -508,10 +511,10 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     // wgmmas before it (NOTES.md, wgmma v2).
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
-      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+      const uint32_t bufa = smem0 + buf * prm.stage_bytes;
       if (std::is_same<E, float>::value && prm.round_a) {
         // TF32 with the source used in place: round the window pieces this thread copied
-        unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+        unsigned char* win = smem + buf * prm.stage_bytes;
         for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
           float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
           *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
@@ -519,18 +522,19 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       }
       fence_proxy_async();
       __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
-      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      int t0;
-      const int nt = part_taps(kk, t0), lead = min(kWgChunk, nt);
+      const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+      const int t0 = part * hp, nt = part_taps(part), lead = min(kWgChunk, nt);
       if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
       wg_commit();
       wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
       __syncthreads();  // ... and the other's: its buffer is free
-      if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+      if (kk + prm.stages - 1 < nK) issue(copy);
       cp_async_commit();
       for (int t = lead; t < nt; t += kWgChunk)
         wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
       wg_commit();
+      if (++part == nparts) part = 0;
+      if (++buf == prm.stages) buf = 0;
     }
     wg_wait<0>();
   } else {
@@ -541,8 +545,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     float chain[NACC];
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
-      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
-      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      const uint32_t bufa = smem0 + buf * prm.stage_bytes;
+      unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
         uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
         uint4 big = *v, small;
@@ -555,9 +559,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       }
       fence_proxy_async();
       __syncthreads();
-      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      int t0;
-      const int nt = part_taps(kk, t0);
+      const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+      const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
       for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
         if (t < nt) {
@@ -570,10 +573,12 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         }
         if (c == 0) {
           __syncthreads();  // everyone is done with stage kk - 1
-          if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+          if (kk + prm.stages - 1 < nK) issue(copy);
           cp_async_commit();
         }
       }
+      if (++part == nparts) part = 0;
+      if (++buf == prm.stages) buf = 0;
     }
   }
   wg_fence_operands(acc);
@@ -664,7 +669,6 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
 
   // Geometry: tiles per plane, planes, the window's rows (the most any block needs) and
   // the taps of a stage, over the sub-problems (phases).
@@ -681,6 +685,9 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
+  // Tables (kernel: w_tab, sh_tab, vtd, pos_tab); positions as 16-byte units in an int.
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int));
+  if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   // The window: two K slices (3xTF32: then their small parts), 128-byte aligned.
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
   // A stage: the window, then the weights of a part of the (th, tw) taps: all of them, or

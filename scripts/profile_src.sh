@@ -8,7 +8,7 @@ DT=${1:-bf16}; K=${KERNEL:-window_tc_kernel}
 timeout 300 ncu --clock-control none -k "regex:$K" -c 1 --import-source no \
   --section SourceCounters --section WarpStateStats --section InstructionStats --section SpeedOfLight \
   --metrics smsp__inst_executed.sum,smsp__cycles_active.avg \
-  -o "$OUT/rep_${DT}" -f env PYTHONPATH=. python3 scripts/profile_kb68.py "$DT" > "$OUT/ncu_src_${DT}.log" 2>&1
+  -o "$OUT/rep_${DT}" -f env PYTHONPATH=. python3 scripts/profile_problem.py "$DT" ${PROBLEM:-kb68} ${BATCH:-2} > "$OUT/ncu_src_${DT}.log" 2>&1
 ncu -i "$OUT/rep_${DT}.ncu-rep" --page details > "$OUT/details_${DT}.txt" 2>&1
 ncu -i "$OUT/rep_${DT}.ncu-rep" --page source --csv --print-source sass > "$OUT/src_${DT}.csv" 2>"$OUT/src_err.txt"
 wc -c "$OUT/src_${DT}.csv"; head -c 600 "$OUT/src_err.txt"

@@ -1,0 +1,102 @@
+"""Where a small layer's time goes outside the kernels: per named problem and mode, the
+bench-style time of one call (events around it, synchronized), the host time to enqueue it
+(no synchronization inside), and the sum of its kernels (torch.profiler). A call whose
+enqueue time nears its synchronized time is host-bound.
+
+    python scripts/host_probe.py [--problem kb72] [--mode bf16] [--cpu-table]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench  # noqa: E402
+import model_new as mn  # noqa: E402
+import reference as ref  # noqa: E402
+
+
+def enqueue_us(fn, reps: int) -> float:
+    """Median host time of fn() with the device idle before each call."""
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(ts)
+
+
+def kernel_us(fn, reps: int) -> tuple[float, int]:
+    """Sum of the kernels' device time a call, and kernels a call."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    tot, cnt = 0.0, 0
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
+        if us > 0:
+            tot += us
+            cnt += e.count
+    return tot / reps, round(cnt / reps)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problem", choices=list(ref.PROBLEMS), action="append")
+    ap.add_argument("--mode", choices=list(bench.MODES), action="append")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--cpu-table", action="store_true", help="torch.profiler's CPU table of one forward")
+    args = ap.parse_args()
+    print("problem mode pass | synced us | enqueue us | kernels us (n)")
+    for name in args.problem or list(ref.PROBLEMS):
+        p = ref.PROBLEMS[name]
+        for mode in args.mode or list(bench.MODES):
+            dtype, allow = bench.MODES[mode]
+            with bench.tf32(allow):
+                torch.manual_seed(0)
+                m = mn.ModelNew(*ref.init_args(p)).cuda().to(dtype)
+                x = torch.rand(*ref.input_shape(p), device="cuda", dtype=dtype)
+                xg = x.clone().requires_grad_(True)
+                dy = torch.randn_like(m(x).detach())
+
+                def fwd():
+                    with torch.no_grad():
+                        m(x)
+
+                def fwd_bwd():
+                    m.zero_grad(set_to_none=True)
+                    xg.grad = None
+                    m(xg).backward(dy)
+
+                for tag, fn in (("fwd", fwd), ("f+b", fwd_bwd)):
+                    synced = bench.time_ms(fn, 3, args.reps) * 1e3
+                    enq = enqueue_us(fn, args.reps)
+                    kus, kn = kernel_us(fn, 5)
+                    print(f"{name} {mode:6s} {tag} | {synced:9.1f} | {enq:9.1f} | {kus:9.1f} ({kn})", flush=True)
+                if args.cpu_table:
+                    fwd()
+                    torch.cuda.synchronize()
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+                        for _ in range(5):
+                            fwd()
+                        torch.cuda.synchronize()
+                    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
+            del m, x, xg, dy
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
