@@ -302,20 +302,24 @@ __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src
 #endif
 }
 
-// A stage's copy of the window: piece q < pieces (window position q / 2, half q % 2: bytes
-// 0-15 or 16-31 of its chunk) from the source plane at base (the chunk's first channel;
+// A stage's copy of the window: the two 16-byte halves (bytes 0-15, 16-31 of its chunk) of
+// each of npos window positions, from the source plane at base (the chunk's first channel;
 // positions through tab) to dst + p * pos_bytes + half * half_bytes; zeros outside the
 // plane, or where half >= halves, the halves of this chunk the source holds (the last
-// chunk of a group may hold one: win_halves). Thread t copies pieces t, t + blockDim.x, ...
-// Both window kernels.
+// chunk of a group may hold one: win_halves). Thread t copies half t % 2 of positions
+// t / 2, t / 2 + THREADS / 2, ...: a table read, a wide multiply-add and the copy a piece
+// (the loop is on every stage's critical path). Both window kernels.
+template <int THREADS>
 __device__ __forceinline__ void win_copy_window(uint32_t dst, int pos_bytes, int half_bytes, const void* base,
-                                                const int* tab, int pieces, int halves) {
-  const char* b = static_cast<const char*>(base);
+                                                const int* tab, int npos, int halves) {
+  const int half = threadIdx.x & 1;
+  const char* b = static_cast<const char*>(base) + half * 16;
+  const int nbytes = half < halves ? 16 : 0;
+  uint32_t d = dst + (threadIdx.x >> 1) * pos_bytes + half * half_bytes;
 #pragma unroll 4
-  for (int q = threadIdx.x; q < pieces; q += blockDim.x) {
-    const int p = q >> 1, half = q & 1, t = tab[p];
-    const bool ok = t >= 0 && half < halves;
-    cp_async16(dst + p * pos_bytes + half * half_bytes, b + (int64_t(ok ? t : 0) + half) * 16, ok ? 16 : 0);
+  for (int p = threadIdx.x >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
+    const int t = tab[p];
+    cp_async16(d, b + uint64_t(uint32_t(max(t, 0))) * 16u, t >= 0 ? nbytes : 0);
   }
 }
 
@@ -634,7 +638,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + copy.chunk * KC;
     const uint32_t dst = smem0 + copy.buf * prm.stage_bytes;
-    win_copy_window(dst, kWinPos, 16, base, pos_tab, win_pieces, win_halves(prm.cg_pad, copy.chunk, KC));
+    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC));
     if (BS) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
       const uint32_t* wsrc = wb_blk + copy.chunk * int64_t(prm.ntiles) * 64;
       const int* wt = w_tab + td * Thw;

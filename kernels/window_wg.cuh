@@ -471,21 +471,22 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
-  constexpr int kTapPieces = S::TapBytes / 16;
+  constexpr int kTapPieces = S::TapBytes / 16;  // 128 or 256: divides the 256 threads
+  static_assert(256 % kTapPieces == 0, "window_wg_kernel: a tap's pieces divide the threads");
   const int win_pieces = R * C * 2;
   // Copies stage c, then moves c on to the next stage.
   auto issue = [&](Stage& c) {
-    const int td = vtd[c.tdi], t0 = c.part * hp, w_pieces = part_taps(c.part) * kTapPieces;
+    const int td = vtd[c.tdi], t0 = c.part * hp, nt = part_taps(c.part);
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + c.chunk * KC;
     const uint32_t dst = smem0 + c.buf * prm.stage_bytes;
-    win_copy_window(dst, 16, slice_bytes, base, pos_tab, win_pieces, win_halves(prm.cg_pad, c.chunk, KC));
-    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
+    win_copy_window<256>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC));
+    // weights: thread t copies piece t % kTapPieces of taps t / kTapPieces, + 256 / kTapPieces, ...
+    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (threadIdx.x % kTapPieces) * 4;
     const int* wt = w_tab + td * Thw + t0;
-    for (int q = threadIdx.x; q < w_pieces; q += 256) {
-      const int thw = q / kTapPieces, piece = q % kTapPieces;
-      cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + wt[thw] + piece * 4, 16);
-    }
+    const uint32_t wdst = dst + prm.window_bytes + (threadIdx.x % kTapPieces) * 16;
+    for (int thw = threadIdx.x / kTapPieces; thw < nt; thw += 256 / kTapPieces)
+      cp_async16(wdst + thw * S::TapBytes, wsrc + wt[thw], 16);
     next_stage(c);
   };
 
