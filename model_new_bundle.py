@@ -413,14 +413,15 @@ __device__ __forceinline__ int win_halves(int64_t cg_pad, int chunk, int kc) {
   const int64_t h = (cg_pad - int64_t(chunk) * kc) / (kc / 2);
   return h < 2 ? int(h) : 2;
 }
-template <typename E>
-__device__ __forceinline__ const E* win_piece_src(const E* base, int p, int half, int halves, int C,
-                                                  uint32_t c_magic, int wh0, int ww0, int H, int W, int64_t pk_v,
-                                                  int kc) {
-  const int r = fast_div(p, c_magic), c = p - r * C;
-  const int ih = wh0 + r, iw = ww0 + c;
-  if (half >= halves || unsigned(ih) >= unsigned(H) || unsigned(iw) >= unsigned(W)) return nullptr;
-  return base + (int64_t(ih) * W + iw) * pk_v + half * (kc / 2);
+__device__ inline void win_pos_table(int* tab, int npos, int C, int wh0, int ww0, int H, int W, int unit) {
+  const uint32_t c_magic = fast_div_magic(uint32_t(C));
+  for (int p = threadIdx.x; p < npos; p += blockDim.x) {
+    const int r = fast_div(p, c_magic), c = p - r * C, ih = wh0 + r, iw = ww0 + c;
+    tab[p] = unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W) ? (ih * W + iw) * unit : -1;
+  }
+}
+inline bool win_table_ok(int64_t H, int64_t W, int64_t pos_bytes) {
+  return pos_bytes % 16 == 0 && H * W * (pos_bytes / 16) < (int64_t(1) << 31);
 }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, int src_bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -431,6 +432,19 @@ __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
 #endif
+}
+template <int THREADS>
+__device__ __forceinline__ void win_copy_window(uint32_t dst, int pos_bytes, int half_bytes, const void* base,
+                                                const int* tab, int npos, int halves) {
+  const int half = threadIdx.x & 1;
+  const char* b = static_cast<const char*>(base) + half * 16;
+  const int nbytes = half < halves ? 16 : 0;
+  uint32_t d = dst + (threadIdx.x >> 1) * pos_bytes + half * half_bytes;
+#pragma unroll 4
+  for (int p = threadIdx.x >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
+    const int t = tab[p];
+    cp_async16(d, b + uint64_t(uint32_t(max(t, 0))) * 16u, t >= 0 ? nbytes : 0);
+  }
 }
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -649,9 +663,12 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_m = warp % WARPS_M, warp_n = warp / WARPS_M;
   const int gq = lane / 4, tq = lane % 4;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   int* w_tab = reinterpret_cast<int*>(smem + prm.stages * prm.stage_bytes);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
+  int* pos_tab = vtd + P.k[0];
+  win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * 64;
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, kWinPos, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nK = nvt * prm.nchunks;
@@ -663,40 +680,29 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   }
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
-  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
   const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
-  const int iters = (win_pieces + b_pieces + 255) / 256;
-  const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  struct StageSrc {
-    const E* base;
-    const uint32_t* wsrc;
-    int tap0;
-    uint32_t dst;
-    int halves;
+  struct Stage {
+    int tdi, chunk, buf;
   };
-  auto stage_src = [&](int kk) {
-    const int chunk = kk / nvt, td = vtd[kk % nvt];
+  Stage copy{0, 0, 0};
+  auto issue = [&]() {
+    const int td = vtd[copy.tdi];
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-    return StageSrc{src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC, wb_blk + chunk * int64_t(prm.ntiles) * 64,
-                    td * Thw, smem0 + (kk % prm.stages) * prm.stage_bytes, win_halves(prm.cg_pad, chunk, KC)};
-  };
-  auto issue = [&](const StageSrc& ss) {
-    const E* base = ss.base;
-    const uint32_t dst = ss.dst;
-    for (int it = 0; it < iters; ++it) {
-      const int q = threadIdx.x + it * 256;
-      if (q < win_pieces) {
-        const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, ss.halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
-        cp_async16(dst + p * kWinPos + (q & 1) * 16, s ? s : base, s ? 16 : 0);
-      } else if (BS && q < win_pieces + b_pieces) {
-        const int qb = q - win_pieces, piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
-        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16,
-                   ss.wsrc + w_tab[ss.tap0 + thw] + nt * 64 + piece * 4, 16);
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + copy.chunk * KC;
+    const uint32_t dst = smem0 + copy.buf * prm.stage_bytes;
+    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC));
+    if (BS) {
+      const uint32_t* wsrc = wb_blk + copy.chunk * int64_t(prm.ntiles) * 64;
+      const int* wt = w_tab + td * Thw;
+      for (int qb = threadIdx.x; qb < b_pieces; qb += 256) {
+        const int piece = qb & 15, tile = qb >> 4, nt = tile % NT8, thw = tile / NT8;
+        cp_async16(dst + prm.window_bytes + tile * 256 + piece * 16, wsrc + wt[thw] + nt * 64 + piece * 4, 16);
       }
     }
+    if (++copy.tdi == nvt) copy.tdi = 0, ++copy.chunk;
+    if (++copy.buf == prm.stages) copy.buf = 0;
   };
   float acc[MI][NI][4], blk[MI][NI][4], cor[MI][NI][4];
 #pragma unroll
@@ -723,21 +729,22 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       }
     }
   };
-  int kk = 0, thw = 0;
+  int kk = 0, thw = 0, buf = 0;
   uint32_t xs = smem0;
   auto begin_stage = [&]() {
     cp_async_wait(prm.stages - 2);
     if (!k16 && !SPLIT3 && prm.round_a) {
-      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
         float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
         *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
       }
     }
     __syncthreads();
-    if (kk + prm.stages - 1 < nK) issue(stage_src(kk + prm.stages - 1));
+    if (kk + prm.stages - 1 < nK) issue();
     cp_async_commit();
-    xs = smem0 + (kk % prm.stages) * prm.stage_bytes;
+    xs = smem0 + buf * prm.stage_bytes;
+    if (++buf == prm.stages) buf = 0;
   };
   auto load_a = [&](int t, uint32_t (&a)[MI][4]) {
     const uint32_t base = xs + sh_tab[t];
@@ -808,7 +815,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   load_b(b0, s0);
   load_b(b1, s1);
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(stage_src(st));
+    if (st < nK) issue();
     cp_async_commit();
   }
   if (nK > 0) {
@@ -952,11 +959,16 @@ inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, cons
   return 2;
 }
 template <typename T>
-at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
+struct WinSource {
+  bool in_place;
+  int64_t pk_n, pk_v, cg_pad;
+  int64_t pos_bytes() const { return pk_v * int64_t(sizeof(typename WinElem<T>::type)); }
+};
+template <typename T>
+WinSource<T> window_source(const WinParams& prm, const at::Tensor& src_t) {
   using E = typename WinElem<T>::type;
   constexpr int KC = 32 / int(sizeof(E));
   const Problem& P = prm.P;
-  const bool fp32 = std::is_same<T, float>::value;
   const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
   const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
   const int64_t C = P.G * prm.src_cg;
@@ -965,20 +977,27 @@ at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool t
                         reinterpret_cast<uintptr_t>(src_t.data_ptr()) % 16 == 0 &&
                         (sl.v * int64_t(sizeof(E))) % 16 == 0 && (sl.n * int64_t(sizeof(E))) % 16 == 0 &&
                         sl.v >= C;
-  if (in_place) {
+  if (in_place) return WinSource<T>{true, sl.n, sl.v, prm.src_cg};
+  return WinSource<T>{false, vol * P.G * cg_pad, P.G * cg_pad, cg_pad};
+}
+template <typename T>
+at::Tensor prepare_window_source(WinParams& prm, const at::Tensor& src_t, bool tf32, cudaStream_t stream) {
+  using E = typename WinElem<T>::type;
+  const Problem& P = prm.P;
+  const bool fp32 = std::is_same<T, float>::value;
+  const WinSource<T> ws = window_source<T>(prm, src_t);
+  prm.pk_n = ws.pk_n;
+  prm.pk_v = ws.pk_v;
+  prm.cg_pad = ws.cg_pad;
+  if (ws.in_place) {
     prm.src = src_t.data_ptr();
-    prm.pk_n = sl.n;
-    prm.pk_v = sl.v;
-    prm.cg_pad = prm.src_cg;
     prm.round_a = fp32 && tf32;
     return at::Tensor();
   }
-  const int64_t gc = P.G * cg_pad;
-  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, cg_pad, fp32 && tf32, stream);
+  const Layout sl = prm.job == kJobForward ? P.xl : P.yl;
+  const int64_t vol = prm.src_sz[0] * prm.src_sz[1] * prm.src_sz[2];
+  at::Tensor packed = pack_src<T, E>(src_t, sl, P.N, vol, P.G, prm.src_cg, ws.cg_pad, fp32 && tf32, stream);
   prm.src = packed.data_ptr();
-  prm.pk_n = vol * gc;
-  prm.pk_v = gc;
-  prm.cg_pad = cg_pad;
   prm.round_a = false;
   return packed;
 }
@@ -997,16 +1016,16 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (algo != kTcMma && run_window_wg<T>(prm, src_t, w, tf32, algo == kTcWgmma)) return true;
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   struct Geo {
     int bn;
     bool wide, fits;
-    int64_t bm, tpp, pd_max, window_bytes, stage_bytes;
+    int64_t bm, tpp, pd_max, window_bytes, stage_bytes, table_bytes;
     double used;
   };
   auto geometry = [&](int bn, bool wide) {
-    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0.0};
+    Geo q{bn, wide, false, win_bm(bn, wide), 0, 0, 0, 0, 0, 0.0};
     int64_t most = 0, thw_max = 0, pos = 0, rows_run = 0;
     for (int64_t z = 0; z < nz; ++z) {
       WinDim wd[3];
@@ -1025,7 +1044,8 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     }
     q.window_bytes = (most * kWinPos + 127) / 128 * 128;
     q.stage_bytes = q.window_bytes + (split ? 0 : thw_max * (bn / 8) * 256);
-    q.fits = q.tpp > 0 && 2 * q.stage_bytes + table_bytes <= optin;
+    q.table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + most) * int64_t(sizeof(int));
+    q.fits = q.tpp > 0 && 2 * q.stage_bytes + q.table_bytes <= optin;
     q.used = rows_run > 0 ? double(pos) / double(rows_run) : 0.0;
     return q;
   };
@@ -1040,7 +1060,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int bn = geo.bn;
   const bool wide = geo.wide;
   const int64_t tpp = geo.tpp, pd_max = geo.pd_max, window_bytes = geo.window_bytes,
-                stage_bytes = geo.stage_bytes;
+                stage_bytes = geo.stage_bytes, table_bytes = geo.table_bytes;
   const int blocks = !wide && !split && 2 * (2 * stage_bytes + table_bytes + 1024) <=
                                             int64_t(prop->sharedMemPerMultiprocessor) ? 2 : 1;
   const int stages = win_stages(stage_bytes, table_bytes, blocks, prop);
@@ -1402,65 +1422,66 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int wh0 = jh0 + win_off_min(wd[1]);
   const int ww0 = win_off_min(wd[2]);
   const int qoff = q0 - jh0 * C;
+  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   int* w_tab = reinterpret_cast<int*>(smem + prm.table_offset);
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
+  int* pos_tab = vtd + P.k[0];
+  win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
   const int nK = nvt * prm.nchunks * nparts;
-  auto part_taps = [&](int kk, int& t0) {
-    t0 = (kk % nparts) * hp;
-    return max(0, min(hp, Thw - t0));
+  auto part_taps = [&](int part) { return max(0, min(hp, Thw - part * hp)); };
+  struct Stage {
+    int part, tdi, chunk, buf;
+  };
+  auto next_stage = [&](Stage& c) {
+    if (++c.part == nparts) {
+      c.part = 0;
+      if (++c.tdi == nvt) c.tdi = 0, ++c.chunk;
+    }
+    if (++c.buf == prm.stages) c.buf = 0;
   };
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
-  const int H = int(prm.src_sz[1]), W = int(prm.src_sz[2]);
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;
+  static_assert(256 % kTapPieces == 0, "window_wg_kernel: a tap's pieces divide the threads");
   const int win_pieces = R * C * 2;
-  const int iters = (win_pieces + hp * kTapPieces + 255) / 256;
-  const uint32_t c_magic = fast_div_magic(uint32_t(C));
-  auto issue = [&](int kk) {
-    const int u = kk / nparts, chunk = u / nvt, td = vtd[u % nvt];
-    int t0;
-    const int w_pieces = part_taps(kk, t0) * kTapPieces;
+  auto issue = [&](Stage& c) {
+    const int td = vtd[c.tdi], t0 = c.part * hp, nt = part_taps(c.part);
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
-    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + chunk * KC;
-    const uint32_t* wsrc = wb_blk + chunk * int64_t(prm.ntiles) * (S::TapBytes / 4);
-    const int tap0 = td * Thw + t0;
-    const uint32_t dst = smem0 + (kk % prm.stages) * prm.stage_bytes;
-    const int halves = win_halves(prm.cg_pad, chunk, KC);
-    for (int it = 0; it < iters; ++it) {
-      const int q = threadIdx.x + it * 256;
-      if (q < win_pieces) {
-        const int p = q >> 1;
-        const E* s = win_piece_src(base, p, q & 1, halves, C, c_magic, wh0, ww0, H, W, prm.pk_v, KC);
-        cp_async16(dst + (q & 1) * slice_bytes + p * 16, s ? s : base, s ? 16 : 0);
-      } else if (q < win_pieces + w_pieces) {
-        const int qw = q - win_pieces, thw = qw / kTapPieces, piece = qw % kTapPieces;
-        cp_async16(dst + prm.window_bytes + thw * S::TapBytes + piece * 16, wsrc + w_tab[tap0 + thw] + piece * 4, 16);
-      }
-    }
+    const E* base = src_n + int64_t(id) * H * W * prm.pk_v + c.chunk * KC;
+    const uint32_t dst = smem0 + c.buf * prm.stage_bytes;
+    win_copy_window<256>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC));
+    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (threadIdx.x % kTapPieces) * 4;
+    const int* wt = w_tab + td * Thw + t0;
+    const uint32_t wdst = dst + prm.window_bytes + (threadIdx.x % kTapPieces) * 16;
+    for (int thw = threadIdx.x / kTapPieces; thw < nt; thw += 256 / kTapPieces)
+      cp_async16(wdst + thw * S::TapBytes, wsrc + wt[thw], 16);
+    next_stage(c);
   };
   constexpr int NACC = S::N / 2;
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
+  Stage copy{0, 0, 0, 0};
   for (int st = 0; st < prm.stages - 1; ++st) {
-    if (st < nK) issue(st);
+    if (st < nK) issue(copy);
     cp_async_commit();
   }
+  int part = 0, buf = 0;
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
   if constexpr (!SPLIT) {
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
-      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
+      const uint32_t bufa = smem0 + buf * prm.stage_bytes;
       if (std::is_same<E, float>::value && prm.round_a) {
-        unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+        unsigned char* win = smem + buf * prm.stage_bytes;
         for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
           float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
           *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
@@ -1468,26 +1489,27 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       }
       fence_proxy_async();
       __syncthreads();
-      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      int t0;
-      const int nt = part_taps(kk, t0), lead = min(kWgChunk, nt);
+      const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+      const int t0 = part * hp, nt = part_taps(part), lead = min(kWgChunk, nt);
       if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
       wg_commit();
       wg_wait<1>();
       __syncthreads();
-      if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+      if (kk + prm.stages - 1 < nK) issue(copy);
       cp_async_commit();
       for (int t = lead; t < nt; t += kWgChunk)
         wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
       wg_commit();
+      if (++part == nparts) part = 0;
+      if (++buf == prm.stages) buf = 0;
     }
     wg_wait<0>();
   } else {
     float chain[NACC];
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
-      const uint32_t buf = smem0 + (kk % prm.stages) * prm.stage_bytes;
-      unsigned char* win = smem + (kk % prm.stages) * prm.stage_bytes;
+      const uint32_t bufa = smem0 + buf * prm.stage_bytes;
+      unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
         uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
         uint4 big = *v, small;
@@ -1500,9 +1522,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       }
       fence_proxy_async();
       __syncthreads();
-      const uint32_t a_base = buf + prm.window_bytes, b_base = buf + b_off;
-      int t0;
-      const int nt = part_taps(kk, t0);
+      const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+      const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
       for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
         if (t < nt) {
@@ -1515,10 +1536,12 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         }
         if (c == 0) {
           __syncthreads();
-          if (kk + prm.stages - 1 < nK) issue(kk + prm.stages - 1);
+          if (kk + prm.stages - 1 < nK) issue(copy);
           cp_async_commit();
         }
       }
+      if (++part == nparts) part = 0;
+      if (++buf == prm.stages) buf = 0;
     }
   }
   wg_fence_operands(acc);
@@ -1589,7 +1612,6 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0]) * int64_t(sizeof(int));
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
@@ -1603,6 +1625,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int));
+  if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
