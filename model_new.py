@@ -102,6 +102,8 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
         flags = ["-O3", "-lineinfo"] + _arch_flags()  # the C++ standard is torch's choice
         if os.environ.get("CT3D_PTXAS_VERBOSE"):
             flags.append("-Xptxas=-v")
+        if os.environ.get("CT3D_WG_TIMING"):  # debug: phase clocks of the wgmma window kernel
+            flags.append("-DCT3D_WG_TIMING")
         _ext = load_inline(
             name=EXTENSION_NAME,
             cpp_sources=[cpp],

@@ -18,6 +18,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
                                          bool need_bias, bool allow_tf32, int64_t algo);
 void set_poison(bool on);
 bool wgmma_ready(int64_t device);
+at::Tensor wgmma_stamps();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -25,6 +26,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grad_input", &ct3d::grad_input, "dx of conv_transpose3d");
   m.def("grad_weight_bias", &ct3d::grad_weight_bias, "[dw, db] of conv_transpose3d");
   m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
+  m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
 }'''
 
@@ -1119,6 +1121,19 @@ struct WgShape {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
 #endif
+constexpr int kWgStampBlocks = 16384;
+#ifdef CT3D_WG_TIMING
+__device__ long long g_wg_stamps[kWgStampBlocks][5];
+#define CT3D_WG_STAMP(i)                                                                           \
+  do {                                                                                             \
+    const int64_t b_ = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;    \
+    if (threadIdx.x == 0 && b_ < kWgStampBlocks) g_wg_stamps[b_][i] = clock64();                   \
+  } while (0)
+#else
+#define CT3D_WG_STAMP(i) \
+  do {                   \
+  } while (0)
+#endif
 __device__ __forceinline__ uint64_t wg_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t((lbo & 0x3FFFF) >> 4) << 16) |
          (uint64_t((sbo & 0x3FFFF) >> 4) << 32);
@@ -1417,6 +1432,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int Thw = wd[1].T * wd[2].T;
+  CT3D_WG_STAMP(0);
   const int jh0 = q0 / C;
   const int R = (q0 + S::Q - 1) / C - jh0 + win_span(wd[1]) + 2;
   const int wh0 = jh0 + win_off_min(wd[1]);
@@ -1432,6 +1448,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
   const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
   const int nK = nvt * prm.nchunks * nparts;
+  CT3D_WG_STAMP(1);
   auto part_taps = [&](int part) { return max(0, min(hp, Thw - part * hp)); };
   struct Stage {
     int part, tdi, chunk, buf;
@@ -1474,6 +1491,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     cp_async_commit();
   }
   int part = 0, buf = 0;
+  CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
   if constexpr (!SPLIT) {
@@ -1547,6 +1565,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   wg_fence_operands(acc);
   cp_async_wait(0);
   __syncthreads();
+  CT3D_WG_STAMP(3);
   float* ep = reinterpret_cast<float*>(smem);
   {
     const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
@@ -1577,6 +1596,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       o[co * prm.out_l.c] = T(v);
     }
   }
+  CT3D_WG_STAMP(4);
 #endif
 }
 inline bool wgmma_available(int dev) {
@@ -1595,6 +1615,17 @@ inline bool wgmma_available(int dev) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   cache[dev] = flag.item<int>();
   return cache[dev] == 1;
+}
+inline at::Tensor wg_stamps() {
+#ifdef CT3D_WG_TIMING
+  at::Tensor t = at::empty({kWgStampBlocks, 5}, at::TensorOptions().dtype(at::kLong));
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(t.data_ptr<int64_t>(), g_wg_stamps, sizeof(g_wg_stamps)));
+  at::Tensor zero = at::zeros_like(t);
+  C10_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_stamps, zero.data_ptr<int64_t>(), sizeof(g_wg_stamps)));
+  return t;
+#else
+  return at::empty({0, 5}, at::TensorOptions().dtype(at::kLong));
+#endif
 }
 template <typename T>
 bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
@@ -3233,6 +3264,7 @@ static bool use_direct(const at::Tensor& t, int64_t algo) {
   return fp64 || algo == kDirect;
 }
 bool wgmma_ready(int64_t device) { return wgmma_available(int(device)); }
+at::Tensor wgmma_stamps() { return wg_stamps(); }
 at::Tensor forward(const at::Tensor& x_, const at::Tensor& w_, const c10::optional<at::Tensor>& bias_,
                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                    at::IntArrayRef dilation, int64_t groups, bool allow_tf32, int64_t algo) {
@@ -3375,6 +3407,8 @@ def load_extension(verbose: bool=False, extra_include_paths: Sequence[str]=()):
         flags = ['-O3', '-lineinfo'] + _arch_flags()
         if os.environ.get('CT3D_PTXAS_VERBOSE'):
             flags.append('-Xptxas=-v')
+        if os.environ.get('CT3D_WG_TIMING'):
+            flags.append('-DCT3D_WG_TIMING')
         _ext = load_inline(name=EXTENSION_NAME, cpp_sources=[cpp], cuda_sources=[cuda], extra_cuda_cflags=flags, extra_cflags=['-O2'], extra_include_paths=list(extra_include_paths), verbose=verbose or bool(os.environ.get('CT3D_VERBOSE_BUILD')))
     return _ext
 if torch.cuda.is_available():

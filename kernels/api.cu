@@ -132,6 +132,7 @@ static bool use_direct(const at::Tensor& t, int64_t algo) {
 
 // Whether GPU `device` runs the wgmma kernels (window_wg.cuh); probes it the first time.
 bool wgmma_ready(int64_t device) { return wgmma_available(int(device)); }
+at::Tensor wgmma_stamps() { return wg_stamps(); }
 
 // ============================================================================
 // Dispatch

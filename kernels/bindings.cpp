@@ -16,6 +16,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
                                          bool need_bias, bool allow_tf32, int64_t algo);
 void set_poison(bool on);
 bool wgmma_ready(int64_t device);
+at::Tensor wgmma_stamps();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -24,5 +25,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("grad_input", &ct3d::grad_input, "dx of conv_transpose3d");
   m.def("grad_weight_bias", &ct3d::grad_weight_bias, "[dw, db] of conv_transpose3d");
   m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
+  m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
 }

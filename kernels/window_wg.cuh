@@ -70,6 +70,25 @@ struct WgShape {
 #define CT3D_WGMMA 1
 #endif
 
+// Debug build only (CT3D_WG_TIMING=1 in the environment at build time: model_new.py adds
+// -DCT3D_WG_TIMING): thread 0 of each of the first kWgStampBlocks blocks of a
+// window_wg_kernel launch records clock64() at its start, after the tables, after the
+// first stages' copies are issued, after the stage loop and at its end; wg_stamps() reads
+// them (scripts/wg_phases.py). Nothing of it exists in a normal build.
+constexpr int kWgStampBlocks = 16384;
+#ifdef CT3D_WG_TIMING
+__device__ long long g_wg_stamps[kWgStampBlocks][5];
+#define CT3D_WG_STAMP(i)                                                                           \
+  do {                                                                                             \
+    const int64_t b_ = (int64_t(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;    \
+    if (threadIdx.x == 0 && b_ < kWgStampBlocks) g_wg_stamps[b_][i] = clock64();                   \
+  } while (0)
+#else
+#define CT3D_WG_STAMP(i) \
+  do {                   \
+  } while (0)
+#endif
+
 // ============================================================================
 // PTX helpers (sm_90a)
 // ============================================================================
@@ -424,6 +443,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int Thw = wd[1].T * wd[2].T;
+  CT3D_WG_STAMP(0);
 
   // ---- window: rows jh0 .. of the source plane, C columns; see the header ----
   const int jh0 = q0 / C;
@@ -448,6 +468,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   // window again).
   const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
   const int nK = nvt * prm.nchunks * nparts;  // stages
+  CT3D_WG_STAMP(1);
   auto part_taps = [&](int part) { return max(0, min(hp, Thw - part * hp)); };  // taps from part * hp
 
   // ---- stage copies: stage kk = (chunk, depth tap vtd[tdi], part), part counting fastest,
@@ -501,6 +522,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     cp_async_commit();
   }
   int part = 0, buf = 0;  // of stage kk
+  CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
   if constexpr (!SPLIT) {
@@ -585,6 +607,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   wg_fence_operands(acc);
   cp_async_wait(0);  // no copy may be in flight past this point
   __syncthreads();   // every warpgroup is done with the stage buffers
+  CT3D_WG_STAMP(3);
 
   // ---- epilogue: the block's D through shared memory (the stage buffers), then bias, one
   // rounding and coalesced stores along positions; virtual columns jw >= Pw are dropped ----
@@ -620,6 +643,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       o[co * prm.out_l.c] = T(v);
     }
   }
+  CT3D_WG_STAMP(4);
 #endif
 }
 
@@ -645,6 +669,20 @@ inline bool wgmma_available(int dev) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   cache[dev] = flag.item<int>();
   return cache[dev] == 1;
+}
+
+// The stamps of the window_wg_kernel launches since the last call (CT3D_WG_TIMING builds;
+// else empty): int64 [kWgStampBlocks, 5], zeros for blocks that did not run or returned early.
+inline at::Tensor wg_stamps() {
+#ifdef CT3D_WG_TIMING
+  at::Tensor t = at::empty({kWgStampBlocks, 5}, at::TensorOptions().dtype(at::kLong));
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(t.data_ptr<int64_t>(), g_wg_stamps, sizeof(g_wg_stamps)));
+  at::Tensor zero = at::zeros_like(t);  // the next read sees only launches after this one
+  C10_CUDA_CHECK(cudaMemcpyToSymbol(g_wg_stamps, zero.data_ptr<int64_t>(), sizeof(g_wg_stamps)));
+  return t;
+#else
+  return at::empty({0, 5}, at::TensorOptions().dtype(at::kLong));
+#endif
 }
 
 // Runs the window convolution on wgmma. force: wherever it can run (tests); else only

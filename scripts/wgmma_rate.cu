@@ -64,15 +64,18 @@ __global__ void __launch_bounds__(256, 1) rate_kernel(const int* shifts, int sli
 
 // The window kernel's stage loop (window_wg.cuh, non-split): a stage = 9 taps; wait for the
 // stage's copies, fence, barrier, 8 wgmmas, wait for the previous stage, barrier, issue the
-// copy of a later stage (`pieces` 16-byte cp.async a thread... blockwise: 256 threads x
-// pieces, from a global buffer at `stride` bytes between consecutive threads' pieces), the
-// 9th tap. Ring of 3 stage buffers of 48 KB.
+// copy of a later stage (`pieces` 16-byte cp.async a thread: piece q of the block reads
+// q * 16 (contiguous) or, position-major as the packed source, bytes 16 * (q % 2) of
+// position q / 2, positions `stride` bytes apart; from a region that moves on by `advance`
+// bytes a stage, within `span` bytes: all in L2, or streaming from DRAM), the 9th tap.
+// Ring of 3 stage buffers of 48 KB.
 __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
 template <bool BF16>
 __global__ void __launch_bounds__(256, 1) stage_kernel(const int* shifts, int iters, int pieces, int stride,
-                                                        const char* gsrc, long long* cycles, float* sink) {
+                                                        int64_t advance, int64_t span, const char* gsrc,
+                                                        long long* cycles, float* sink) {
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t s0 = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   constexpr int kStage = 48 * 1024;
@@ -81,7 +84,6 @@ __global__ void __launch_bounds__(256, 1) stage_kernel(const int* shifts, int it
   int sh[9];
   for (int j = 0; j < 8; ++j) sh[j] = shifts[j];
   sh[8] = shifts[0];
-  const char* g = gsrc + (int64_t(blockIdx.x) * 65536) % (int64_t(64) << 20);
   __syncthreads();
   const long long t0 = clock64();
   for (int it = 0; it < iters; ++it) {
@@ -97,9 +99,11 @@ __global__ void __launch_bounds__(256, 1) stage_kernel(const int* shifts, int it
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     __syncthreads();
     const uint32_t nb = s0 + ((it + 2) % 3) * kStage;
+    const char* g = gsrc + (int64_t(blockIdx.x) * 1048576 + int64_t(it) * advance) % span;
     for (int q = 0; q < pieces; ++q) {
       const int piece = q * 256 + threadIdx.x;
-      cp16(nb + (piece * 16) % kStage, g + int64_t(piece) * stride);
+      const int64_t off = stride == 16 ? int64_t(piece) * 16 : int64_t(piece >> 1) * stride + (piece & 1) * 16;
+      cp16(nb + (piece * 16) % kStage, g + off);
     }
     asm volatile("cp.async.commit_group;\n" ::: "memory");
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -158,18 +162,24 @@ int main() {
     }
   // The stage loop: 9 wgmmas a warpgroup a stage (2304 cycles of tensor work a stage).
   char* gsrc;
-  cudaMalloc(&gsrc, (size_t(96) << 20));
-  cudaMemset(gsrc, 0, size_t(96) << 20);
+  const size_t big = size_t(1) << 30;
+  cudaMalloc(&gsrc, big + (size_t(8) << 20));
+  cudaMemset(gsrc, 0, big + (size_t(8) << 20));
   cudaFuncSetAttribute(stage_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, 3 * 48 * 1024);
   const int kb61[8] = {0, 1, 2, 68, 69, 70, 136, 137};
   cudaMemcpy(dsh, kb61, sizeof(kb61), cudaMemcpyHostToDevice);
   struct SCase {
     const char* name;
     int pieces, stride;
-  } scases[] = {{"no copy", 0, 16}, {"11 pieces a thread, contiguous", 11, 16},
-                {"11 pieces, 32 B of each 192 (position-major)", 11, 96}, {"22 pieces, contiguous", 22, 16}};
+    int64_t advance, span;
+  } scases[] = {{"no copy", 0, 16, 0, 1 << 20},
+                {"11 a thread, contiguous, in L2", 11, 16, 0, 64 << 20},
+                {"11 a thread, position-major 192 B, in L2", 11, 192, 0, 64 << 20},
+                {"11 a thread, contiguous, streaming", 11, 16, 45056, int64_t(big)},
+                {"11 a thread, position-major 192 B, streaming", 11, 192, 270336, int64_t(big)}};
   for (const SCase& c : scases) {
-    for (int rep = 0; rep < 2; ++rep) stage_kernel<false><<<sms, 256, 3 * 48 * 1024>>>(dsh, 500, c.pieces, c.stride, gsrc, dcy, sink);
+    for (int rep = 0; rep < 2; ++rep)
+      stage_kernel<false><<<sms, 256, 3 * 48 * 1024>>>(dsh, 500, c.pieces, c.stride, c.advance, c.span, gsrc, dcy, sink);
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) { printf("error %s\n", cudaGetErrorString(e)); return 1; }
     long long cy[1024];
