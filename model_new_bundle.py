@@ -1486,7 +1486,8 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
   Stage copy{0, 0, 0, 0};
-  for (int st = 0; st < prm.stages - 1; ++st) {
+  const int lead = !SPLIT && prm.stages >= 4 ? 2 : 1;
+  for (int st = 0; st < prm.stages - lead; ++st) {
     if (st < nK) issue(copy);
     cp_async_commit();
   }
@@ -1496,7 +1497,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
   if constexpr (!SPLIT) {
     for (int kk = 0; kk < nK; ++kk) {
-      cp_async_wait(prm.stages - 2);
+      cp_async_wait(prm.stages - lead - 1);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
       if (std::is_same<E, float>::value && prm.round_a) {
         unsigned char* win = smem + buf * prm.stage_bytes;
@@ -1508,16 +1509,27 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       fence_proxy_async();
       __syncthreads();
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part), lead = min(kWgChunk, nt);
-      if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
-      wg_commit();
-      wg_wait<1>();
-      __syncthreads();
-      if (kk + prm.stages - 1 < nK) issue(copy);
-      cp_async_commit();
-      for (int t = lead; t < nt; t += kWgChunk)
-        wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
-      wg_commit();
+      const int t0 = part * hp, nt = part_taps(part);
+      if (lead == 2) {
+        for (int t = 0; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        wg_wait<2>();
+        __syncthreads();
+        if (kk + prm.stages - 2 < nK) issue(copy);
+        cp_async_commit();
+      } else {
+        const int first = min(kWgChunk, nt);
+        if (first > 0) wg_taps<T>(acc, first, a_base, b_base, sh_tab + t0, slice_bytes);
+        wg_commit();
+        wg_wait<1>();
+        __syncthreads();
+        if (kk + prm.stages - 1 < nK) issue(copy);
+        cp_async_commit();
+        for (int t = first; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+      }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;
     }
@@ -1666,7 +1678,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
-  const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin &&
+      std::getenv("CT3D_WIN_STAGES") == nullptr)
+    stages = 4;
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;

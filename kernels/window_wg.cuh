@@ -517,7 +517,12 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
 
   Stage copy{0, 0, 0, 0};  // the next stage to copy
-  for (int st = 0; st < prm.stages - 1; ++st) {
+  // lead: stages whose wgmmas may still run when a stage's buffer is refilled. With 4 or
+  // more stages (short stages: kb61's 9 taps) the loop below queues a whole stage behind
+  // the one in flight before it issues a copy, so the tensor pipe has work while the
+  // threads issue the copy (NOTES.md, lead 2); else 1, the copy distance stages - 1.
+  const int lead = !SPLIT && prm.stages >= 4 ? 2 : 1;
+  for (int st = 0; st < prm.stages - lead; ++st) {
     if (st < nK) issue(copy);
     cp_async_commit();
   }
@@ -533,7 +538,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
     // code gets a fence of its own from the compiler, and each fence waited for the
     // wgmmas before it (NOTES.md, wgmma v2).
     for (int kk = 0; kk < nK; ++kk) {
-      cp_async_wait(prm.stages - 2);  // stage kk has landed (this thread's copies)
+      cp_async_wait(prm.stages - lead - 1);  // stage kk has landed (this thread's copies)
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
       if (std::is_same<E, float>::value && prm.round_a) {
         // TF32 with the source used in place: round the window pieces this thread copied
@@ -546,16 +551,29 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       fence_proxy_async();
       __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part), lead = min(kWgChunk, nt);
-      if (lead > 0) wg_taps<T>(acc, lead, a_base, b_base, sh_tab + t0, slice_bytes);
-      wg_commit();
-      wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
-      __syncthreads();  // ... and the other's: its buffer is free
-      if (kk + prm.stages - 1 < nK) issue(copy);
-      cp_async_commit();
-      for (int t = lead; t < nt; t += kWgChunk)
-        wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
-      wg_commit();
+      const int t0 = part * hp, nt = part_taps(part);
+      if (lead == 2) {
+        // every tap of stage kk, then: stage kk - 2 done (wgmma groups kk - 1 and kk may
+        // run), everywhere, so its buffer takes the copy of stage kk + stages - 2
+        for (int t = 0; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        wg_wait<2>();
+        __syncthreads();
+        if (kk + prm.stages - 2 < nK) issue(copy);
+        cp_async_commit();
+      } else {
+        const int first = min(kWgChunk, nt);
+        if (first > 0) wg_taps<T>(acc, first, a_base, b_base, sh_tab + t0, slice_bytes);
+        wg_commit();
+        wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
+        __syncthreads();  // ... and the other's: its buffer is free
+        if (kk + prm.stages - 1 < nK) issue(copy);
+        cp_async_commit();
+        for (int t = first; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+      }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;
     }
@@ -738,7 +756,13 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
-  const int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of
+  // wgmmas ahead of each copy: `lead` in the kernel); CT3D_WIN_STAGES caps it as for
+  // window_tc.cuh.
+  int stages = win_stages(stage_bytes, table_bytes, 1, prop);
+  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin &&
+      std::getenv("CT3D_WIN_STAGES") == nullptr)
+    stages = 4;
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
