@@ -949,12 +949,17 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
   else if (bn == 48) launch_window_tc<T, 128, 48, 4, 2, SPLIT3>(prm, grid, smem, stream);
   else launch_window_tc<T, 128, 64, 4, 2, SPLIT3>(prm, grid, smem, stream);
 }
-inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, const cudaDeviceProp* prop) {
-  static const int most = [] {
+inline int win_stages_env() {
+  static const int v = [] {
     const char* s = std::getenv("CT3D_WIN_STAGES");
-    const int v = s ? std::atoi(s) : 3;
-    return v < 2 ? 2 : v > 4 ? 4 : v;
+    if (s == nullptr) return 0;
+    const int n = std::atoi(s);
+    return n < 2 ? 2 : n > 4 ? 4 : n;
   }();
+  return v;
+}
+inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, const cudaDeviceProp* prop) {
+  const int most = win_stages_env() > 0 ? win_stages_env() : 3;
   const int64_t per_block = int64_t(prop->sharedMemPerMultiprocessor) / blocks - 1024;
   for (int st = most; st > 2; --st)
     if (st * stage_bytes + table_bytes <= per_block) return st;
@@ -1679,9 +1684,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin &&
-      std::getenv("CT3D_WIN_STAGES") == nullptr)
-    stages = 4;
+  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;

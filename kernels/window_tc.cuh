@@ -935,14 +935,21 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
   else launch_window_tc<T, 128, 64, 4, 2, SPLIT3>(prm, grid, smem, stream);
 }
 
+// CT3D_WIN_STAGES (2..4; tuning and A/B runs), read once; 0 where it is not set.
+inline int win_stages_env() {
+  static const int v = [] {
+    const char* s = std::getenv("CT3D_WIN_STAGES");
+    if (s == nullptr) return 0;
+    const int n = std::atoi(s);
+    return n < 2 ? 2 : n > 4 ? 4 : n;
+  }();
+  return v;
+}
+
 // Pipeline depth: the most stages (up to 3; CT3D_WIN_STAGES overrides, 2..4) whose shared
 // memory lets `blocks` blocks share an SM; at least 2 if one block fits.
 inline int win_stages(int64_t stage_bytes, int64_t table_bytes, int blocks, const cudaDeviceProp* prop) {
-  static const int most = [] {
-    const char* s = std::getenv("CT3D_WIN_STAGES");
-    const int v = s ? std::atoi(s) : 3;
-    return v < 2 ? 2 : v > 4 ? 4 : v;
-  }();
+  const int most = win_stages_env() > 0 ? win_stages_env() : 3;
   const int64_t per_block = int64_t(prop->sharedMemPerMultiprocessor) / blocks - 1024;
   for (int st = most; st > 2; --st)
     if (st * stage_bytes + table_bytes <= per_block) return st;

@@ -757,12 +757,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of
-  // wgmmas ahead of each copy: `lead` in the kernel); CT3D_WIN_STAGES caps it as for
-  // window_tc.cuh.
+  // wgmmas ahead of each copy: `lead` in the kernel); CT3D_WIN_STAGES, where set, decides
+  // as for window_tc.cuh.
   int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin &&
-      std::getenv("CT3D_WIN_STAGES") == nullptr)
-    stages = 4;
+  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;

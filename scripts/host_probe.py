@@ -17,8 +17,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 import model_new as mn  # noqa: E402
+import pass_times  # noqa: E402  (scripts/, beside this file)
 import reference as ref  # noqa: E402
 
 
@@ -36,19 +38,8 @@ def enqueue_us(fn, reps: int) -> float:
 
 def kernel_us(fn, reps: int) -> tuple[float, int]:
     """Sum of the kernels' device time a call, and kernels a call."""
-    fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-    tot, cnt = 0.0, 0
-    for e in prof.key_averages():
-        us = getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0))
-        if us > 0:
-            tot += us
-            cnt += e.count
-    return tot / reps, round(cnt / reps)
+    rows = pass_times.kernel_rows(fn, reps)
+    return sum(us for us, _, _ in rows), round(sum(cnt for _, cnt, _ in rows))
 
 
 def main() -> int:

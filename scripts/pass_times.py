@@ -20,8 +20,9 @@ import model_new as mn  # noqa: E402
 import reference as ref  # noqa: E402
 
 
-def kernel_table(fn, reps: int) -> str:
-    """The CUDA kernels one call of fn launches, with their mean time a call."""
+def kernel_rows(fn, reps: int) -> list[tuple[float, float, str]]:
+    """The CUDA kernels one call of fn launches: (mean us a call, launches a call, name),
+    slowest first (torch.profiler)."""
     fn()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -34,7 +35,12 @@ def kernel_table(fn, reps: int) -> str:
         if us > 0:
             rows.append((us / reps, e.count / reps, e.key))
     rows.sort(reverse=True)
-    return "\n".join(f"    {us:9.1f} us  x{cnt:4.1f}  {key[:110]}" for us, cnt, key in rows[:10])
+    return rows
+
+
+def kernel_table(fn, reps: int) -> str:
+    """The CUDA kernels one call of fn launches, with their mean time a call."""
+    return "\n".join(f"    {us:9.1f} us  x{cnt:4.1f}  {key[:110]}" for us, cnt, key in kernel_rows(fn, reps)[:10])
 
 
 def main() -> int:

@@ -119,6 +119,15 @@ __global__ void __launch_bounds__(256, 1) stage_kernel(const int* shifts, int it
   if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
 }
 
+// Mean over the SMs' blocks of the cycles each measured.
+static double mean_cycles(const long long* dcy, int sms) {
+  long long cy[1024];
+  cudaMemcpy(cy, dcy, sms * sizeof(long long), cudaMemcpyDeviceToHost);
+  double mean = 0;
+  for (int i = 0; i < sms; ++i) mean += double(cy[i]) / sms;
+  return mean;
+}
+
 int main() {
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -152,10 +161,7 @@ int main() {
       }
       cudaError_t e = cudaDeviceSynchronize();
       if (e != cudaSuccess) { printf("error %s\n", cudaGetErrorString(e)); return 1; }
-      long long cy[1024];
-      cudaMemcpy(cy, dcy, sms * sizeof(long long), cudaMemcpyDeviceToHost);
-      double mean = 0;
-      for (int i = 0; i < sms; ++i) mean += double(cy[i]) / sms;
+      const double mean = mean_cycles(dcy, sms);
       // 2 warpgroups x iters x 8 wgmmas share the SM's tensor cores
       printf("%s %-36s %7.1f cycles a wgmma per SM (128 = the tensor peak)\n", bf ? "bf16" : "tf32", c.name,
              mean / (2.0 * iters * 8));
@@ -182,10 +188,7 @@ int main() {
       stage_kernel<false><<<sms, 256, 3 * 48 * 1024>>>(dsh, 500, c.pieces, c.stride, c.advance, c.span, gsrc, dcy, sink);
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) { printf("error %s\n", cudaGetErrorString(e)); return 1; }
-    long long cy[1024];
-    cudaMemcpy(cy, dcy, sms * sizeof(long long), cudaMemcpyDeviceToHost);
-    double mean = 0;
-    for (int i = 0; i < sms; ++i) mean += double(cy[i]) / sms;
+    const double mean = mean_cycles(dcy, sms);
     printf("tf32 stage loop, %-46s %7.0f cycles a stage (2304 = tensor peak)\n", c.name, mean / 500);
   }
   return 0;
