@@ -306,18 +306,19 @@ __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src
 // each of npos window positions, from the source plane at base (the chunk's first channel;
 // positions through tab) to dst + p * pos_bytes + half * half_bytes; zeros outside the
 // plane, or where half >= halves, the halves of this chunk the source holds (the last
-// chunk of a group may hold one: win_halves). Thread t copies half t % 2 of positions
-// t / 2, t / 2 + THREADS / 2, ...: a table read, a wide multiply-add and the copy a piece
-// (the loop is on every stage's critical path). Both window kernels.
+// chunk of a group may hold one: win_halves). Copying thread t (of THREADS; threadIdx.x,
+// or a producer warp's index among the producers) copies half t % 2 of positions t / 2,
+// t / 2 + THREADS / 2, ...: a table read, a wide multiply-add and the copy a piece (the
+// loop is on every stage's critical path). Both window kernels.
 template <int THREADS>
 __device__ __forceinline__ void win_copy_window(uint32_t dst, int pos_bytes, int half_bytes, const void* base,
-                                                const int* tab, int npos, int halves) {
-  const int half = threadIdx.x & 1;
+                                                const int* tab, int npos, int halves, int tid) {
+  const int half = tid & 1;
   const char* b = static_cast<const char*>(base) + half * 16;
   const int nbytes = half < halves ? 16 : 0;
-  uint32_t d = dst + (threadIdx.x >> 1) * pos_bytes + half * half_bytes;
+  uint32_t d = dst + (tid >> 1) * pos_bytes + half * half_bytes;
 #pragma unroll 4
-  for (int p = threadIdx.x >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
+  for (int p = tid >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
     const int t = tab[p];
     cp_async16(d, b + uint64_t(uint32_t(max(t, 0))) * 16u, t >= 0 ? nbytes : 0);
   }
@@ -638,7 +639,8 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + copy.chunk * KC;
     const uint32_t dst = smem0 + copy.buf * prm.stage_bytes;
-    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC));
+    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC),
+                         threadIdx.x);
     if (BS) {  // B of the stage's taps: [thw][n8 tile][lane][2 words]
       const uint32_t* wsrc = wb_blk + copy.chunk * int64_t(prm.ntiles) * 64;
       const int* wt = w_tab + td * Thw;

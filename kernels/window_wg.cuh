@@ -21,9 +21,16 @@
 // chunk), each [position][16 bytes] -- wgmma's no-swizzle K-major layout with LBO = the
 // slice stride, SBO = 128 -- then the weights of the stage's (th, tw) taps, each
 // [K slice][64 co][16 bytes] (LBO = 1024, SBO = 128), arranged once per call by
-// transform_weight_wg_kernel. Stages are copied `stages` deep: once a stage's first taps'
-// wgmmas are issued and the previous stage's are done, that buffer gets the copy of a
-// later stage while the tensor pipe works; then the stage's other taps.
+// transform_weight_wg_kernel. Stages are copied `stages` deep.
+// Who copies. Warp-specialized (the default for TF32, fp16 and bf16): two producer warps
+// (threads 256..319) issue every cp.async of a stage and arrive on the buffer's full
+// mbarrier through cp.async.mbarrier.arrive; the MMA warpgroups wait on it, issue all the
+// stage's taps, and once the previous stage's wgmmas are done release its buffer on its
+// empty mbarrier. The MMA warps issue nothing but wgmmas, so the tensor pipe is never left
+// idle while they issue copies (that cost ~1000-2000 cycles a stage: NOTES.md, producer
+// warps). Else (3xTF32, or CT3D_WG_WS=0): the MMA warps copy, between their wgmmas: once a
+// stage's first taps are issued and the previous stage's are done, that buffer gets the
+// copy of a later stage while the tensor pipe works; then the stage's other taps.
 //
 // Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
 // lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e]. The epilogue puts
@@ -53,6 +60,9 @@ constexpr int kWgM = 64;                 // output channels a block (wgmma M)
 constexpr int kWgGroups = 2;             // warpgroups a block
 constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights (one part): 2 K slices x 64 co x 16 bytes
 constexpr int kWgFlushTaps = 8;          // 3xTF32: taps a chain before it is added into the sum
+constexpr int kWgConsumers = 256;        // the MMA threads of a block (kWgGroups warpgroups)
+constexpr int kWgProducers = 64;         // warp-specialized blocks: the copy warps after them
+constexpr int kWgMaxStages = 4;
 
 // The shape of a variant: positions a warpgroup (wgmma N: 256, or 128 for 3xTF32, which
 // keeps two accumulator sets), positions a block, a tap's weight bytes in a stage (big,
@@ -147,6 +157,23 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 #endif
+}
+// An arrival on the barrier made when every cp.async this thread issued before it has
+// landed (it counts as one of the barrier's arrivals: .noinc); a plain arrival.
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+#ifdef CT3D_WGMMA
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef CT3D_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+// Barrier `id` (1..15) among `count` threads (a multiple of 32): the consumer warps of a
+// warp-specialized block, without the producer warps.
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #ifdef CT3D_WGMMA
@@ -417,17 +444,23 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
   }
 }
 
-// The window convolution on wgmma: 256 threads (2 warpgroups), one block per SM. SPLIT:
-// 3xTF32 (fp32 only).
-template <typename T, bool SPLIT>
-__global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
+// The window convolution on wgmma: two MMA warpgroups (threads 0..255), one block per
+// SM. SPLIT: 3xTF32 (fp32 only). WS (warp-specialized; not with SPLIT): two more warps
+// (threads 256..319) issue every copy, and a full and an empty mbarrier a buffer hand the
+// stages between them and the MMA warps, which only wait and issue wgmmas (NOTES.md,
+// producer warps). Else the MMA warps issue the copies between their wgmmas.
+template <typename T, bool SPLIT, bool WS>
+__global__ void __launch_bounds__(WS ? kWgConsumers + kWgProducers : kWgConsumers, 1)
+    window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
   using S = WgShape<SPLIT>;
   static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
+  static_assert(!(SPLIT && WS), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
   constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
+  __shared__ __align__(8) uint64_t s_bar[2 * kWgMaxStages];  // WS: full[buf], then empty[buf]
   const Problem& P = prm.P;
 
   // ---- which sub-problem (group, phase), plane tile, channel tile ----
@@ -460,6 +493,16 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   int* pos_tab = vtd + P.k[0];
+  // WS: buffer b is full once every producer thread's copies into it have landed
+  // (kWgProducers arrivals, made by the copies), empty once each MMA warp is done with it (8).
+  const uint32_t full0 = smem_u32(s_bar), empty0 = full0 + 8 * kWgMaxStages;
+  if (WS && threadIdx.x == 0) {
+    for (int b = 0; b < prm.stages; ++b) {
+      mbar_init(full0 + 8 * b, kWgProducers);
+      mbar_init(empty0 + 8 * b, kWgConsumers / 32);
+    }
+    mbar_fence_init();
+  }
   win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);  // ntiles: co tiles
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
@@ -475,8 +518,9 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   // then tdi, then chunk; its buffer kk % stages. Counters, not divisions: this is the
   // per-stage work of every thread. ----
   // The window: 16-byte pieces (piece q: position q / 2, K slice q % 2); then the weights,
-  // TapBytes / 16 pieces a tap; thread t copies pieces t, t + 256, ... (3xTF32: the
-  // window's small parts are made in place from these pieces, 2 slices further on.)
+  // TapBytes / 16 pieces a tap; copying thread t of NT copies pieces t, t + NT, ...
+  // (3xTF32: the window's small parts are made in place from these pieces, 2 slices
+  // further on.)
   struct Stage {
     int part, tdi, chunk, buf;
   };
@@ -492,24 +536,29 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
-  constexpr int kTapPieces = S::TapBytes / 16;  // 128 or 256: divides the 256 threads
-  static_assert(256 % kTapPieces == 0, "window_wg_kernel: a tap's pieces divide the threads");
+  constexpr int kTapPieces = S::TapBytes / 16;  // 128 or 256
   const int win_pieces = R * C * 2;
-  // Copies stage c, then moves c on to the next stage.
-  auto issue = [&](Stage& c) {
+  // Copies stage c by copying thread tid of NT (all 256 threads, or the 64 producers), then
+  // moves c on to the next stage. Weights: kSpan threads a tap (all its pieces, or a share
+  // of them when NT is fewer), kPer pieces each, taps tid / kSpan, + NT / kSpan, ...
+  auto issue = [&](Stage& c, int tid, auto nthreads) {
+    constexpr int NT = decltype(nthreads)::value;
+    constexpr int kSpan = NT < kTapPieces ? NT : kTapPieces, kPer = kTapPieces / kSpan;
+    static_assert(NT % kSpan == 0 && kTapPieces % kSpan == 0, "window_wg_kernel: copy threads and a tap's pieces");
     const int td = vtd[c.tdi], t0 = c.part * hp, nt = part_taps(c.part);
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;  // inside src (vtd)
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + c.chunk * KC;
     const uint32_t dst = smem0 + c.buf * prm.stage_bytes;
-    win_copy_window<256>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC));
-    // weights: thread t copies piece t % kTapPieces of taps t / kTapPieces, + 256 / kTapPieces, ...
-    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (threadIdx.x % kTapPieces) * 4;
+    win_copy_window<NT>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC), tid);
+    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (tid % kSpan) * 4;
     const int* wt = w_tab + td * Thw + t0;
-    const uint32_t wdst = dst + prm.window_bytes + (threadIdx.x % kTapPieces) * 16;
-    for (int thw = threadIdx.x / kTapPieces; thw < nt; thw += 256 / kTapPieces)
-      cp_async16(wdst + thw * S::TapBytes, wsrc + wt[thw], 16);
+    const uint32_t wdst = dst + prm.window_bytes + (tid % kSpan) * 16;
+    for (int thw = tid / kSpan; thw < nt; thw += NT / kSpan)
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) cp_async16(wdst + thw * S::TapBytes + j * kSpan * 16, wsrc + wt[thw] + j * kSpan * 4, 16);
     next_stage(c);
   };
+  const auto all_threads = std::integral_constant<int, kWgConsumers>{};
 
   constexpr int NACC = S::N / 2;  // accumulator registers a thread (m64 x N over 128 threads)
   float acc[NACC];
@@ -522,15 +571,62 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   // the one in flight before it issues a copy, so the tensor pipe has work while the
   // threads issue the copy (NOTES.md, lead 2); else 1, the copy distance stages - 1.
   const int lead = !SPLIT && prm.stages >= 4 ? 2 : 1;
-  for (int st = 0; st < prm.stages - lead; ++st) {
-    if (st < nK) issue(copy);
-    cp_async_commit();
+  if constexpr (!WS) {
+    for (int st = 0; st < prm.stages - lead; ++st) {
+      if (st < nK) issue(copy, threadIdx.x, all_threads);
+      cp_async_commit();
+    }
   }
   int part = 0, buf = 0;  // of stage kk
   CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
-  if constexpr (!SPLIT) {
+  if constexpr (WS) {
+    if (threadIdx.x >= kWgConsumers) {
+      // Producers: stage kk into buffer kk % stages, once the MMA warps have released the
+      // stage that used it before (pass: the uses of the buffers so far).
+      const int tid = threadIdx.x - kWgConsumers;
+      for (int kk = 0, pass = 0; kk < nK; ++kk) {
+        const int b = copy.buf;
+        if (pass > 0) mbar_wait(empty0 + 8 * b, (pass - 1) & 1);
+        issue(copy, tid, std::integral_constant<int, kWgProducers>{});
+        cp_async_mbar_arrive(full0 + 8 * b);
+        if (copy.buf == 0) ++pass;
+      }
+      cp_async_commit();  // (waited for before the epilogue)
+    } else {
+      // MMA warps: wait for stage kk, issue all its taps, then (stage kk - 1's wgmmas done)
+      // release stage kk - 1's buffer; the tensor pipe holds stage kk's taps meanwhile.
+      uint32_t phase = 0;  // parity of the full barriers' phase for this pass
+      for (int kk = 0, prev = 0; kk < nK; ++kk) {
+        mbar_wait(full0 + 8 * buf, phase);
+        if (std::is_same<E, float>::value && prm.round_a) {
+          // TF32 with the source used in place: round the window (each MMA thread a share)
+          unsigned char* win = smem + buf * prm.stage_bytes;
+          for (int q = threadIdx.x; q < win_pieces; q += kWgConsumers) {
+            float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+            *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+          }
+          fence_proxy_async();
+          named_sync(1, kWgConsumers);
+        } else {
+          fence_proxy_async();  // the copies (generic proxy) are seen by wgmma (async proxy)
+        }
+        const uint32_t bufa = smem0 + buf * prm.stage_bytes;
+        const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+        const int t0 = part * hp, nt = part_taps(part);
+        for (int t = 0; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        wg_wait<1>();  // stage kk - 1's wgmmas are done (this warpgroup's)
+        if (kk > 0 && threadIdx.x % 32 == 0) mbar_arrive(empty0 + 8 * prev);
+        prev = buf;
+        if (++part == nparts) part = 0;
+        if (++buf == prm.stages) buf = 0, phase ^= 1;
+      }
+      wg_wait<0>();
+    }
+  } else if constexpr (!SPLIT) {
     // Stage kk: the wgmmas of its first kWgChunk taps; once stage kk - 1's are done
     // (everyone's), the copy of stage kk + stages - 1 into that buffer, while the tensor
     // pipe works on the issued taps; then the rest of the taps. Taps are issued kWgChunk at
@@ -560,7 +656,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         wg_commit();
         wg_wait<2>();
         __syncthreads();
-        if (kk + prm.stages - 2 < nK) issue(copy);
+        if (kk + prm.stages - 2 < nK) issue(copy, threadIdx.x, all_threads);
         cp_async_commit();
       } else {
         const int first = min(kWgChunk, nt);
@@ -568,7 +664,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         wg_commit();
         wg_wait<1>();     // stage kk - 1's wgmmas are done (this warpgroup's) ...
         __syncthreads();  // ... and the other's: its buffer is free
-        if (kk + prm.stages - 1 < nK) issue(copy);
+        if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
         cp_async_commit();
         for (int t = first; t < nt; t += kWgChunk)
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
@@ -614,7 +710,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         }
         if (c == 0) {
           __syncthreads();  // everyone is done with stage kk - 1
-          if (kk + prm.stages - 1 < nK) issue(copy);
+          if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
           cp_async_commit();
         }
       }
@@ -632,7 +728,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   // ep[co][q], EpPitch floats a row: the 8-byte stores of a half-warp (4 rows x 4 lanes)
   // land in distinct banks.
   float* ep = reinterpret_cast<float*>(smem);
-  {
+  if (!WS || threadIdx.x < kWgConsumers) {
     const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
 #pragma unroll
     for (int i = 0; i < S::N / 8; ++i)
@@ -648,6 +744,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const int od = wd[0].oc + wd[0].os * jd;
   const int nco = min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
+  if (WS && threadIdx.x >= kWgConsumers) return;  // (no barrier follows)
 #pragma unroll
   for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
@@ -703,6 +800,16 @@ inline at::Tensor wg_stamps() {
 #endif
 }
 
+// Whether the wgmma window kernel runs warp-specialized (producer warps issue the copies):
+// yes unless CT3D_WG_WS=0 in the environment (A/B measurements), read once.
+inline bool wg_ws_env() {
+  static const bool v = [] {
+    const char* s = std::getenv("CT3D_WG_WS");
+    return s == nullptr || std::atoi(s) != 0;
+  }();
+  return v;
+}
+
 // Runs the window convolution on wgmma. force: wherever it can run (tests); else only
 // where it is expected to beat window_tc.cuh's kernel: more than 32 output channels a
 // group (with 32, half of M is zero rows: kb68's grad input measured 7.1 ms against 6.7
@@ -742,8 +849,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
-  // Tables (kernel: w_tab, sh_tab, vtd, pos_tab); positions as 16-byte units in an int.
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int));
+  // Tables (kernel: w_tab, sh_tab, vtd, pos_tab); positions as 16-byte units in an int;
+  // and room for the kernel's static shared memory (s_nvt, s_bar), which counts against
+  // the same per-block limit.
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int)) + 128;
   if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   // The window: two K slices (3xTF32: then their small parts), 128-byte aligned.
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
@@ -761,6 +870,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // as for window_tc.cuh.
   int stages = win_stages(stage_bytes, table_bytes, 1, prop);
   if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
@@ -795,12 +905,15 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  auto kernel = window_wg_kernel<T, false>;
+  // Warp-specialized (producer warps issue the copies) unless 3xTF32 or CT3D_WG_WS=0.
+  const bool ws = !split && wg_ws_env();
+  auto kernel = ws ? window_wg_kernel<T, false, true> : window_wg_kernel<T, false, false>;
   if constexpr (std::is_same<T, float>::value) {
-    if (split) kernel = window_wg_kernel<T, true>;
+    if (split) kernel = window_wg_kernel<T, true, false>;
   }
+  const int threads = ws ? kWgConsumers + kWgProducers : kWgConsumers;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
+  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }

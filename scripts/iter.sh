@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A development iteration in one device call: build once (with the ptxas report), then the
-# pass times of the window kernel under each CT3D_WIN_TILE value given in $TILES, then a
-# targeted pytest. Logs to $OUT.   TILES="wide wide42" PROBLEMS="kb68 kb61" bash scripts/iter.sh
+# pass times under each environment setting in $ENVS (VAR=value, comma-separated for more
+# than one; "-" for none), then a targeted pytest. Logs to $OUT.
+#   ENVS="CT3D_WG_WS=0 -" PROBLEMS="kb68 kb61" bash scripts/iter.sh
 # ALGOS="auto tc_mma" times each kernel family (model_new._ALGOS) too.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
@@ -14,8 +15,10 @@ grep -c "" "$OUT/ptxas.txt"; grep -v "spill st/ld 0/0" "$OUT/ptxas.txt" | head
 pargs=""; for p in ${PROBLEMS:-kb58 kb61 kb68 kb72}; do pargs="$pargs --problem $p"; done
 margs=""; for m in ${MODES:-tf32 bf16}; do margs="$margs --mode $m"; done
 for a in ${ALGOS:-auto}; do
-  for t in ${TILES:-wide}; do
-    CT3D_WIN_TILE=$t timeout 200 python3 scripts/pass_times.py $pargs $margs --algo $a --passes ${PASSES:-fwd,dgrad} 2>&1 | tee -a "$OUT/pass_times.txt"
+  for e in ${ENVS:--}; do
+    echo "== env: $e algo: $a" | tee -a "$OUT/pass_times.txt"
+    [ "$e" = "-" ] && e=""
+    env ${e//,/ } timeout 200 python3 scripts/pass_times.py $pargs $margs --algo $a --passes ${PASSES:-fwd,dgrad} 2>&1 | tee -a "$OUT/pass_times.txt"
   done
 done
 echo "passes: $(( $(date +%s) - t0 ))s"
