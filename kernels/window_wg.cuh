@@ -61,7 +61,6 @@ constexpr int kWgGroups = 2;             // warpgroups a block
 constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights (one part): 2 K slices x 64 co x 16 bytes
 constexpr int kWgFlushTaps = 8;          // 3xTF32: taps a chain before it is added into the sum
 constexpr int kWgConsumers = 256;        // the MMA threads of a block (kWgGroups warpgroups)
-constexpr int kWgProducers = 64;         // warp-specialized blocks: the copy warps after them
 constexpr int kWgMaxStages = 4;
 
 // The shape of a variant: positions a warpgroup (wgmma N: 256, or 128 for 3xTF32, which
@@ -445,18 +444,19 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
 }
 
 // The window convolution on wgmma: two MMA warpgroups (threads 0..255), one block per
-// SM. SPLIT: 3xTF32 (fp32 only). WS (warp-specialized; not with SPLIT): two more warps
-// (threads 256..319) issue every copy, and a full and an empty mbarrier a buffer hand the
+// SM. SPLIT: 3xTF32 (fp32 only). PW > 0 (warp-specialized; not with SPLIT): PW more warps
+// (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
 // stages between them and the MMA warps, which only wait and issue wgmmas (NOTES.md,
-// producer warps). Else the MMA warps issue the copies between their wgmmas.
-template <typename T, bool SPLIT, bool WS>
-__global__ void __launch_bounds__(WS ? kWgConsumers + kWgProducers : kWgConsumers, 1)
-    window_wg_kernel(const WinParams prm) {
+// producer warps). PW = 0: the MMA warps issue the copies between their wgmmas.
+template <typename T, bool SPLIT, int PW>
+__global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
   using S = WgShape<SPLIT>;
   static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
-  static_assert(!(SPLIT && WS), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
+  static_assert(!(SPLIT && PW > 0), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
+  constexpr bool WS = PW > 0;
+  constexpr int kWgProducers = 32 * PW;  // copying threads (WS)
   constexpr int KC = 32 / int(sizeof(E));  // channels a chunk
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
@@ -494,7 +494,8 @@ __global__ void __launch_bounds__(WS ? kWgConsumers + kWgProducers : kWgConsumer
   int* vtd = sh_tab + P.k[1] * P.k[2];
   int* pos_tab = vtd + P.k[0];
   // WS: buffer b is full once every producer thread's copies into it have landed
-  // (kWgProducers arrivals, made by the copies), empty once each MMA warp is done with it (8).
+  // (one arrival a producer thread, made by its copies), empty once each MMA warp is done
+  // with it (8).
   const uint32_t full0 = smem_u32(s_bar), empty0 = full0 + 8 * kWgMaxStages;
   if (WS && threadIdx.x == 0) {
     for (int b = 0; b < prm.stages; ++b) {
@@ -589,7 +590,7 @@ __global__ void __launch_bounds__(WS ? kWgConsumers + kWgProducers : kWgConsumer
       for (int kk = 0, pass = 0; kk < nK; ++kk) {
         const int b = copy.buf;
         if (pass > 0) mbar_wait(empty0 + 8 * b, (pass - 1) & 1);
-        issue(copy, tid, std::integral_constant<int, kWgProducers>{});
+        issue(copy, tid, std::integral_constant<int, (WS ? kWgProducers : 32)>{});
         cp_async_mbar_arrive(full0 + 8 * b);
         if (copy.buf == 0) ++pass;
       }
@@ -800,12 +801,13 @@ inline at::Tensor wg_stamps() {
 #endif
 }
 
-// Whether the wgmma window kernel runs warp-specialized (producer warps issue the copies):
-// yes unless CT3D_WG_WS=0 in the environment (A/B measurements), read once.
-inline bool wg_ws_env() {
-  static const bool v = [] {
+// The producer warps of the wgmma window kernel (0: not warp-specialized, the MMA warps
+// copy): CT3D_WG_WS in the environment (0, 2 or 4; A/B measurements), else 4. Read once.
+inline int wg_ws_env() {
+  static const int v = [] {
     const char* s = std::getenv("CT3D_WG_WS");
-    return s == nullptr || std::atoi(s) != 0;
+    const int n = s == nullptr ? 4 : std::atoi(s);
+    return n <= 0 ? 0 : n <= 2 ? 2 : 4;
   }();
   return v;
 }
@@ -906,12 +908,13 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
   // Warp-specialized (producer warps issue the copies) unless 3xTF32 or CT3D_WG_WS=0.
-  const bool ws = !split && wg_ws_env();
-  auto kernel = ws ? window_wg_kernel<T, false, true> : window_wg_kernel<T, false, false>;
+  const int pw = split ? 0 : wg_ws_env();
+  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : pw == 2 ? window_wg_kernel<T, false, 2>
+                                                                  : window_wg_kernel<T, false, 0>;
   if constexpr (std::is_same<T, float>::value) {
-    if (split) kernel = window_wg_kernel<T, true, false>;
+    if (split) kernel = window_wg_kernel<T, true, 0>;
   }
-  const int threads = ws ? kWgConsumers + kWgProducers : kWgConsumers;
+  const int threads = kWgConsumers + 32 * pw;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
