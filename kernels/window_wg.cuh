@@ -494,13 +494,13 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   int* vtd = sh_tab + P.k[1] * P.k[2];
   int* pos_tab = vtd + P.k[0];
   // WS: buffer b is full once every producer thread's copies into it have landed
-  // (one arrival a producer thread, made by its copies), empty once each MMA warp is done
-  // with it (8).
+  // (one arrival a producer thread, made by its copies), empty once every MMA thread is
+  // done with it.
   const uint32_t full0 = smem_u32(s_bar), empty0 = full0 + 8 * kWgMaxStages;
   if (WS && threadIdx.x == 0) {
     for (int b = 0; b < prm.stages; ++b) {
       mbar_init(full0 + 8 * b, kWgProducers);
-      mbar_init(empty0 + 8 * b, kWgConsumers / 32);
+      mbar_init(empty0 + 8 * b, kWgConsumers);
     }
     mbar_fence_init();
   }
@@ -583,7 +583,10 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
   if constexpr (WS) {
-    if (threadIdx.x >= kWgConsumers) {
+    // The role as a value the compiler knows to be warp-uniform (a shuffle from lane 0):
+    // wgmmas under a branch it takes for divergent are serialized, each waited for before
+    // the next is issued (ptxas C7520), which halved the tensor pipe's rate.
+    if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
       // Producers: stage kk into buffer kk % stages, once the MMA warps have released the
       // stage that used it before (pass: the uses of the buffers so far).
       const int tid = threadIdx.x - kWgConsumers;
@@ -620,7 +623,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
         wg_commit();
         wg_wait<1>();  // stage kk - 1's wgmmas are done (this warpgroup's)
-        if (kk > 0 && threadIdx.x % 32 == 0) mbar_arrive(empty0 + 8 * prev);
+        if (kk > 0) mbar_arrive(empty0 + 8 * prev);  // every MMA thread: no divergent branch
         prev = buf;
         if (++part == nparts) part = 0;
         if (++buf == prm.stages) buf = 0, phase ^= 1;
