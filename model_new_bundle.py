@@ -437,13 +437,13 @@ __device__ __forceinline__ void cp_async8(uint32_t dst, const void* src, int src
 }
 template <int THREADS>
 __device__ __forceinline__ void win_copy_window(uint32_t dst, int pos_bytes, int half_bytes, const void* base,
-                                                const int* tab, int npos, int halves) {
-  const int half = threadIdx.x & 1;
+                                                const int* tab, int npos, int halves, int tid) {
+  const int half = tid & 1;
   const char* b = static_cast<const char*>(base) + half * 16;
   const int nbytes = half < halves ? 16 : 0;
-  uint32_t d = dst + (threadIdx.x >> 1) * pos_bytes + half * half_bytes;
+  uint32_t d = dst + (tid >> 1) * pos_bytes + half * half_bytes;
 #pragma unroll 4
-  for (int p = threadIdx.x >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
+  for (int p = tid >> 1; p < npos; p += THREADS / 2, d += (THREADS / 2) * pos_bytes) {
     const int t = tab[p];
     cp_async16(d, b + uint64_t(uint32_t(max(t, 0))) * 16u, t >= 0 ? nbytes : 0);
   }
@@ -694,7 +694,8 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + copy.chunk * KC;
     const uint32_t dst = smem0 + copy.buf * prm.stage_bytes;
-    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC));
+    win_copy_window<256>(dst, kWinPos, 16, base, pos_tab, R * C, win_halves(prm.cg_pad, copy.chunk, KC),
+                         threadIdx.x);
     if (BS) {
       const uint32_t* wsrc = wb_blk + copy.chunk * int64_t(prm.ntiles) * 64;
       const int* wt = w_tab + td * Thw;
@@ -1115,6 +1116,8 @@ constexpr int kWgM = 64;
 constexpr int kWgGroups = 2;
 constexpr int kWgTapBytes = 2 * kWgM * 16;
 constexpr int kWgFlushTaps = 8;
+constexpr int kWgConsumers = 256;
+constexpr int kWgMaxStages = 4;
 template <bool SPLIT>
 struct WgShape {
   static constexpr int N = SPLIT ? 128 : 256;
@@ -1184,6 +1187,19 @@ __device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uin
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
 #endif
+}
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+#ifdef CT3D_WGMMA
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#ifdef CT3D_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void named_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #ifdef CT3D_WGMMA
@@ -1415,15 +1431,19 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     }
   }
 }
-template <typename T, bool SPLIT>
-__global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) {
+template <typename T, bool SPLIT, int PW>
+__global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
   using S = WgShape<SPLIT>;
   static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
+  static_assert(!(SPLIT && PW > 0), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
+  constexpr bool WS = PW > 0;
+  constexpr int kWgProducers = 32 * PW;
   constexpr int KC = 32 / int(sizeof(E));
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_nvt;
+  __shared__ __align__(8) uint64_t s_bar[2 * kWgMaxStages];
   const Problem& P = prm.P;
   WinDim wd[3];
   const int g = win_dims(P, prm.job, blockIdx.z, wd);
@@ -1448,6 +1468,14 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   int* sh_tab = w_tab + P.kvol();
   int* vtd = sh_tab + P.k[1] * P.k[2];
   int* pos_tab = vtd + P.k[0];
+  const uint32_t full0 = smem_u32(s_bar), empty0 = full0 + 8 * kWgMaxStages;
+  if (WS && threadIdx.x == 0) {
+    for (int b = 0; b < prm.stages; ++b) {
+      mbar_init(full0 + 8 * b, kWgProducers);
+      mbar_init(empty0 + 8 * b, kWgConsumers);
+    }
+    mbar_fence_init();
+  }
   win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);
   const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
@@ -1471,36 +1499,84 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;
-  static_assert(256 % kTapPieces == 0, "window_wg_kernel: a tap's pieces divide the threads");
   const int win_pieces = R * C * 2;
-  auto issue = [&](Stage& c) {
+  auto issue = [&](Stage& c, int tid, auto nthreads) {
+    constexpr int NT = decltype(nthreads)::value;
+    constexpr int kSpan = NT < kTapPieces ? NT : kTapPieces, kPer = kTapPieces / kSpan;
+    static_assert(NT % kSpan == 0 && kTapPieces % kSpan == 0, "window_wg_kernel: copy threads and a tap's pieces");
     const int td = vtd[c.tdi], t0 = c.part * hp, nt = part_taps(c.part);
     const int id = jd * wd[0].mult + wd[0].off0 + td * wd[0].dstep;
     const E* base = src_n + int64_t(id) * H * W * prm.pk_v + c.chunk * KC;
     const uint32_t dst = smem0 + c.buf * prm.stage_bytes;
-    win_copy_window<256>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC));
-    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (threadIdx.x % kTapPieces) * 4;
+    win_copy_window<NT>(dst, 16, slice_bytes, base, pos_tab, R * C, win_halves(prm.cg_pad, c.chunk, KC), tid);
+    const uint32_t* wsrc = wb_blk + c.chunk * int64_t(prm.ntiles) * (S::TapBytes / 4) + (tid % kSpan) * 4;
     const int* wt = w_tab + td * Thw + t0;
-    const uint32_t wdst = dst + prm.window_bytes + (threadIdx.x % kTapPieces) * 16;
-    for (int thw = threadIdx.x / kTapPieces; thw < nt; thw += 256 / kTapPieces)
-      cp_async16(wdst + thw * S::TapBytes, wsrc + wt[thw], 16);
+    const uint32_t wdst = dst + prm.window_bytes + (tid % kSpan) * 16;
+    for (int thw = tid / kSpan; thw < nt; thw += NT / kSpan)
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) cp_async16(wdst + thw * S::TapBytes + j * kSpan * 16, wsrc + wt[thw] + j * kSpan * 4, 16);
     next_stage(c);
   };
+  const auto all_threads = std::integral_constant<int, kWgConsumers>{};
   constexpr int NACC = S::N / 2;
   float acc[NACC];
 #pragma unroll
   for (int i = 0; i < NACC; ++i) acc[i] = 0.f;
   Stage copy{0, 0, 0, 0};
   const int lead = !SPLIT && prm.stages >= 4 ? 2 : 1;
-  for (int st = 0; st < prm.stages - lead; ++st) {
-    if (st < nK) issue(copy);
-    cp_async_commit();
+  if constexpr (!WS) {
+    for (int st = 0; st < prm.stages - lead; ++st) {
+      if (st < nK) issue(copy, threadIdx.x, all_threads);
+      cp_async_commit();
+    }
   }
   int part = 0, buf = 0;
   CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
-  if constexpr (!SPLIT) {
+  if constexpr (WS) {
+    if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
+      const int tid = threadIdx.x - kWgConsumers;
+      for (int kk = 0, pass = 0; kk < nK; ++kk) {
+        const int b = copy.buf;
+        if (pass > 0) mbar_wait(empty0 + 8 * b, (pass - 1) & 1);
+        issue(copy, tid, std::integral_constant<int, (WS ? kWgProducers : 32)>{});
+        cp_async_mbar_arrive(full0 + 8 * b);
+        if (copy.buf == 0) ++pass;
+      }
+      cp_async_commit();
+      cp_async_wait(0);
+      return;
+    } else {
+      uint32_t phase = 0;
+      for (int kk = 0, prev = 0; kk < nK; ++kk) {
+        mbar_wait(full0 + 8 * buf, phase);
+        if (std::is_same<E, float>::value && prm.round_a) {
+          unsigned char* win = smem + buf * prm.stage_bytes;
+          for (int q = threadIdx.x; q < win_pieces; q += kWgConsumers) {
+            float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
+            *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+          }
+          fence_proxy_async();
+          named_sync(1, kWgConsumers);
+        } else {
+          fence_proxy_async();
+        }
+        const uint32_t bufa = smem0 + buf * prm.stage_bytes;
+        const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
+        const int t0 = part * hp, nt = part_taps(part);
+        for (int t = 0; t < nt; t += kWgChunk)
+          wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        wg_wait<1>();
+        if (kk > 0) mbar_arrive(empty0 + 8 * prev);
+        prev = buf;
+        if (++part == nparts) part = 0;
+        if (++buf == prm.stages) buf = 0, phase ^= 1;
+      }
+      wg_wait<0>();
+    }
+  } else if constexpr (!SPLIT) {
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - lead - 1);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
@@ -1521,7 +1597,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         wg_commit();
         wg_wait<2>();
         __syncthreads();
-        if (kk + prm.stages - 2 < nK) issue(copy);
+        if (kk + prm.stages - 2 < nK) issue(copy, threadIdx.x, all_threads);
         cp_async_commit();
       } else {
         const int first = min(kWgChunk, nt);
@@ -1529,7 +1605,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         wg_commit();
         wg_wait<1>();
         __syncthreads();
-        if (kk + prm.stages - 1 < nK) issue(copy);
+        if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
         cp_async_commit();
         for (int t = first; t < nt; t += kWgChunk)
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
@@ -1571,7 +1647,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         }
         if (c == 0) {
           __syncthreads();
-          if (kk + prm.stages - 1 < nK) issue(copy);
+          if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
           cp_async_commit();
         }
       }
@@ -1579,9 +1655,13 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
       if (++buf == prm.stages) buf = 0;
     }
   }
+  auto mma_sync = [] {
+    if constexpr (WS) named_sync(1, kWgConsumers);
+    else __syncthreads();
+  };
   wg_fence_operands(acc);
   cp_async_wait(0);
-  __syncthreads();
+  mma_sync();
   CT3D_WG_STAMP(3);
   float* ep = reinterpret_cast<float*>(smem);
   {
@@ -1594,7 +1674,7 @@ __global__ void __launch_bounds__(256, 1) window_wg_kernel(const WinParams prm) 
         *reinterpret_cast<float2*>(ep + row * S::EpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
       }
   }
-  __syncthreads();
+  mma_sync();
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
@@ -1644,6 +1724,14 @@ inline at::Tensor wg_stamps() {
   return at::empty({0, 5}, at::TensorOptions().dtype(at::kLong));
 #endif
 }
+inline int wg_ws_env() {
+  static const int v = [] {
+    const char* s = std::getenv("CT3D_WG_WS");
+    if (s == nullptr) return -1;
+    return std::atoi(s) <= 0 ? 0 : 4;
+  }();
+  return v;
+}
 template <typename T>
 bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
   using E = typename WinElem<T>::type;
@@ -1673,7 +1761,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
   }
   if (tpp == 0) return false;
-  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int));
+  const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int)) + 128;
   if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
@@ -1685,6 +1773,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   int stages = win_stages(stage_bytes, table_bytes, 1, prop);
   if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
@@ -1715,12 +1804,14 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  auto kernel = window_wg_kernel<T, false>;
+  const int pw = split ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
+  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
   if constexpr (std::is_same<T, float>::value) {
-    if (split) kernel = window_wg_kernel<T, true>;
+    if (split) kernel = window_wg_kernel<T, true, 0>;
   }
+  const int threads = kWgConsumers + 32 * pw;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, 256, smem, stream>>>(prm);
+  kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
 }

@@ -22,15 +22,16 @@
 // slice stride, SBO = 128 -- then the weights of the stage's (th, tw) taps, each
 // [K slice][64 co][16 bytes] (LBO = 1024, SBO = 128), arranged once per call by
 // transform_weight_wg_kernel. Stages are copied `stages` deep.
-// Who copies. Warp-specialized (the default for TF32, fp16 and bf16): two producer warps
-// (threads 256..319) issue every cp.async of a stage and arrive on the buffer's full
-// mbarrier through cp.async.mbarrier.arrive; the MMA warpgroups wait on it, issue all the
-// stage's taps, and once the previous stage's wgmmas are done release its buffer on its
-// empty mbarrier. The MMA warps issue nothing but wgmmas, so the tensor pipe is never left
-// idle while they issue copies (that cost ~1000-2000 cycles a stage: NOTES.md, producer
-// warps). Else (3xTF32, or CT3D_WG_WS=0): the MMA warps copy, between their wgmmas: once a
-// stage's first taps are issued and the previous stage's are done, that buffer gets the
-// copy of a later stage while the tensor pipe works; then the stage's other taps.
+// Who copies. Warp-specialized (TF32, fp16, bf16, where 3 or more stages fit): a third
+// warpgroup (threads 256..383, the producers) issues every cp.async of a stage and arrives
+// on the buffer's full mbarrier through cp.async.mbarrier.arrive; the MMA warpgroups wait
+// on it, issue all the stage's taps, and once the previous stage's wgmmas are done release
+// its buffer on its empty mbarrier. The MMA warps issue nothing but wgmmas, so the tensor
+// pipe is not left idle while they issue copies (that cost ~1000-2000 cycles a stage, and
+// two producer warps could not keep up: NOTES.md, producer warps). Else (3xTF32, two
+// stages, or CT3D_WG_WS=0): the MMA warps copy, between their wgmmas: once a stage's
+// first taps are issued and the previous stage's are done, that buffer gets the copy of a
+// later stage while the tensor pipe works; then the stage's other taps.
 //
 // Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
 // lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e]. The epilogue puts
@@ -444,8 +445,8 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
 }
 
 // The window convolution on wgmma: two MMA warpgroups (threads 0..255), one block per
-// SM. SPLIT: 3xTF32 (fp32 only). PW > 0 (warp-specialized; not with SPLIT): PW more warps
-// (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
+// SM. SPLIT: 3xTF32 (fp32 only). PW > 0 (warp-specialized; not with SPLIT; 4): PW more
+// warps (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
 // stages between them and the MMA warps, which only wait and issue wgmmas (NOTES.md,
 // producer warps). PW = 0: the MMA warps issue the copies between their wgmmas.
 template <typename T, bool SPLIT, int PW>
@@ -586,9 +587,15 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     // The role as a value the compiler knows to be warp-uniform (a shuffle from lane 0):
     // wgmmas under a branch it takes for divergent are serialized, each waited for before
     // the next is issued (ptxas C7520), which halved the tensor pipe's rate.
+    // Four producer warps at most: 384 threads leave 168 registers a thread, what the MMA
+    // warps need (128 accumulators). More would need setmaxnreg, and ptxas compiles the
+    // whole kernel to the registers a thread has at launch (128 for 512 threads: it
+    // refuses the m64n256 wgmma).
     if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
       // Producers: stage kk into buffer kk % stages, once the MMA warps have released the
-      // stage that used it before (pass: the uses of the buffers so far).
+      // stage that used it before (pass: the uses of the buffers so far). They leave when
+      // the last is issued: the MMA warps wait for every stage before the epilogue reuses
+      // the buffers, and sync among themselves from there on.
       const int tid = threadIdx.x - kWgConsumers;
       for (int kk = 0, pass = 0; kk < nK; ++kk) {
         const int b = copy.buf;
@@ -597,7 +604,9 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         cp_async_mbar_arrive(full0 + 8 * b);
         if (copy.buf == 0) ++pass;
       }
-      cp_async_commit();  // (waited for before the epilogue)
+      cp_async_commit();
+      cp_async_wait(0);  // no thread leaves with copies of its own in flight
+      return;
     } else {
       // MMA warps: wait for stage kk, issue all its taps, then (stage kk - 1's wgmmas done)
       // release stage kk - 1's buffer; the tensor pipe holds stage kk's taps meanwhile.
@@ -722,9 +731,15 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       if (++buf == prm.stages) buf = 0;
     }
   }
+  // From here on only the MMA threads (WS: the producers have left): they sync among
+  // themselves.
+  auto mma_sync = [] {
+    if constexpr (WS) named_sync(1, kWgConsumers);
+    else __syncthreads();
+  };
   wg_fence_operands(acc);
-  cp_async_wait(0);  // no copy may be in flight past this point
-  __syncthreads();   // every warpgroup is done with the stage buffers
+  cp_async_wait(0);  // no copy may be in flight past this point (WS: every stage was waited for)
+  mma_sync();        // every warpgroup is done with the stage buffers
   CT3D_WG_STAMP(3);
 
   // ---- epilogue: the block's D through shared memory (the stage buffers), then bias, one
@@ -732,7 +747,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   // ep[co][q], EpPitch floats a row: the 8-byte stores of a half-warp (4 rows x 4 lanes)
   // land in distinct banks.
   float* ep = reinterpret_cast<float*>(smem);
-  if (!WS || threadIdx.x < kWgConsumers) {
+  {
     const int lane = threadIdx.x % 32, w4 = (threadIdx.x / 32) % 4;
 #pragma unroll
     for (int i = 0; i < S::N / 8; ++i)
@@ -742,13 +757,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         *reinterpret_cast<float2*>(ep + row * S::EpPitch + col) = make_float2(acc[4 * i + 2 * h], acc[4 * i + 2 * h + 1]);
       }
   }
-  __syncthreads();
+  mma_sync();
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
   const int nco = min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
-  if (WS && threadIdx.x >= kWgConsumers) return;  // (no barrier follows)
 #pragma unroll
   for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
@@ -804,13 +818,14 @@ inline at::Tensor wg_stamps() {
 #endif
 }
 
-// The producer warps of the wgmma window kernel (0: not warp-specialized, the MMA warps
-// copy): CT3D_WG_WS in the environment (0, 2 or 4; A/B measurements), else 4. Read once.
+// The producer warps of the wgmma window kernel as CT3D_WG_WS in the environment sets them
+// (0: not warp-specialized, the MMA warps copy; else 4), wherever the kernel runs without
+// 3xTF32 (A/B measurements); -1 where unset (run_window_wg decides). Read once.
 inline int wg_ws_env() {
   static const int v = [] {
     const char* s = std::getenv("CT3D_WG_WS");
-    const int n = s == nullptr ? 4 : std::atoi(s);
-    return n <= 0 ? 0 : n <= 2 ? 2 : 4;
+    if (s == nullptr) return -1;
+    return std::atoi(s) <= 0 ? 0 : 4;
   }();
   return v;
 }
@@ -910,10 +925,12 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  // Warp-specialized (producer warps issue the copies) unless 3xTF32 or CT3D_WG_WS=0.
-  const int pw = split ? 0 : wg_ws_env();
-  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : pw == 2 ? window_wg_kernel<T, false, 2>
-                                                                  : window_wg_kernel<T, false, 0>;
+  // Warp-specialized (producer warps issue the copies) where 3 or more stages fit; with
+  // two, the producers could refill a buffer only while the tensor pipe runs the one stage
+  // queued, and kb68 measured no faster (6.02 -> 6.31 ms TF32, 3.43 -> 3.43 bf16).
+  // Not for 3xTF32, whose loop waits for each chain of wgmmas anyway.
+  const int pw = split ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
+  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
   if constexpr (std::is_same<T, float>::value) {
     if (split) kernel = window_wg_kernel<T, true, 0>;
   }
