@@ -1537,12 +1537,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   if constexpr (WS) {
     if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
       const int tid = threadIdx.x - kWgConsumers;
-      for (int kk = 0, pass = 0; kk < nK; ++kk) {
+      for (int kk = 0, lap = 0; kk < nK; ++kk) {
         const int b = copy.buf;
-        if (pass > 0) mbar_wait(empty0 + 8 * b, (pass - 1) & 1);
+        if (lap > 0) mbar_wait(empty0 + 8 * b, (lap - 1) & 1);
         issue(copy, tid, std::integral_constant<int, (WS ? kWgProducers : 32)>{});
         cp_async_mbar_arrive(full0 + 8 * b);
-        if (copy.buf == 0) ++pass;
+        if (copy.buf == 0) ++lap;
       }
       cp_async_commit();
       cp_async_wait(0);

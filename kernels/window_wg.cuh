@@ -593,16 +593,16 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     // refuses the m64n256 wgmma).
     if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
       // Producers: stage kk into buffer kk % stages, once the MMA warps have released the
-      // stage that used it before (pass: the uses of the buffers so far). They leave when
+      // stage that used it before (lap: the rounds through the buffers so far). They leave when
       // the last is issued: the MMA warps wait for every stage before the epilogue reuses
       // the buffers, and sync among themselves from there on.
       const int tid = threadIdx.x - kWgConsumers;
-      for (int kk = 0, pass = 0; kk < nK; ++kk) {
+      for (int kk = 0, lap = 0; kk < nK; ++kk) {
         const int b = copy.buf;
-        if (pass > 0) mbar_wait(empty0 + 8 * b, (pass - 1) & 1);
+        if (lap > 0) mbar_wait(empty0 + 8 * b, (lap - 1) & 1);
         issue(copy, tid, std::integral_constant<int, (WS ? kWgProducers : 32)>{});
         cp_async_mbar_arrive(full0 + 8 * b);
-        if (copy.buf == 0) ++pass;
+        if (copy.buf == 0) ++lap;
       }
       cp_async_commit();
       cp_async_wait(0);  // no thread leaves with copies of its own in flight
@@ -610,7 +610,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     } else {
       // MMA warps: wait for stage kk, issue all its taps, then (stage kk - 1's wgmmas done)
       // release stage kk - 1's buffer; the tensor pipe holds stage kk's taps meanwhile.
-      uint32_t phase = 0;  // parity of the full barriers' phase for this pass
+      uint32_t phase = 0;  // parity of the full barriers' phase in this round through the buffers
       for (int kk = 0, prev = 0; kk < nK; ++kk) {
         mbar_wait(full0 + 8 * buf, phase);
         if (std::is_same<E, float>::value && prm.round_a) {
