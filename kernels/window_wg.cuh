@@ -883,6 +883,17 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
+  // Warp-specialized, a third stage is worth copying the window once more a (chunk, depth
+  // tap): with two, the producers refill a buffer only while the one stage queued runs
+  // (kb68: 25 taps a stage, two stages; split in two parts of 13 and 12 taps, three fit).
+  // Only while a part keeps 8 taps or more (a stage's wgmmas outlast its copy).
+  if (!split && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+    for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
+      if (3 * stage_of(p) + table_bytes <= optin) {
+        parts = p;
+        break;
+      }
+  }
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of
