@@ -1732,6 +1732,13 @@ inline int wg_ws_env() {
   }();
   return v;
 }
+inline int wg_parts_env() {
+  static const int v = [] {
+    const char* s = std::getenv("CT3D_WG_PARTS");
+    return s == nullptr ? 0 : std::max(0, std::atoi(s));
+  }();
+  return v;
+}
 template <typename T>
 bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
   using E = typename WinElem<T>::type;
@@ -1769,6 +1776,14 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
+  if (!split && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+    for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
+      if (3 * stage_of(p) + table_bytes <= optin) {
+        parts = p;
+        break;
+      }
+  }
+  if (wg_parts_env() > parts) parts = std::min<int64_t>(wg_parts_env(), thw_max);
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   int stages = win_stages(stage_bytes, table_bytes, 1, prop);

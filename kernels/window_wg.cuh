@@ -830,6 +830,16 @@ inline int wg_ws_env() {
   return v;
 }
 
+// CT3D_WG_PARTS (A/B measurements): at least this many tap parts a (chunk, depth tap);
+// 0 where unset. Read once.
+inline int wg_parts_env() {
+  static const int v = [] {
+    const char* s = std::getenv("CT3D_WG_PARTS");
+    return s == nullptr ? 0 : std::max(0, std::atoi(s));
+  }();
+  return v;
+}
+
 // Runs the window convolution on wgmma. force: wherever it can run (tests); else only
 // where it is expected to beat window_tc.cuh's kernel: more than 32 output channels a
 // group (with 32, half of M is zero rows: kb68's grad input measured 7.1 ms against 6.7
@@ -894,6 +904,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
         break;
       }
   }
+  if (wg_parts_env() > parts) parts = std::min<int64_t>(wg_parts_env(), thw_max);  // A/B only
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
   // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of

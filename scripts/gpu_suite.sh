@@ -3,7 +3,8 @@
 # the bundle's at once, then runs the suite as two pytest processes side by side (the
 # bundle / harness / compile group, and the rest). test_cuda_extension_compiles is left to
 # CI, which runs it on every submission (a third full build here would not fit).
-# Logs to $OUT; the harness table to $OUT/harness.md.   bash scripts/gpu_suite.sh
+# Then, with BENCH=1, bench.py (to $OUT/bench.json, bench.log). Logs to $OUT; the harness
+# table to $OUT/harness.md.   BENCH=1 bash scripts/gpu_suite.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -23,4 +24,5 @@ timeout "$T" python3 -m pytest -q -rs -p no:cacheprovider test_parity.py -k "not
 wait
 echo "== group 1"; tail -8 "$OUT/pytest1.log"; echo "== group 2"; tail -8 "$OUT/pytest2.log"
 echo "| reference | dtype | check | reference ms | ours ms | speedup |"; cat "$CT3D_HARNESS_REPORT"
+[ -z "${BENCH:-}" ] || timeout 300 python3 bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 echo "total: $(( $(date +%s) - t0 ))s"
