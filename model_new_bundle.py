@@ -1540,7 +1540,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       for (int kk = 0, lap = 0; kk < nK; ++kk) {
         const int b = copy.buf;
         if (lap > 0) mbar_wait(empty0 + 8 * b, (lap - 1) & 1);
-        issue(copy, tid, std::integral_constant<int, (WS ? kWgProducers : 32)>{});
+        issue(copy, tid, std::integral_constant<int, kWgProducers>{});
         cp_async_mbar_arrive(full0 + 8 * b);
         if (copy.buf == 0) ++lap;
       }
