@@ -7,6 +7,9 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
+# A build killed by a timeout on this (warm) machine leaves torch's lock file behind, and
+# every later import waits on it forever: no build runs yet, so none can hold it.
+rm -f "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/*/lock
 t0=$(date +%s)
 CT3D_VERBOSE_BUILD=1 python3 -c "import model_new" > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 ))s"
