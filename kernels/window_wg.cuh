@@ -540,7 +540,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;  // 128 or 256
   const int win_pieces = R * C * 2;
-  // Copies stage c by copying thread tid of NT (all 256 threads, or the 64 producers), then
+  // Copies stage c by copying thread tid of NT (all 256 threads, or the 128 producers), then
   // moves c on to the next stage. Weights: kSpan threads a tap (all its pieces, or a share
   // of them when NT is fewer), kPer pieces each, taps tid / kSpan, + NT / kSpan, ...
   auto issue = [&](Stage& c, int tid, auto nthreads) {
