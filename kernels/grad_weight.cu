@@ -15,8 +15,8 @@
 // part-empty (wgrad_splits).
 //
 // Three kernels compute the split partials. On Hopper (sm_90a build) wgrad_wg_kernel, the
-// same blocks on wgmma, turned around (its section says how). Elsewhere, and for 3xTF32,
-// wgrad_tc_kernel (mma.sync):
+// same blocks on wgmma, turned around (its section says how), TF32, 3xTF32 and 16-bit.
+// Elsewhere wgrad_tc_kernel (mma.sync):
 // block (split, chunk of 8*NT dy channels, group g and tap group) walks tiles of 128 input
 // positions (one plane of one batch item each). For each tile it has in shared memory
 //   - the x tile xt[ci][position] (cp.async, 16-byte pieces, where x's positions are
@@ -527,38 +527,63 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 // straight-line code (a switch over the set count) and waits for them before the next
 // k-step's loads overwrite A; the other warpgroup's wgmmas keep the tensor pipe busy
 // meanwhile.
+// 3xTF32 (SPLIT): the x tile is split in place once it lands (big parts where they were,
+// small parts after them: twice the x tile), A fragments as they are loaded (split_tf32);
+// three wgmmas a set and k-step: the small products into their own accumulators, big x
+// big into a chain of one tile (16 k-steps), which is added into a register sum and
+// restarted after each tile, as wgrad_tc_kernel restarts its big*big chain. (With all three
+// products in one chain, the small products' truncation at the chain's magnitude made
+// grad weight less accurate than cuDNN's FFMA on a test case.)
 template <typename T> __host__ __device__ constexpr int wgrad_wg_bm() { return std::is_same<T, float>::value ? 128 : 256; }
 // Sets (64 rows of M) a warpgroup: NS * NW / 2 accumulator floats, 112-128 a thread.
-__host__ __device__ constexpr int wgrad_wg_sets(int nw) { return nw == 32 ? 7 : nw == 48 ? 5 : 4; }
+// 3xTF32 keeps three sets of accumulators (the tile's big x big chain, the small products
+// and the sum): 3 * NS * NW / 2 floats, 96-144 a thread.
+__host__ __device__ constexpr int wgrad_wg_sets(int nw, bool split) {
+  return split ? (nw == 32 ? 3 : nw == 48 ? 2 : 1) : nw == 32 ? 7 : nw == 48 ? 5 : 4;
+}
 
-// The wgmmas of U sets after one fence, then their commit.
-template <typename T, int NW, int NS, int U>
-__device__ __forceinline__ void wgrad_wg_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db) {
+// The wgmmas of U sets after one fence, then their commit: acc += A x (the x tile through
+// db), A from a (TF32: rounded). 3xTF32: a and db are the big parts, as and dbs the small
+// ones; acc gets big x big, cor the two small products (a chain of its own, whose
+// truncation errors are ~2^-11 of acc's).
+template <typename T, int NW, int NS, int NC, int U, bool SPLIT>
+__device__ __forceinline__ void wgrad_wg_mmas(float (&acc)[NS][NW / 2], float (&cor)[NC][NW / 2],
+                                              const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4],
+                                              uint64_t db, uint64_t dbs) {
   wg_fence();
 #pragma unroll
-  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a[s], db);
+  for (int s = 0; s < U; ++s) {
+    if constexpr (SPLIT) {
+      wgmma_rs<T, NW>(cor[s], as[s], db);
+      wgmma_rs<T, NW>(cor[s], a[s], dbs);
+    }
+    wgmma_rs<T, NW>(acc[s], a[s], db);
+  }
   wg_commit();
 }
-template <typename T, int NW, int NS>
-__device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[NS][4], uint64_t db, int u) {
+template <typename T, int NW, int NS, int NC, bool SPLIT>
+__device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&cor)[NC][NW / 2],
+                                              const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4],
+                                              uint64_t db, uint64_t dbs, int u) {
   switch (u) {
-    case 1: wgrad_wg_mmas<T, NW, NS, 1>(acc, a, db); break;
-    case 2: wgrad_wg_mmas<T, NW, NS, 2>(acc, a, db); break;
-    case 3: wgrad_wg_mmas<T, NW, NS, 3>(acc, a, db); break;
-    case 4: wgrad_wg_mmas<T, NW, NS, 4>(acc, a, db); break;
-    case 5: if constexpr (NS >= 5) wgrad_wg_mmas<T, NW, NS, 5>(acc, a, db); break;
-    case 6: if constexpr (NS >= 6) wgrad_wg_mmas<T, NW, NS, 6>(acc, a, db); break;
-    case 7: if constexpr (NS >= 7) wgrad_wg_mmas<T, NW, NS, 7>(acc, a, db); break;
+    case 1: wgrad_wg_mmas<T, NW, NS, NC, 1, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 2: if constexpr (NS >= 2) wgrad_wg_mmas<T, NW, NS, NC, 2, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 3: if constexpr (NS >= 3) wgrad_wg_mmas<T, NW, NS, NC, 3, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 4: if constexpr (NS >= 4) wgrad_wg_mmas<T, NW, NS, NC, 4, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 5: if constexpr (NS >= 5) wgrad_wg_mmas<T, NW, NS, NC, 5, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 6: if constexpr (NS >= 6) wgrad_wg_mmas<T, NW, NS, NC, 6, SPLIT>(acc, cor, a, as, db, dbs); break;
+    case 7: if constexpr (NS >= 7) wgrad_wg_mmas<T, NW, NS, NC, 7, SPLIT>(acc, cor, a, as, db, dbs); break;
     default: break;
   }
 }
 
-template <typename T, int NW>
+template <typename T, int NW, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
 #ifdef CT3D_WGMMA
   constexpr bool K16 = !std::is_same<T, float>::value;
+  static_assert(!K16 || !SPLIT, "3xTF32 is fp32 only");
   using W = typename WinElem<T>::type;
-  constexpr int NS = wgrad_wg_sets(NW), BM = wgrad_wg_bm<T>();
+  constexpr int NS = wgrad_wg_sets(NW, SPLIT), BM = wgrad_wg_bm<T>();
   constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
   constexpr int EP = 16 / int(sizeof(W));  // positions a 16-byte piece
   constexpr int XPR = BM / EP;             // pieces a channel row of the x tile
@@ -607,11 +632,21 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     off1[s] = K16 ? 0 : row_off(m + gq + 8);
   }
 
-  float acc[NS][NW / 2];
+  // acc: the sums. 3xTF32: acc is the big x big chain of the current tile, added into sum
+  // and restarted after each tile (as wgrad_tc_kernel's blk: the tensor core's truncating
+  // alignment makes a chain's error grow with its length), cor the small products.
+  constexpr int NC = SPLIT ? NS : 1;
+  float acc[NS][NW / 2], sum[NC][NW / 2], cor[NC][NW / 2];
 #pragma unroll
   for (int s = 0; s < NS; ++s)
 #pragma unroll
     for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
+  if constexpr (SPLIT) {
+#pragma unroll
+    for (int s = 0; s < NS; ++s)
+#pragma unroll
+      for (int i = 0; i < NW / 2; ++i) sum[s][i] = cor[s][i] = 0.f;
+  }
 
   const T* __restrict__ x = static_cast<const T*>(prm.x);
   const int64_t t_begin = split * prm.tiles_per_split;
@@ -700,7 +735,19 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     if (!row_tiles) make_pos_tab(tp.m0);
     cp_async_wait(S - 1);  // this tile's copies have landed
     if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);  // and its window rows
-    if constexpr (!K16) {
+    if constexpr (SPLIT) {  // 3xTF32: each thread splits the x pieces it copied, small parts NW * BM floats on
+      uint4* xf = reinterpret_cast<uint4*>(xt0 + buf * prm.xt_bytes);
+      for (int q = threadIdx.x; q < x_pieces; q += 256) {
+        const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
+        uint4 big = xf[kc * NW + ci], small;
+        split_tf32(big.x, big.x, small.x);
+        split_tf32(big.y, big.y, small.y);
+        split_tf32(big.z, big.z, small.z);
+        split_tf32(big.w, big.w, small.w);
+        xf[kc * NW + ci] = big;
+        xf[x_pieces + kc * NW + ci] = small;
+      }
+    } else if constexpr (!K16) {
       if (prm.round_a) {  // TF32: each thread rounds the x pieces it copied (the pack rounds dy)
         float* xf = reinterpret_cast<float*>(xt0 + buf * prm.xt_bytes);
         for (int q = threadIdx.x; q < x_pieces; q += 256) {
@@ -716,8 +763,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
 
     const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
     const uint32_t xt = smem_u32(xt0 + buf * prm.xt_bytes);
-    // A fragments of the k-step at positions k0 .. k0 + KW - 1
-    auto load_a = [&](uint32_t (&a)[NS][4], int k0) {
+    // A fragments of the k-step at positions k0 .. k0 + KW - 1 (3xTF32: split into big in
+    // a, small in as)
+    auto load_a = [&](uint32_t (&a)[NS][4], uint32_t (&as)[NS][4], int k0) {
       if constexpr (K16) {
         const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
 #pragma unroll
@@ -733,26 +781,44 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
             a[s][1] = __float_as_uint(wf[pa + off1[s]]);
             a[s][2] = __float_as_uint(wf[pb + off0[s]]);
             a[s][3] = __float_as_uint(wf[pb + off1[s]]);
+            if constexpr (SPLIT) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) split_tf32(a[s][e], a[s][e], as[s][e]);
+            }
           }
       }
     };
     // k-step k0's wgmmas (A from a; B = the x tile's core matrices of its positions), then
     // the next k-step's A into the other buffer once k-step k0 - KW's wgmmas (which read
     // it) are done: the loads run while k-step k0's wgmmas do.
-    auto step = [&](const uint32_t (&a)[NS][4], uint32_t (&next)[NS][4], int k0) {
-      wgrad_wg_step<T, NW, NS>(acc, a, wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
+    auto step = [&](const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4], uint32_t (&next)[NS][4],
+                    uint32_t (&nexts)[NS][4], int k0) {
+      const uint32_t xb = xt + (k0 / EP) * NW * 16;
+      wgrad_wg_step<T, NW, NS, NC, SPLIT>(acc, cor, a, as, wg_desc(xb, NW * 16, 128),
+                                      wg_desc(xb + (SPLIT ? x_pieces * 16 : 0), NW * 16, 128), my_sets);
       wg_wait<1>();
-      if (k0 + KW < BM) load_a(next, k0 + KW);
+      if (k0 + KW < BM) load_a(next, nexts, k0 + KW);
     };
     if (my_sets > 0) {
       static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
-      uint32_t a0[NS][4], a1[NS][4];
-      load_a(a0, 0);
+      uint32_t a0[NS][4], a1[NS][4], s0[NS][4], s1[NS][4];  // s0, s1: 3xTF32 only
+      load_a(a0, s0, 0);
       for (int k0 = 0; k0 < BM; k0 += 2 * KW) {
-        step(a0, a1, k0);
-        step(a1, a0, k0 + KW);
+        step(a0, s0, a1, s1, k0);
+        step(a1, s1, a0, s0, k0 + KW);
       }
       wg_wait<0>();  // this tile's wgmmas are done with the buffer
+      if constexpr (SPLIT) {  // the tile's chain into the sum; a new chain
+#pragma unroll
+        for (int s = 0; s < NS; ++s) {
+          wg_fence_operands(acc[s]);
+#pragma unroll
+          for (int i = 0; i < NW / 2; ++i) {
+            sum[s][i] += acc[s][i];
+            acc[s][i] = 0.f;
+          }
+        }
+      }
     }
   }
   cp_async_wait(0);  // no copy may be in flight when the block exits
@@ -772,8 +838,12 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int ci = 8 * i + 2 * tq + e;
-          if (ci < cin_g)
-            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = acc[s][4 * i + 2 * h + e];
+          if (ci < cin_g) {
+            float v;
+            if constexpr (SPLIT) v = sum[s][4 * i + 2 * h + e] + cor[s][4 * i + 2 * h + e];
+            else v = acc[s][4 * i + 2 * h + e];
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = v;
+          }
         }
     }
   }
@@ -908,18 +978,23 @@ struct WgradPlan {
 };
 
 template <typename T, int NW>
-static WgradKernel wgrad_wg_instance() { return wgrad_wg_kernel<T, NW>; }
+static WgradKernel wgrad_wg_instance(bool split) {
+  if constexpr (std::is_same<T, float>::value)
+    if (split) return wgrad_wg_kernel<T, NW, true>;
+  return wgrad_wg_kernel<T, NW, false>;
+}
 
-// wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32 or 16-bit, 17..64
+// wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32, 3xTF32 or 16-bit, 17..64
 // input channels a group (N = 32, 48 or 64), x tiles by cp.async, two buffers in shared
 // memory. The dy channels a block (chunks of at most 64, multiples of 8): the count of
 // chunks whose blocks issue the fewest sets of 64 rows in all (fewer chunks on ties).
 template <typename T>
 bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
   constexpr bool k16 = !std::is_same<T, float>::value;
-  if ((!k16 && !tf32) || P.cin_g() < 17 || P.cin_g() > 64 || !wgmma_available(dev)) return false;
+  if (P.cin_g() < 17 || P.cin_g() > 64 || !wgmma_available(dev)) return false;
+  const bool split = !k16 && !tf32;  // 3xTF32
   const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
-  const int64_t rows_cap = 2 * int64_t(wgrad_wg_sets(nw)) * 64;  // M rows a block
+  const int64_t rows_cap = 2 * int64_t(wgrad_wg_sets(nw, split)) * 64;  // M rows a block
   const int64_t bm = wgrad_wg_bm<T>(), optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
@@ -930,7 +1005,7 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     if (!geo.x_async) return false;
     const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
     const int64_t wbytes = (geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
-    const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T));
+    const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);  // 3xTF32: big, small
     auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };  // + position table, mbarriers
     const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
     if (windows == 0) continue;
@@ -959,7 +1034,9 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
   pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
-  pl.kernel = nw == 32 ? wgrad_wg_instance<T, 32>() : nw == 48 ? wgrad_wg_instance<T, 48>() : wgrad_wg_instance<T, 64>();
+  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split)
+              : nw == 48 ? wgrad_wg_instance<T, 48>(split)
+                         : wgrad_wg_instance<T, 64>(split);
   return true;
 }
 
