@@ -34,7 +34,9 @@ _CUDA_SOURCE = r'''#include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <climits>
 #include <cstdint>
+#include <cstdlib>
 namespace ct3d {
 struct Layout {
   int64_t n, c, v;
@@ -101,6 +103,19 @@ __device__ __forceinline__ float round_tf32(float v) {
 __device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
   big = v & 0xffffe000u;
   small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
+__device__ __forceinline__ float4 round_tf32_4(float4 v) {
+  return make_float4(round_tf32(v.x), round_tf32(v.y), round_tf32(v.z), round_tf32(v.w));
+}
+__device__ __forceinline__ void split_tf32_4(uint4& v, uint4& small) {
+  split_tf32(v.x, v.x, small.x);
+  split_tf32(v.y, v.y, small.y);
+  split_tf32(v.z, v.z, small.z);
+  split_tf32(v.w, v.w, small.w);
+}
+inline int env_int(const char* name, int unset) {
+  const char* s = std::getenv(name);
+  return s == nullptr ? unset : std::atoi(s);
 }
 template <typename T> __device__ __forceinline__ T cast_out(double v) { return T(float(v)); }
 template <> __device__ __forceinline__ double cast_out<double>(double v) { return v; }
@@ -740,7 +755,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
         float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
-        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        *v = round_tf32_4(*v);
       }
     }
     __syncthreads();
@@ -952,10 +967,8 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
 }
 inline int win_stages_env() {
   static const int v = [] {
-    const char* s = std::getenv("CT3D_WIN_STAGES");
-    if (s == nullptr) return 0;
-    const int n = std::atoi(s);
-    return n < 2 ? 2 : n > 4 ? 4 : n;
+    const int n = env_int("CT3D_WIN_STAGES", INT_MIN);
+    return n == INT_MIN ? 0 : n < 2 ? 2 : n > 4 ? 4 : n;
   }();
   return v;
 }
@@ -1555,7 +1568,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
           unsigned char* win = smem + buf * prm.stage_bytes;
           for (int q = threadIdx.x; q < win_pieces; q += kWgConsumers) {
             float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-            *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+            *v = round_tf32_4(*v);
           }
           fence_proxy_async();
           named_sync(1, kWgConsumers);
@@ -1584,7 +1597,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         unsigned char* win = smem + buf * prm.stage_bytes;
         for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
           float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-          *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+          *v = round_tf32_4(*v);
         }
       }
       fence_proxy_async();
@@ -1624,10 +1637,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
         uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
         uint4 big = *v, small;
-        split_tf32(big.x, big.x, small.x);
-        split_tf32(big.y, big.y, small.y);
-        split_tf32(big.z, big.z, small.z);
-        split_tf32(big.w, big.w, small.w);
+        split_tf32_4(big, small);
         *v = big;
         *reinterpret_cast<uint4*>(win + (2 + (q & 1)) * slice_bytes + (q >> 1) * 16) = small;
       }
@@ -1726,17 +1736,13 @@ inline at::Tensor wg_stamps() {
 }
 inline int wg_ws_env() {
   static const int v = [] {
-    const char* s = std::getenv("CT3D_WG_WS");
-    if (s == nullptr) return -1;
-    return std::atoi(s) <= 0 ? 0 : 4;
+    const int n = env_int("CT3D_WG_WS", INT_MIN);
+    return n == INT_MIN ? -1 : n <= 0 ? 0 : 4;
   }();
   return v;
 }
 inline int wg_parts_env() {
-  static const int v = [] {
-    const char* s = std::getenv("CT3D_WG_PARTS");
-    return s == nullptr ? 0 : std::max(0, std::atoi(s));
-  }();
+  static const int v = std::max(0, env_int("CT3D_WG_PARTS", 0));
   return v;
 }
 template <typename T>
@@ -2826,10 +2832,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       for (int q = threadIdx.x; q < x_pieces; q += 256) {
         const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
         uint4 big = xf[kc * NW + ci], small;
-        split_tf32(big.x, big.x, small.x);
-        split_tf32(big.y, big.y, small.y);
-        split_tf32(big.z, big.z, small.z);
-        split_tf32(big.w, big.w, small.w);
+        split_tf32_4(big, small);
         xf[kc * NW + ci] = big;
         xf[x_pieces + kc * NW + ci] = small;
       }
@@ -2839,8 +2842,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         for (int q = threadIdx.x; q < x_pieces; q += 256) {
           const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
           float4* v = reinterpret_cast<float4*>(xf + (kc * NW + ci) * 4);
-          const float4 f = *v;
-          *v = make_float4(round_tf32(f.x), round_tf32(f.y), round_tf32(f.z), round_tf32(f.w));
+          *v = round_tf32_4(*v);
         }
       }
     }

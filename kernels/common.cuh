@@ -22,7 +22,9 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAException.h>
+#include <climits>
 #include <cstdint>
+#include <cstdlib>
 
 namespace ct3d {
 
@@ -133,6 +135,26 @@ __device__ __forceinline__ float round_tf32(float v) {
 __device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
   big = v & 0xffffe000u;
   small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
+}
+
+// The four values of a 16-byte piece, rounded to TF32 (round_tf32) or split (split_tf32:
+// big stays in v, small goes to small): the in-place passes over staged tiles.
+__device__ __forceinline__ float4 round_tf32_4(float4 v) {
+  return make_float4(round_tf32(v.x), round_tf32(v.y), round_tf32(v.z), round_tf32(v.w));
+}
+__device__ __forceinline__ void split_tf32_4(uint4& v, uint4& small) {
+  split_tf32(v.x, v.x, small.x);
+  split_tf32(v.y, v.y, small.y);
+  split_tf32(v.z, v.z, small.z);
+  split_tf32(v.w, v.w, small.w);
+}
+
+// An integer setting from the environment (tuning and A/B switches), or `unset` (INT_MIN:
+// tell "not set" from any value) where the variable is not set; callers read it once and
+// clamp it.
+inline int env_int(const char* name, int unset) {
+  const char* s = std::getenv(name);
+  return s == nullptr ? unset : std::atoi(s);
 }
 
 // Rounds an fp64 sum to the output type. fp16/bf16 round through fp32: that

@@ -740,10 +740,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       for (int q = threadIdx.x; q < x_pieces; q += 256) {
         const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
         uint4 big = xf[kc * NW + ci], small;
-        split_tf32(big.x, big.x, small.x);
-        split_tf32(big.y, big.y, small.y);
-        split_tf32(big.z, big.z, small.z);
-        split_tf32(big.w, big.w, small.w);
+        split_tf32_4(big, small);
         xf[kc * NW + ci] = big;
         xf[x_pieces + kc * NW + ci] = small;
       }
@@ -753,8 +750,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         for (int q = threadIdx.x; q < x_pieces; q += 256) {
           const int ci = (q >> 1) % NW, kc = 2 * ((q >> 1) / NW) + (q & 1);
           float4* v = reinterpret_cast<float4*>(xf + (kc * NW + ci) * 4);
-          const float4 f = *v;
-          *v = make_float4(round_tf32(f.x), round_tf32(f.y), round_tf32(f.z), round_tf32(f.w));
+          *v = round_tf32_4(*v);
         }
       }
     }

@@ -692,7 +692,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
       unsigned char* win = smem + buf * prm.stage_bytes;
       for (int q = threadIdx.x; q < R * C * 2; q += blockDim.x) {
         float4* v = reinterpret_cast<float4*>(win + (q >> 1) * kWinPos + (q & 1) * 16);
-        *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+        *v = round_tf32_4(*v);
       }
     }
     __syncthreads();                // ... everyone's; and stage kk - 1's MMAs are done
@@ -940,10 +940,8 @@ static void dispatch_window_bn(int bn, bool wide, const WinParams& prm, dim3 gri
 // CT3D_WIN_STAGES (2..4; tuning and A/B runs), read once; 0 where it is not set.
 inline int win_stages_env() {
   static const int v = [] {
-    const char* s = std::getenv("CT3D_WIN_STAGES");
-    if (s == nullptr) return 0;
-    const int n = std::atoi(s);
-    return n < 2 ? 2 : n > 4 ? 4 : n;
+    const int n = env_int("CT3D_WIN_STAGES", INT_MIN);
+    return n == INT_MIN ? 0 : n < 2 ? 2 : n > 4 ? 4 : n;
   }();
   return v;
 }

@@ -618,7 +618,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
           unsigned char* win = smem + buf * prm.stage_bytes;
           for (int q = threadIdx.x; q < win_pieces; q += kWgConsumers) {
             float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-            *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+            *v = round_tf32_4(*v);
           }
           fence_proxy_async();
           named_sync(1, kWgConsumers);
@@ -654,7 +654,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         unsigned char* win = smem + buf * prm.stage_bytes;
         for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
           float4* v = reinterpret_cast<float4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
-          *v = make_float4(round_tf32(v->x), round_tf32(v->y), round_tf32(v->z), round_tf32(v->w));
+          *v = round_tf32_4(*v);
         }
       }
       fence_proxy_async();
@@ -700,10 +700,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       for (int q = threadIdx.x; q < win_pieces; q += blockDim.x) {
         uint4* v = reinterpret_cast<uint4*>(win + (q & 1) * slice_bytes + (q >> 1) * 16);
         uint4 big = *v, small;
-        split_tf32(big.x, big.x, small.x);
-        split_tf32(big.y, big.y, small.y);
-        split_tf32(big.z, big.z, small.z);
-        split_tf32(big.w, big.w, small.w);
+        split_tf32_4(big, small);
         *v = big;
         *reinterpret_cast<uint4*>(win + (2 + (q & 1)) * slice_bytes + (q >> 1) * 16) = small;
       }
@@ -823,9 +820,8 @@ inline at::Tensor wg_stamps() {
 // 3xTF32 (A/B measurements); -1 where unset (run_window_wg decides). Read once.
 inline int wg_ws_env() {
   static const int v = [] {
-    const char* s = std::getenv("CT3D_WG_WS");
-    if (s == nullptr) return -1;
-    return std::atoi(s) <= 0 ? 0 : 4;
+    const int n = env_int("CT3D_WG_WS", INT_MIN);
+    return n == INT_MIN ? -1 : n <= 0 ? 0 : 4;
   }();
   return v;
 }
@@ -833,10 +829,7 @@ inline int wg_ws_env() {
 // CT3D_WG_PARTS (A/B measurements): at least this many tap parts a (chunk, depth tap);
 // 0 where unset. Read once.
 inline int wg_parts_env() {
-  static const int v = [] {
-    const char* s = std::getenv("CT3D_WG_PARTS");
-    return s == nullptr ? 0 : std::max(0, std::atoi(s));
-  }();
+  static const int v = std::max(0, env_int("CT3D_WG_PARTS", 0));
   return v;
 }
 
