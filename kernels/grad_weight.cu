@@ -517,9 +517,12 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 //   K: a tile's BM input positions (of one plane), 16 (16-bit) or 8 (TF32) a wgmma
 // A comes from registers, so each 8-row group of a set is its own (tap, 8 channels) pair,
 // loaded from the dy window at that tap's shift: ldmatrix.trans in 16-bit (one address a
-// position row, so any shift works), four 4-byte loads in TF32 (RS = 8 mod 16 elements a
-// position: conflict-free). A set may mix taps, so thin dy (kb58: 16 channels, 4 taps a
-// set) fills M as well as wide dy does.
+// position row, so any shift works); in TF32 two 8-byte loads, as the pack puts channels
+// co and co + 8 (A's rows gq and gq + 8) side by side (PackSlices::pair8; CH a multiple
+// of 16, RS = 8 mod 16 elements a position: a half-warp's loads hit 32 distinct banks).
+// A set may mix taps, so thin dy (kb58: 16 channels, 4 taps a set) fills M as well as
+// wide dy does. Every warp loads all NS sets' fragments (rows past the block's taps read
+// its first tap): no branch a set in the k-loop.
 // B: the x tile as [position / EP][NW channels][EP positions] (EP positions = 16 bytes):
 // wgmma's no-swizzle K-major core matrices, LBO = NW * 16 bytes, SBO = 128. Channels past
 // Cin/G and positions past the plane are zero-filled by the copies.
@@ -565,6 +568,11 @@ template <typename T, int NW, int NS, int NC, bool SPLIT>
 __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&cor)[NC][NW / 2],
                                               const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4],
                                               uint64_t db, uint64_t dbs, int u) {
+  if (!SPLIT && u == NS) {  // most warpgroups: one compare, not the switch's jump table (in 3xTF32
+                            // ptxas serializes the wgmmas after this branch: C7520)
+    wgrad_wg_mmas<T, NW, NS, NC, NS, SPLIT>(acc, cor, a, as, db, dbs);
+    return;
+  }
   switch (u) {
     case 1: wgrad_wg_mmas<T, NW, NS, NC, 1, SPLIT>(acc, cor, a, as, db, dbs); break;
     case 2: if constexpr (NS >= 2) wgrad_wg_mmas<T, NW, NS, NC, 2, SPLIT>(acc, cor, a, as, db, dbs); break;
@@ -615,22 +623,20 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int nsets = (ntaps * CH + 63) / 64;
   const int my_sets = nsets > wg ? (nsets - wg + 1) / 2 : 0;  // sets wg, wg + 2, ...
 
-  // Window element offset of block row m = (tap m / CH, channel m % CH); rows past the
-  // group's taps read its first tap (their sums are never stored).
+  // Window byte offset of block row m = (tap m / CH, channel m % CH); rows past the
+  // group's taps read its first tap (their sums are never stored). TF32: the slot of the
+  // channel pair (co, co + 8) that holds it (pair8: m % 16 < 8).
   auto row_off = [&](int m) {
     const int tl = m / CH, co = m - tl * CH;
-    return wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + co;
+    const int slot = K16 ? co : (co & ~15) + 2 * (co & 7);
+    return (wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + slot) * int(sizeof(W));
   };
   // 16-bit: ldmatrix.x4.trans matrix j = lane / 8 is A's rows 8 * (j % 2) .. + 7 (of the
   // warp's 16) at positions 8 * (j / 2) .. + 7, and this lane addresses its row lane % 8
-  // (a position): a0..a3 as m16n8k16's A. TF32: this lane's rows gq and gq + 8.
-  int off0[NS], off1[NS];
+  // (a position): a0..a3 as m16n8k16's A. TF32: this lane's rows gq and gq + 8 (one pair).
+  int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    const int m = (2 * s + wg) * 64 + 16 * w4;
-    off0[s] = row_off(m + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-    off1[s] = K16 ? 0 : row_off(m + gq + 8);
-  }
+  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
 
   // acc: the sums. 3xTF32: acc is the big x big chain of the current tile, added into sum
   // and restarted after each tile (as wgrad_tc_kernel's blk: the tensor core's truncating
@@ -704,7 +710,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       }
     }
   };
-  // Window offset of each tile position. Tiles of whole rows (BM a multiple of W, and no
+  // Window byte offset of each tile position. Tiles of whole rows (BM a multiple of W, and no
   // more rows than the plane: the window has min(H, BM / W) rows' worth, see
   // wgrad_geometry) all have the same table, made once: positions past the plane's end
   // fall on window rows that exist and are copied (x is zero there, and the dy values
@@ -714,7 +720,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const int jh0 = m0 / Wd;
     for (int p = threadIdx.x; p < BM; p += blockDim.x) {
       const int m = row_tiles ? m0 + p : min(m0 + p, plane - 1);
-      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
+      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS * int(sizeof(W));
     }
   };
   if (row_tiles) make_pos_tab(0);  // read after the first tile's barrier
@@ -763,25 +769,22 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     // a, small in as)
     auto load_a = [&](uint32_t (&a)[NS][4], uint32_t (&as)[NS][4], int k0) {
       if constexpr (K16) {
-        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
+        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)];
 #pragma unroll
-        for (int s = 0; s < NS; ++s)
-          if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
-      } else {
-        const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
-        const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
+        for (int s = 0; s < NS; ++s) ldmatrix_x4_trans(a[s], row + off[s]);
+      } else {  // positions tq and tq + 4, rows gq and gq + 8 (a pair) of each set
+        const unsigned char* wb = smem + buf * prm.window_bytes;
+        const unsigned char *pa = wb + pos_tab[k0 + tq], *pb = wb + pos_tab[k0 + tq + 4];
 #pragma unroll
-        for (int s = 0; s < NS; ++s)
-          if (s < my_sets) {
-            a[s][0] = __float_as_uint(wf[pa + off0[s]]);
-            a[s][1] = __float_as_uint(wf[pa + off1[s]]);
-            a[s][2] = __float_as_uint(wf[pb + off0[s]]);
-            a[s][3] = __float_as_uint(wf[pb + off1[s]]);
-            if constexpr (SPLIT) {
+        for (int s = 0; s < NS; ++s) {
+          const uint2 u = *reinterpret_cast<const uint2*>(pa + off[s]);
+          const uint2 v = *reinterpret_cast<const uint2*>(pb + off[s]);
+          a[s][0] = u.x, a[s][1] = u.y, a[s][2] = v.x, a[s][3] = v.y;
+          if constexpr (SPLIT) {
 #pragma unroll
-              for (int e = 0; e < 4; ++e) split_tf32(a[s][e], a[s][e], as[s][e]);
-            }
+            for (int e = 0; e < 4; ++e) split_tf32(a[s][e], a[s][e], as[s][e]);
           }
+        }
       }
     };
     // k-step k0's wgmmas (A from a; B = the x tile's core matrices of its positions), then
@@ -982,8 +985,9 @@ static WgradKernel wgrad_wg_instance(bool split) {
 
 // wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32, 3xTF32 or 16-bit, 17..64
 // input channels a group (N = 32, 48 or 64), x tiles by cp.async, two buffers in shared
-// memory. The dy channels a block (chunks of at most 64, multiples of 8): the count of
-// chunks whose blocks issue the fewest sets of 64 rows in all (fewer chunks on ties).
+// memory. The dy channels a block (chunks of at most 64, multiples of 8; of 16 in TF32, for
+// the channel pairs): the count of chunks whose blocks issue the fewest sets of 64 rows in
+// all (fewer chunks on ties).
 template <typename T>
 bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
   constexpr bool k16 = !std::is_same<T, float>::value;
@@ -995,7 +999,8 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
-    const int64_t ch = ((cout_g + chunks - 1) / chunks + 7) / 8 * 8;
+    const int64_t q = k16 ? 8 : 16;  // TF32: channel pairs (co, co + 8), see the kernel
+    const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
@@ -1092,7 +1097,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
 

@@ -342,10 +342,21 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // How pack_src splits each group's channels: chunks slices of chunk_ch channels, each
 // padded to cg_pad (chunks = 1, chunk_ch = cg: one slice a group), stored
 // [N][vol][G * chunks][cg_pad] or, slice_major, [N][G * chunks][vol][cg_pad] (each slice's
-// positions contiguous: grad weight on wgmma copies window rows whole).
+// positions contiguous: grad weight on wgmma copies window rows whole). pair8: in each 16
+// channels of a slice, channels c and c + 8 side by side (slots 2 (c % 8) + c / 8 % 2), so
+// TF32 grad weight loads the A rows gq and gq + 8 of a position with one 8-byte load;
+// needs chunk_ch a multiple of 16.
 struct PackSlices {
   int64_t chunks, chunk_ch;
   bool slice_major;
+  bool pair8 = false;
+  // the channel of a slice held in slot cc (< chunk_ch), and the slot of channel ch
+  __host__ __device__ int64_t chan(int64_t cc) const {
+    return pair8 ? (cc & ~int64_t(15)) | ((cc & 15) >> 1) | ((cc & 1) << 3) : cc;
+  }
+  __host__ __device__ int64_t slot(int64_t ch) const {
+    return pair8 ? (ch & ~int64_t(15)) | ((ch & 7) << 1) | ((ch >> 3) & 1) : ch;
+  }
 };
 
 // ============================================================================
@@ -373,7 +384,7 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     for (int i = ty; i < 32; i += 8) {
       const int64_t c = c0 + i, v = v0 + tx;
       const int64_t gs = c / cg_pad, cc = c - gs * cg_pad;  // slice gs = (group, chunk)
-      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;  // channel in group g
+      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + sl.chan(cc);  // channel in group g
       tile[i][tx] = (c < gc && cc < sl.chunk_ch && ch < cg && v < vol) ? float(src[l.at(n, g * cg + ch, v)]) : 0.f;
     }
     __syncthreads();
@@ -434,7 +445,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   const int64_t vstride = sl.slice_major ? cg_pad : gc;  // destination elements a position
   for (int i = threadIdx.x; i < TC; i += blockDim.x) {
     const int64_t c = c0 + i, gs = c / cg_pad, cc = c - gs * cg_pad;  // slice gs = (group, chunk)
-    const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;  // channel in group g
+    const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + sl.chan(cc);  // channel in group g
     src_row[i] = (c < gc && cc < sl.chunk_ch && ch < cg) ? l.at(n, g * cg + ch, 0) : -1;
     if (i % LD == 0)
       dst_grp[i / LD] = sl.slice_major ? (n * nslices + gs) * vol * cg_pad + cc : n * vol * gc + c;
@@ -506,7 +517,7 @@ __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict_
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= G * cg) return;
   const int64_t gc = G * sl.chunks * cg_pad, g = c / cg, ch = c % cg;
-  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + ch % sl.chunk_ch;
+  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + sl.slot(ch % sl.chunk_ch);
   double acc = 0.0;
   for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
   db[c] = cast_out<T>(acc);
