@@ -479,6 +479,13 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 struct PackSlices {
   int64_t chunks, chunk_ch;
   bool slice_major;
+  bool pair8 = false;
+  __host__ __device__ int64_t chan(int64_t cc) const {
+    return pair8 ? (cc & ~int64_t(15)) | ((cc & 15) >> 1) | ((cc & 1) << 3) : cc;
+  }
+  __host__ __device__ int64_t slot(int64_t ch) const {
+    return pair8 ? (ch & ~int64_t(15)) | ((ch & 7) << 1) | ((ch >> 3) & 1) : ch;
+  }
 };
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
@@ -494,7 +501,7 @@ __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, 
     for (int i = ty; i < 32; i += 8) {
       const int64_t c = c0 + i, v = v0 + tx;
       const int64_t gs = c / cg_pad, cc = c - gs * cg_pad;
-      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;
+      const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + sl.chan(cc);
       tile[i][tx] = (c < gc && cc < sl.chunk_ch && ch < cg && v < vol) ? float(src[l.at(n, g * cg + ch, v)]) : 0.f;
     }
     __syncthreads();
@@ -538,7 +545,7 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
   const int64_t vstride = sl.slice_major ? cg_pad : gc;
   for (int i = threadIdx.x; i < TC; i += blockDim.x) {
     const int64_t c = c0 + i, gs = c / cg_pad, cc = c - gs * cg_pad;
-    const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + cc;
+    const int64_t g = gs / sl.chunks, ch = (gs - g * sl.chunks) * sl.chunk_ch + sl.chan(cc);
     src_row[i] = (c < gc && cc < sl.chunk_ch && ch < cg) ? l.at(n, g * cg + ch, 0) : -1;
     if (i % LD == 0)
       dst_grp[i / LD] = sl.slice_major ? (n * nslices + gs) * vol * cg_pad + cc : n * vol * gc + c;
@@ -606,7 +613,7 @@ __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict_
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= G * cg) return;
   const int64_t gc = G * sl.chunks * cg_pad, g = c / cg, ch = c % cg;
-  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + ch % sl.chunk_ch;
+  const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + sl.slot(ch % sl.chunk_ch);
   double acc = 0.0;
   for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
   db[c] = cast_out<T>(acc);
@@ -2682,6 +2689,10 @@ template <typename T, int NW, int NS, int NC, bool SPLIT>
 __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&cor)[NC][NW / 2],
                                               const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4],
                                               uint64_t db, uint64_t dbs, int u) {
+  if (!SPLIT && u == NS) {
+    wgrad_wg_mmas<T, NW, NS, NC, NS, SPLIT>(acc, cor, a, as, db, dbs);
+    return;
+  }
   switch (u) {
     case 1: wgrad_wg_mmas<T, NW, NS, NC, 1, SPLIT>(acc, cor, a, as, db, dbs); break;
     case 2: if constexpr (NS >= 2) wgrad_wg_mmas<T, NW, NS, NC, 2, SPLIT>(acc, cor, a, as, db, dbs); break;
@@ -2731,15 +2742,12 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int my_sets = nsets > wg ? (nsets - wg + 1) / 2 : 0;
   auto row_off = [&](int m) {
     const int tl = m / CH, co = m - tl * CH;
-    return wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + co;
+    const int slot = K16 ? co : (co & ~15) + 2 * (co & 7);
+    return (wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + slot) * int(sizeof(W));
   };
-  int off0[NS], off1[NS];
+  int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    const int m = (2 * s + wg) * 64 + 16 * w4;
-    off0[s] = row_off(m + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-    off1[s] = K16 ? 0 : row_off(m + gq + 8);
-  }
+  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
   constexpr int NC = SPLIT ? NS : 1;
   float acc[NS][NW / 2], sum[NC][NW / 2], cor[NC][NW / 2];
 #pragma unroll
@@ -2806,7 +2814,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const int jh0 = m0 / Wd;
     for (int p = threadIdx.x; p < BM; p += blockDim.x) {
       const int m = row_tiles ? m0 + p : min(m0 + p, plane - 1);
-      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS;
+      pos_tab[p] = ((m / Wd - jh0) * wd[1].mult * C + (m % Wd) * wd[2].mult) * RS * int(sizeof(W));
     }
   };
   if (row_tiles) make_pos_tab(0);
@@ -2852,25 +2860,22 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t xt = smem_u32(xt0 + buf * prm.xt_bytes);
     auto load_a = [&](uint32_t (&a)[NS][4], uint32_t (&as)[NS][4], int k0) {
       if constexpr (K16) {
-        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] * 2;
+        const uint32_t row = win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)];
 #pragma unroll
-        for (int s = 0; s < NS; ++s)
-          if (s < my_sets) ldmatrix_x4_trans(a[s], row + off0[s] * 2);
+        for (int s = 0; s < NS; ++s) ldmatrix_x4_trans(a[s], row + off[s]);
       } else {
-        const float* wf = reinterpret_cast<const float*>(smem + buf * prm.window_bytes);
-        const int pa = pos_tab[k0 + tq], pb = pos_tab[k0 + tq + 4];
+        const unsigned char* wb = smem + buf * prm.window_bytes;
+        const unsigned char *pa = wb + pos_tab[k0 + tq], *pb = wb + pos_tab[k0 + tq + 4];
 #pragma unroll
-        for (int s = 0; s < NS; ++s)
-          if (s < my_sets) {
-            a[s][0] = __float_as_uint(wf[pa + off0[s]]);
-            a[s][1] = __float_as_uint(wf[pa + off1[s]]);
-            a[s][2] = __float_as_uint(wf[pb + off0[s]]);
-            a[s][3] = __float_as_uint(wf[pb + off1[s]]);
-            if constexpr (SPLIT) {
+        for (int s = 0; s < NS; ++s) {
+          const uint2 u = *reinterpret_cast<const uint2*>(pa + off[s]);
+          const uint2 v = *reinterpret_cast<const uint2*>(pb + off[s]);
+          a[s][0] = u.x, a[s][1] = u.y, a[s][2] = v.x, a[s][3] = v.y;
+          if constexpr (SPLIT) {
 #pragma unroll
-              for (int e = 0; e < 4; ++e) split_tf32(a[s][e], a[s][e], as[s][e]);
-            }
+            for (int e = 0; e < 4; ++e) split_tf32(a[s][e], a[s][e], as[s][e]);
           }
+        }
       }
     };
     auto step = [&](const uint32_t (&a)[NS][4], const uint32_t (&as)[NS][4], uint32_t (&next)[NS][4],
@@ -3043,7 +3048,8 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
-    const int64_t ch = ((cout_g + chunks - 1) / chunks + 7) / 8 * 8;
+    const int64_t q = k16 ? 8 : 16;
+    const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
@@ -3125,7 +3131,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
   WgradTcParams prm{};

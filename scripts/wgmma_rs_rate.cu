@@ -2,8 +2,12 @@
 // kernels/grad_weight.cu): A from registers (RS), B = an x tile through a no-swizzle K-major
 // descriptor, N = 32 or 64, NS wgmmas a warpgroup after one fence (one per set, each its
 // own accumulators), the previous batch waited for (wait_group 1), as the kernel's k-loop.
-// With LOADA, each k-step also loads the next A fragments from shared memory with four
-// scalar loads a set (the kernel's TF32 loads). One block of 2 warpgroups per SM; operand
+// With LOADA, each k-step also loads the next A fragments from shared memory, every set
+// from its own window rows (a tap of its own: 8 positions apart): LOADA = 1 four scalar
+// loads a set, 2 two 8-byte loads a set (channels co, co + 8 side by side, as the kernel's
+// TF32 loads since the pair8 pack). (Until 2026-11-23 every set loaded the same addresses,
+// the compiler kept one set's loads, and "7 sets, A loads" measured 4 loads a k-step, not
+// 28.) One block of 2 warpgroups per SM; operand
 // contents are irrelevant to speed. Prints cycles a wgmma per SM and the share of the
 // tensor peak (2048 TF32 / 4096 bf16 dense flops a cycle an SM).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a scripts/wgmma_rs_rate.cu -o /tmp/wrs && /tmp/wrs
@@ -41,7 +45,7 @@ __device__ __forceinline__ void mma(float (&d)[Shape<KIND>::N / 2], const uint32
                  : F8(d, 0), F8(d, 8) : "l"(da), "l"(db));
 }
 
-template <int KIND, int NS, bool LOADA>
+template <int KIND, int NS, int LOADA>
 __global__ void __launch_bounds__(256, 1) rs_kernel(int iters, long long* cycles, float* sink) {
   constexpr int N = Shape<KIND>::N;
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -60,14 +64,20 @@ __global__ void __launch_bounds__(256, 1) rs_kernel(int iters, long long* cycles
   auto load = [&](uint32_t (&a)[NS][4], int k0) {
 #pragma unroll
     for (int s = 0; s < NS; ++s) {
-      const int off = (s * 64 + 16 * w4 + gq) % 64, pa = ((k0 + tq) % 64) * 72, pb = ((k0 + tq + 4) % 64) * 72;
-      a[s][0] = __float_as_uint(sf[pa + off]);
-      a[s][1] = __float_as_uint(sf[pa + off + 8]);
-      a[s][2] = __float_as_uint(sf[pb + off]);
-      a[s][3] = __float_as_uint(sf[pb + off + 8]);
+      const int off = 16 * w4 + (LOADA == 2 ? 2 * gq : gq);
+      const int pa = ((k0 + tq + 8 * s) % 96) * 72, pb = ((k0 + tq + 4 + 8 * s) % 96) * 72;
+      if (LOADA == 2) {
+        const uint2 u = *reinterpret_cast<const uint2*>(sf + pa + off), v = *reinterpret_cast<const uint2*>(sf + pb + off);
+        a[s][0] = u.x, a[s][1] = u.y, a[s][2] = v.x, a[s][3] = v.y;
+      } else {
+        a[s][0] = __float_as_uint(sf[pa + off]);
+        a[s][1] = __float_as_uint(sf[pa + off + 8]);
+        a[s][2] = __float_as_uint(sf[pb + off]);
+        a[s][3] = __float_as_uint(sf[pb + off + 8]);
+      }
     }
   };
-  const uint32_t b = s0 + 32768, aa = s0;
+  const uint32_t b = s0 + 36864, aa = s0;  // A window: 96 positions x 72 floats = 27 KB
   __syncthreads();
   auto step = [&](const uint32_t (&a)[NS][4], uint32_t (&nx)[NS][4], int it) {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -91,7 +101,7 @@ __global__ void __launch_bounds__(256, 1) rs_kernel(int iters, long long* cycles
   if (threadIdx.x == 0) cycles[blockIdx.x] = t1 - t0;
 }
 
-template <int KIND, int NS, bool LOADA>
+template <int KIND, int NS, int LOADA>
 void run(const char* name, int sms, long long* cyc, float* sink) {
   auto k = rs_kernel<KIND, NS, LOADA>;
   cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 65536);
@@ -118,12 +128,13 @@ int main() {
   float* sink;
   cudaMalloc(&cyc, sizeof(long long) * 1024);
   cudaMalloc(&sink, sizeof(float) * 256);
-  run<0, 7, false>("tf32 m64n32k8 RS, 7 sets", sms, cyc, sink);
-  run<0, 7, true>("tf32 m64n32k8 RS, 7 sets, A loads", sms, cyc, sink);
-  run<0, 3, false>("tf32 m64n32k8 RS, 3 sets", sms, cyc, sink);
-  run<3, 7, false>("tf32 m64n32k8 SS, 7 sets", sms, cyc, sink);
-  run<1, 4, false>("tf32 m64n64k8 RS, 4 sets", sms, cyc, sink);
-  run<1, 4, true>("tf32 m64n64k8 RS, 4 sets, A loads", sms, cyc, sink);
-  run<2, 7, false>("bf16 m64n32k16 RS, 7 sets", sms, cyc, sink);
+  run<0, 7, 0>("tf32 m64n32k8 RS, 7 sets", sms, cyc, sink);
+  run<0, 7, 1>("tf32 m64n32k8 RS, 7 sets, 4x4 B A loads", sms, cyc, sink);
+  run<0, 7, 2>("tf32 m64n32k8 RS, 7 sets, 2x8 B A loads", sms, cyc, sink);
+  run<0, 3, 0>("tf32 m64n32k8 RS, 3 sets", sms, cyc, sink);
+  run<3, 7, 0>("tf32 m64n32k8 SS, 7 sets", sms, cyc, sink);
+  run<1, 4, 0>("tf32 m64n64k8 RS, 4 sets", sms, cyc, sink);
+  run<1, 4, 2>("tf32 m64n64k8 RS, 4 sets, 2x8 B A loads", sms, cyc, sink);
+  run<2, 7, 0>("bf16 m64n32k16 RS, 7 sets", sms, cyc, sink);
   return 0;
 }
