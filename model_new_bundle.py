@@ -476,16 +476,14 @@ __device__ __forceinline__ void cp_async_wait(int n) {
   else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
 #endif
 }
+__host__ __device__ constexpr int64_t pair8_slot(int64_t c) { return (c & ~int64_t(15)) | ((c & 7) << 1) | ((c >> 3) & 1); }
+__host__ __device__ constexpr int64_t pair8_chan(int64_t s) { return (s & ~int64_t(15)) | ((s & 15) >> 1) | ((s & 1) << 3); }
 struct PackSlices {
   int64_t chunks, chunk_ch;
   bool slice_major;
   bool pair8 = false;
-  __host__ __device__ int64_t chan(int64_t cc) const {
-    return pair8 ? (cc & ~int64_t(15)) | ((cc & 15) >> 1) | ((cc & 1) << 3) : cc;
-  }
-  __host__ __device__ int64_t slot(int64_t ch) const {
-    return pair8 ? (ch & ~int64_t(15)) | ((ch & 7) << 1) | ((ch >> 3) & 1) : ch;
-  }
+  __host__ __device__ int64_t chan(int64_t cc) const { return pair8 ? pair8_chan(cc) : cc; }
+  __host__ __device__ int64_t slot(int64_t ch) const { return pair8 ? pair8_slot(ch) : ch; }
 };
 template <typename T, typename E>
 __global__ void pack_src_kernel(const T* __restrict__ src, E* __restrict__ dst, Layout l, int64_t vol,
@@ -2742,7 +2740,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int my_sets = nsets > wg ? (nsets - wg + 1) / 2 : 0;
   auto row_off = [&](int m) {
     const int tl = m / CH, co = m - tl * CH;
-    const int slot = K16 ? co : (co & ~15) + 2 * (co & 7);
+    const int slot = K16 ? co : int(pair8_slot(co));
     return (wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + slot) * int(sizeof(W));
   };
   int off[NS];
@@ -3047,8 +3045,8 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t bm = wgrad_wg_bm<T>(), optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
+  const int64_t q = k16 ? 8 : 16;
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
-    const int64_t q = k16 ? 8 : 16;
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));

@@ -628,7 +628,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   // channel pair (co, co + 8) that holds it (pair8: m % 16 < 8).
   auto row_off = [&](int m) {
     const int tl = m / CH, co = m - tl * CH;
-    const int slot = K16 ? co : (co & ~15) + 2 * (co & 7);
+    const int slot = K16 ? co : int(pair8_slot(co));
     return (wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * RS + slot) * int(sizeof(W));
   };
   // 16-bit: ldmatrix.x4.trans matrix j = lane / 8 is A's rows 8 * (j % 2) .. + 7 (of the
@@ -998,8 +998,8 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t bm = wgrad_wg_bm<T>(), optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
+  const int64_t q = k16 ? 8 : 16;  // chunk granule; TF32: channel pairs (co, co + 8), see the kernel
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
-    const int64_t q = k16 ? 8 : 16;  // TF32: channel pairs (co, co + 8), see the kernel
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));

@@ -346,17 +346,16 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // channels of a slice, channels c and c + 8 side by side (slots 2 (c % 8) + c / 8 % 2), so
 // TF32 grad weight loads the A rows gq and gq + 8 of a position with one 8-byte load;
 // needs chunk_ch a multiple of 16.
+// The pair8 order: the slot of channel c, and the channel in slot s.
+__host__ __device__ constexpr int64_t pair8_slot(int64_t c) { return (c & ~int64_t(15)) | ((c & 7) << 1) | ((c >> 3) & 1); }
+__host__ __device__ constexpr int64_t pair8_chan(int64_t s) { return (s & ~int64_t(15)) | ((s & 15) >> 1) | ((s & 1) << 3); }
 struct PackSlices {
   int64_t chunks, chunk_ch;
   bool slice_major;
   bool pair8 = false;
   // the channel of a slice held in slot cc (< chunk_ch), and the slot of channel ch
-  __host__ __device__ int64_t chan(int64_t cc) const {
-    return pair8 ? (cc & ~int64_t(15)) | ((cc & 15) >> 1) | ((cc & 1) << 3) : cc;
-  }
-  __host__ __device__ int64_t slot(int64_t ch) const {
-    return pair8 ? (ch & ~int64_t(15)) | ((ch & 7) << 1) | ((ch >> 3) & 1) : ch;
-  }
+  __host__ __device__ int64_t chan(int64_t cc) const { return pair8 ? pair8_chan(cc) : cc; }
+  __host__ __device__ int64_t slot(int64_t ch) const { return pair8 ? pair8_slot(ch) : ch; }
 };
 
 // ============================================================================
