@@ -407,6 +407,18 @@ WGMMA_CASES = {
     # stride 2 with 9 x 9 taps: phases of 16 to 25 (h, w) taps; in 3xTF32 they run in two
     # parts of unequal length
     "tap_parts_stride2": conv_cfg(8, 40, (1, 9, 9), s=2, p=(0, 4, 4), op=1, batch=1, size=(2, 8, 20)),
+    # w taps stacked in M (32 output channels a group or fewer): forward 16 co, 4 taps a
+    # stacked tap, 7 taps (the second stacked tap has a zero row block); grad input 24 ci, 2
+    # taps a stacked tap (48 of 64 rows); several 512-position tiles a plane (blocks overlap
+    # by the stack's reach)
+    "stacked_taps": conv_cfg(24, 16, (2, 3, 7), p=(0, 1, 2), bias=True, batch=2, size=(3, 9, 40)),
+    # stacked taps with dilation 2 in w (rows 2 positions apart): forward 8 co, all 5 taps
+    # in one stacked tap; grad input 32 ci, 2 taps a stacked tap
+    "stacked_dilation": conv_cfg(32, 8, (1, 3, 5), p=(0, 1, 3), d=(1, 1, 2), batch=1, size=(2, 10, 50)),
+    # stacked taps in the forward's stride phases (stride 2 in d and h, 1 in w) and groups:
+    # 16 co a group, 5 w taps in two stacked taps
+    "stacked_phases_groups": conv_cfg(32, 32, (3, 3, 5), s=(2, 2, 1), p=1, op=(1, 1, 0), g=2, bias=True,
+                                      batch=1, size=(3, 6, 30)),
 }
 
 

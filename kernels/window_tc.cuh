@@ -102,6 +102,9 @@ struct WinParams {
   int stages;             // pipeline depth, 2..4
   int table_offset;       // window_wg.cuh: shared-memory bytes before the tap tables
   int tap_parts;          // window_wg.cuh: stages a (chunk, depth tap) takes, its taps split among them
+  int stack;              // window_wg.cuh: w taps stacked in M (1: none; see its header)
+  int q_step;             // window_wg.cuh: virtual positions between blocks' first positions
+  int wt_taps;            // window_wg.cuh: taps (stacked taps) a group in the weight layout
   bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 
@@ -158,17 +161,23 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
 // tw)] = the window shift of that tap in a window of C columns, times unit (bytes a
 // position, or 1); vtd = the depth taps whose source plane output plane jd reads is inside
 // the source (src_d planes). Returns their number. Every thread of the block calls it.
+// stack > 1 (window_wg.cuh, w taps stacked in M; stride 1 in w): "tw" numbers the groups
+// of `stack` w taps, ceil(T / stack) of them; group tw holds the taps whose window shifts
+// are (tw * stack + j) * |dstep|, j < stack, its weights are stacked tap
+// (rd * k[1] + rh) * groups + tw, and its shift is the smallest of the group's.
 __device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
-                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt) {
-  const int Thw = wd[1].T * wd[2].T;
+                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt,
+                                     int stack = 1) {
+  const int Tw = stack > 1 ? (wd[2].T + stack - 1) / stack : wd[2].T;
+  const int Thw = wd[1].T * Tw;
   for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    const int thw = t % Thw, tw = thw % Tw, th = thw / Tw, td = t / Thw;
+    const int rdh = (wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs;
+    const int r = stack > 1 ? rdh * Tw + tw : rdh * int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
     w_tab[t] = int(r * t_scale);
     if (td == 0) {
       const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      const int sw = stack > 1 ? tw * stack * abs(wd[2].dstep) : wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
       sh_tab[thw] = (sh * C + sw) * unit;
     }
   }

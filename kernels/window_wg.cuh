@@ -16,6 +16,16 @@
 // contiguous 128 bytes. The columns jw >= Pw are computed and never stored (span_w / C
 // of the MMAs: 6% on kb68).
 //
+// Taps stacked in M (prm.stack = J > 1: 32 output channels a group or fewer, stride 1 in
+// w). With M = the output channels, fewer than 64 leave rows of every wgmma empty (kb58's
+// forward: 16 of 64). Instead A's rows are (j, co), row j * out_cg + co, j < J, J * out_cg
+// <= 64: the weights of J w taps whose window shifts are s0 + j * dw (dw = |w dilation|),
+// read against B at the smallest shift s0. Row j at virtual position q is then tap j's
+// term of output q - j * dw, and the epilogue sums y[co][q] = sum_j D[(j, co)][q + j * dw]
+// (fixed order). The w taps run as ceil(kW / J) groups ("stacked taps"; taps past kW are
+// zero rows); q + j * dw stays in the window row, since it reaches at most span_w columns
+// past q. A block computes Q positions and stores the first q_step = Q - (J - 1) dw; the
+// next block starts there.
 // Shared memory of a stage (cp.async from the packed source, zero-fill outside it, as in
 // window_tc.cuh): the window as two "K slices" (bytes 0-15 and 16-31 of each position's
 // chunk), each [position][16 bytes] -- wgmma's no-swizzle K-major layout with LBO = the
@@ -401,11 +411,16 @@ __global__ void wgmma_probe_kernel(int* out) {
 // B[k + 1][co], k = chunk*16 + slice*8 + 2*(word % 4). fp32: B[k][co] rounded to TF32
 // (nearest-even), k = chunk*8 + slice*4 + word % 4; with split (3xTF32) two parts, the big
 // and small halves of split_tf32. B[k][co] as in transform_weight_kernel.
+// stack = J > 1 (taps stacked in M; one co tile): tap r is stacked tap (rd * kH + rh) *
+// groups + grp, and row m holds co = m % Cn of w tap u = grp * J + m / Cn in order of window
+// shift (forward: tw = kW - 1 - u, grad input: tw = u); rows past J * Cn or kW are zero.
 template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
-                                           int job, int nchunks, int ncot, bool split) {
+                                           int job, int nchunks, int ncot, bool split, int stack) {
   const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
-  const int64_t total = P.G * P.kvol() * nchunks * ncot * tap_words;
+  const int groups = stack > 1 ? (int(P.k[2]) + stack - 1) / stack : int(P.k[2]);
+  const int64_t taps = P.k[0] * P.k[1] * groups;
+  const int64_t total = P.G * taps * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
   const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -414,11 +429,17 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     const int tw = int(t % tap_words); t /= tap_words;
     const int cot = int(t % ncot); t /= ncot;
     const int ch = int(t % nchunks); t /= nchunks;
-    const int64_t r = t % P.kvol();
-    const int64_t g = t / P.kvol();
+    int64_t r = t % taps;
+    const int64_t g = t / taps;
     const int part = tw / part_words, word = tw % part_words;
     const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
-    const int64_t n = int64_t(cot) * kWgM + co;
+    int64_t n = int64_t(cot) * kWgM + co;
+    if (stack > 1) {
+      const int u = (int(r % groups)) * stack + co / int(nc);
+      const int rw = job == kJobForward ? int(P.k[2]) - 1 - u : u;
+      r = r / groups * P.k[2] + rw;
+      n = co / int(nc) < stack && u < P.k[2] ? co % nc : nc;  // nc: a zero row
+    }
     auto value = [&](int64_t k) -> float {
       if (k >= kc || n >= nc) return 0.f;
       const int64_t ci = job == kJobForward ? k : n, cx = job == kJobForward ? n : k;
@@ -473,10 +494,11 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
   const int jd = bx % prm.pd_max;
   const int n = bx / prm.pd_max;
-  const int q0 = pt * S::Q;  // the block's first virtual position
+  const int q0 = pt * prm.q_step;  // the block's first virtual position
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
-  const int Thw = wd[1].T * wd[2].T;
+  const int J = prm.stack;  // w taps stacked in M (see the header); 1: none
+  const int Thw = wd[1].T * (J > 1 ? (wd[2].T + J - 1) / J : wd[2].T);  // (th, tw or tap group)
   CT3D_WG_STAMP(0);
 
   // ---- window: rows jh0 .. of the source plane, C columns; see the header ----
@@ -507,7 +529,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   }
   win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);  // ntiles: co tiles
-  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt, J);
   // A (chunk, depth tap) runs as tap_parts stages of up to hp (th, tw) taps each (more than
   // one where the weights of all taps would not let two stages fit; each part copies the
   // window again).
@@ -536,7 +558,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const uint32_t smem0 = smem_u32(smem);
-  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * prm.wt_taps * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;  // 128 or 256
   const int win_pieces = R * C * 2;
@@ -758,18 +780,23 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int nco = min(kWgM, int(prm.out_cg) - co0);
+  const int nco = J > 1 ? int(prm.out_cg) : min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
+  // stacked taps: y[co][q] = sum_j D[(j, co)][q + j * dw], rows j * out_cg + co
+  const int row_j = int(prm.out_cg) * S::EpPitch + (J > 1 ? abs(wd[2].dstep) : 0);
 #pragma unroll
   for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
     const int jh = q / C, jw = q - jh * C;
-    if (jh >= Ph || jw >= Pw) continue;
+    if (ql >= prm.q_step || jh >= Ph || jw >= Pw) continue;
     const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
     const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
     T* o = out + prm.out_l.at(n, c0, pos);
     for (int co = 0; co < nco; ++co) {
-      const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      const float* e = ep + co * S::EpPitch + ql;
+      float v = e[0];
+      for (int j = 1; j < J; ++j) v += e[j * row_j];
+      v += bias ? float(bias[c0 + co]) : 0.f;
       o[co * prm.out_l.c] = T(v);
     }
   }
@@ -826,6 +853,13 @@ inline int wg_ws_env() {
   return v;
 }
 
+// CT3D_WG_STACK=0 in the environment (A/B measurements): no taps stacked in M (the old
+// rule: wgmma only for more than 32 output channels a group). Read once.
+inline int wg_stack_env() {
+  static const int v = env_int("CT3D_WG_STACK", 1);
+  return v;
+}
+
 // CT3D_WG_PARTS (A/B measurements): at least this many tap parts a (chunk, depth tap);
 // 0 where unset. Read once.
 inline int wg_parts_env() {
@@ -850,8 +884,20 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
   const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
   const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
-  if (!force && prm.out_cg <= 32) return false;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
+  // Taps stacked in M (see the header) where out_cg <= 32 and w has stride 1: J w taps a
+  // wgmma, J * out_cg <= 64 rows. Not forced, it runs where the rows of a kW taps' worth of
+  // stacked taps are at least 70% used (kb58's forward 7 x 16 of 2 x 64, kb68's grad input
+  // 5 x 32 of 3 x 64); without stacking, where more than 32 output channels a group (with
+  // 32, half of M is zero rows: kb68's grad input measured 7.1 ms against 6.7 on mma.sync
+  // in bf16, 12.3 against 11.5 in TF32).
+  // The overlap of blocks, (J - 1) * dilation positions, is kept under a quarter of Q.
+  const int kw = int(P.k[2]);
+  int stack = prm.out_cg <= 32 && P.s[2] == 1 && wg_stack_env() != 0
+                  ? int(std::min<int64_t>(kWgM / prm.out_cg, kw)) : 1;
+  while (stack > 1 && (stack - 1) * P.d[2] > Q / 4) --stack;
+  const int groups_w = (kw + stack - 1) / stack;
+  if (!force && (stack > 1 ? 10 * kw * prm.out_cg < 7 * kWgM * groups_w : prm.out_cg <= 32)) return false;
   if (!wgmma_available(dev)) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
@@ -860,16 +906,17 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // Geometry: tiles per plane, planes, the window's rows (the most any block needs) and
   // the taps of a stage, over the sub-problems (phases).
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
+  const int q_step = Q - (stack - 1) * int(P.d[2]);  // a block stores its first q_step positions
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + Q - 1) / Q);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + q_step - 1) / q_step);
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
-    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * (stack > 1 ? groups_w : wd[2].T));
   }
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
   // Tables (kernel: w_tab, sh_tab, vtd, pos_tab); positions as 16-byte units in an int;
@@ -911,18 +958,19 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (smem > optin) return false;
 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
-  const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
+  const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;
+  const int64_t wt_taps = P.k[0] * P.k[1] * (stack > 1 ? groups_w : kw);
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
 
   // ---- the weight, in the wgmma layout ----
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (tap_bytes / 4);
+  const int64_t wt_numel = P.G * wt_taps * nchunks * ncot * (tap_bytes / 4);
   auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
   uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {
     transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
-                                                              int(ncot), split);
+                                                              int(ncot), split, stack);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
@@ -936,6 +984,9 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
   prm.tap_parts = int(parts);
+  prm.stack = stack;
+  prm.q_step = q_step;
+  prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
