@@ -294,6 +294,9 @@ struct WinParams {
   int stages;
   int table_offset;
   int tap_parts;
+  int stack;
+  int q_step;
+  int wt_taps;
   bool round_a;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
@@ -339,16 +342,18 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
   return w.off0 + (reach < 0 ? reach : 0);
 }
 __device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
-                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt) {
-  const int Thw = wd[1].T * wd[2].T;
+                                     int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt,
+                                     int stack = 1) {
+  const int Tw = stack > 1 ? (wd[2].T + stack - 1) / stack : wd[2].T;
+  const int Thw = wd[1].T * Tw;
   for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
-    const int thw = t % Thw, tw = thw % wd[2].T, th = thw / wd[2].T, td = t / Thw;
-    const int r = ((wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs) *
-                      int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
+    const int thw = t % Thw, tw = thw % Tw, th = thw / Tw, td = t / Thw;
+    const int rdh = (wd[0].r0 + td * wd[0].rs) * int(P.k[1]) + wd[1].r0 + th * wd[1].rs;
+    const int r = stack > 1 ? rdh * Tw + tw : rdh * int(P.k[2]) + wd[2].r0 + tw * wd[2].rs;
     w_tab[t] = int(r * t_scale);
     if (td == 0) {
       const int sh = wd[1].off0 + th * wd[1].dstep - win_off_min(wd[1]);
-      const int sw = wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
+      const int sw = stack > 1 ? tw * stack * abs(wd[2].dstep) : wd[2].off0 + tw * wd[2].dstep - win_off_min(wd[2]);
       sh_tab[thw] = (sh * C + sw) * unit;
     }
   }
@@ -1409,9 +1414,11 @@ __global__ void wgmma_probe_kernel(int* out) {
 }
 template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
-                                           int job, int nchunks, int ncot, bool split) {
+                                           int job, int nchunks, int ncot, bool split, int stack) {
   const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
-  const int64_t total = P.G * P.kvol() * nchunks * ncot * tap_words;
+  const int groups = stack > 1 ? (int(P.k[2]) + stack - 1) / stack : int(P.k[2]);
+  const int64_t taps = P.k[0] * P.k[1] * groups;
+  const int64_t total = P.G * taps * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
   const int64_t nc = job == kJobForward ? P.cout_g() : P.cin_g();
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -1420,11 +1427,17 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     const int tw = int(t % tap_words); t /= tap_words;
     const int cot = int(t % ncot); t /= ncot;
     const int ch = int(t % nchunks); t /= nchunks;
-    const int64_t r = t % P.kvol();
-    const int64_t g = t / P.kvol();
+    int64_t r = t % taps;
+    const int64_t g = t / taps;
     const int part = tw / part_words, word = tw % part_words;
     const int slice = word / (kWgM * 4), co = (word / 4) % kWgM, wi = word % 4;
-    const int64_t n = int64_t(cot) * kWgM + co;
+    int64_t n = int64_t(cot) * kWgM + co;
+    if (stack > 1) {
+      const int u = (int(r % groups)) * stack + co / int(nc);
+      const int rw = job == kJobForward ? int(P.k[2]) - 1 - u : u;
+      r = r / groups * P.k[2] + rw;
+      n = co / int(nc) < stack && u < P.k[2] ? co % nc : nc;
+    }
     auto value = [&](int64_t k) -> float {
       if (k >= kc || n >= nc) return 0.f;
       const int64_t ci = job == kJobForward ? k : n, cx = job == kJobForward ? n : k;
@@ -1471,10 +1484,11 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const int pt = bx % prm.tiles_per_plane; bx /= prm.tiles_per_plane;
   const int jd = bx % prm.pd_max;
   const int n = bx / prm.pd_max;
-  const int q0 = pt * S::Q;
+  const int q0 = pt * prm.q_step;
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
-  const int Thw = wd[1].T * wd[2].T;
+  const int J = prm.stack;
+  const int Thw = wd[1].T * (J > 1 ? (wd[2].T + J - 1) / J : wd[2].T);
   CT3D_WG_STAMP(0);
   const int jh0 = q0 / C;
   const int R = (q0 + S::Q - 1) / C - jh0 + win_span(wd[1]) + 2;
@@ -1496,7 +1510,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   }
   win_pos_table(pos_tab, R * C, C, wh0, ww0, H, W, int(prm.pk_v * int64_t(sizeof(E)) / 16));
   const int64_t tap_stride = int64_t(prm.nchunks) * prm.ntiles * (S::TapBytes / 4);
-  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt);
+  const int nvt = win_tap_tables(P, wd, jd, C, tap_stride, 1, prm.src_sz[0], w_tab, sh_tab, vtd, &s_nvt, J);
   const int nparts = prm.tap_parts, hp = (Thw + nparts - 1) / nparts;
   const int nK = nvt * prm.nchunks * nparts;
   CT3D_WG_STAMP(1);
@@ -1514,7 +1528,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   const E* __restrict__ src = static_cast<const E*>(prm.src);
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const uint32_t smem0 = smem_u32(smem);
-  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + blockIdx.y * (S::TapBytes / 4);
+  const uint32_t* wb_blk = prm.wt_big + int64_t(g) * prm.wt_taps * tap_stride + blockIdx.y * (S::TapBytes / 4);
   const int slice_bytes = prm.window_bytes / (SPLIT ? 4 : 2);
   constexpr int kTapPieces = S::TapBytes / 16;
   const int win_pieces = R * C * 2;
@@ -1693,18 +1707,22 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   T* __restrict__ out = static_cast<T*>(prm.out);
   const T* __restrict__ bias = static_cast<const T*>(prm.bias);
   const int od = wd[0].oc + wd[0].os * jd;
-  const int nco = min(kWgM, int(prm.out_cg) - co0);
+  const int nco = J > 1 ? int(prm.out_cg) : min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
+  const int row_j = int(prm.out_cg) * S::EpPitch + (J > 1 ? abs(wd[2].dstep) : 0);
 #pragma unroll
   for (int half = 0; half < S::Q / 256; ++half) {
     const int ql = threadIdx.x + 256 * half, q = q0 + ql;
     const int jh = q / C, jw = q - jh * C;
-    if (jh >= Ph || jw >= Pw) continue;
+    if (ql >= prm.q_step || jh >= Ph || jw >= Pw) continue;
     const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
     const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
     T* o = out + prm.out_l.at(n, c0, pos);
     for (int co = 0; co < nco; ++co) {
-      const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+      const float* e = ep + co * S::EpPitch + ql;
+      float v = e[0];
+      for (int j = 1; j < J; ++j) v += e[j * row_j];
+      v += bias ? float(bias[c0 + co]) : 0.f;
       o[co * prm.out_l.c] = T(v);
     }
   }
@@ -1746,6 +1764,10 @@ inline int wg_ws_env() {
   }();
   return v;
 }
+inline int wg_stack_env() {
+  static const int v = env_int("CT3D_WG_STACK", 1);
+  return v;
+}
 inline int wg_parts_env() {
   static const int v = std::max(0, env_int("CT3D_WG_PARTS", 0));
   return v;
@@ -1760,23 +1782,29 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
   const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
   const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
-  if (!force && prm.out_cg <= 32) return false;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
+  const int kw = int(P.k[2]);
+  int stack = prm.out_cg <= 32 && P.s[2] == 1 && wg_stack_env() != 0
+                  ? int(std::min<int64_t>(kWgM / prm.out_cg, kw)) : 1;
+  while (stack > 1 && (stack - 1) * P.d[2] > Q / 4) --stack;
+  const int groups_w = (kw + stack - 1) / stack;
+  if (!force && (stack > 1 ? 10 * kw * prm.out_cg < 7 * kWgM * groups_w : prm.out_cg <= 32)) return false;
   if (!wgmma_available(dev)) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   const int64_t nsub = prm.job == kJobForward ? P.G * P.s[0] * P.s[1] * P.s[2] : P.G;
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
+  const int q_step = Q - (stack - 1) * int(P.d[2]);
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + Q - 1) / Q);
+    tpp = std::max<int64_t>(tpp, (wd[1].P * C + q_step - 1) / q_step);
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
-    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * wd[2].T);
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * (stack > 1 ? groups_w : wd[2].T));
   }
   if (tpp == 0) return false;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int)) + 128;
@@ -1804,16 +1832,17 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t smem = body + table_bytes;
   if (smem > optin) return false;
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
-  const int64_t ncot = (prm.out_cg + kWgM - 1) / kWgM;
+  const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;
+  const int64_t wt_taps = P.k[0] * P.k[1] * (stack > 1 ? groups_w : kw);
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
-  const int64_t wt_numel = P.G * P.kvol() * nchunks * ncot * (tap_bytes / 4);
+  const int64_t wt_numel = P.G * wt_taps * nchunks * ncot * (tap_bytes / 4);
   auto wt = at::empty({wt_numel}, w.options().dtype(at::kInt));
   uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
   const int64_t tblocks = std::min<int64_t>((wt_numel + 255) / 256, 4096);
   if (tblocks > 0) {
     transform_weight_wg_kernel<T><<<tblocks, 256, 0, stream>>>(w.data_ptr<T>(), wt_ptr, P, prm.job, int(nchunks),
-                                                              int(ncot), split);
+                                                              int(ncot), split, stack);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   prm.wt_big = wt_ptr;
@@ -1826,6 +1855,9 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.stage_bytes = int(stage_bytes);
   prm.stages = stages;
   prm.tap_parts = int(parts);
+  prm.stack = stack;
+  prm.q_step = q_step;
+  prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
