@@ -140,16 +140,40 @@ def _triple(v: IntOr3, name: str) -> list[int]:
     return [int(e) for e in v]
 
 
+# PyTorch's fp32 precision settings for cuDNN convolutions, most specific first, as the
+# (backend, op) names of its getter: torch.backends.cudnn.conv, torch.backends.cudnn,
+# torch.backends. Read through the getter itself: the properties cost ~9 us a call together,
+# the getter 0.3 us a level (a forward + backward reads them three times). Used only where
+# this torch's properties read the same values through it (checked once here).
+_FP32_GETTER = getattr(torch._C, "_get_fp32_precision_getter", None)
+_FP32_LEVELS = (("cuda", "conv"), ("cuda", "all"), ("generic", "all"))
+
+
+def _fp32_properties() -> list:
+    b = torch.backends
+    return [b.cudnn.conv.fp32_precision, b.cudnn.fp32_precision, b.fp32_precision]
+
+
+_FP32_FAST = (_FP32_GETTER is not None and hasattr(torch.backends.cudnn, "conv")
+              and hasattr(torch.backends.cudnn.conv, "fp32_precision")
+              and [_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
+
+
 def tf32_allowed() -> bool:
     """PyTorch's setting for fp32 cuDNN convolutions: True when TF32 may be used.
 
     Reads the fine-grained setting (``torch.backends.cudnn.conv.fp32_precision``, then
     its parents) where this torch has it, else the legacy ``allow_tf32`` flag.
     """
+    if _FP32_FAST:
+        for lv in _FP32_LEVELS:
+            prec = _FP32_GETTER(*lv)
+            if prec != "none":
+                return prec == "tf32"
+        return False
     backends = torch.backends
     if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
-        for prec in (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision,
-                     backends.fp32_precision):
+        for prec in _fp32_properties():
             if prec != "none":
                 return prec == "tf32"
         return False
@@ -252,6 +276,25 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
         raise RuntimeError(
             f"conv_transpose3d: our kernels run on CUDA tensors only, but the input is on "
             f"{x.device}. Move the module and its input to a CUDA device (.cuda()).")
+
+
+# Argument signatures that _check has passed: what it reads, and nothing else. A layer
+# called again with the same shapes skips the ~15 us of Python checks (its result cannot
+# differ). Bounded: cleared when full.
+_CHECKED: set = set()
+
+
+def _check_once(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding,
+                output_padding, dilation, groups: int) -> None:
+    key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device,
+           None if bias is None else (bias.shape, bias.dtype, bias.device),
+           tuple(stride), tuple(padding), tuple(output_padding), tuple(dilation), groups)
+    if key in _CHECKED:
+        return
+    _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED.add(key)
 
 
 def suggest_format(act: Tensor, weight: Tensor, stride, output_padding) -> torch.memory_format:
@@ -447,7 +490,7 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     unbatched = x.dim() == 4
     if unbatched:
         x = x.unsqueeze(0)
-    _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    _check_once(x, weight, bias, stride, padding, output_padding, dilation, groups)
     op = _ConvTranspose3dFn.apply if _eager_ok(x, weight, bias) else _conv_transpose3d_op
     y = op(x, weight, bias, stride, padding, output_padding, dilation, groups, _ALGOS[algo])
     return y.squeeze(0) if unbatched else y

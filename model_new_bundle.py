@@ -1648,7 +1648,9 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     }
     wg_wait<0>();
   } else {
-    float chain[NACC];
+    float ch0[NACC], ch1[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) ch0[i] = ch1[i] = 0.f;
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
@@ -1665,20 +1667,41 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
       const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
-      for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
-        if (t < nt) {
-          wg_split_taps(chain, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
-          wg_commit();
-          wg_wait<0>();
-          wg_fence_operands(chain);
+      bool pend1 = false;
+      for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
+        const bool has0 = t < nt, has1 = c + 1 < nchain && t + clen < nt;
+        if (has0) wg_split_taps(ch0, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        if (pend1) {
+          wg_wait<1>();
+          wg_fence_operands(ch1);
 #pragma unroll
-          for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
+          for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
+          pend1 = false;
         }
         if (c == 0) {
           __syncthreads();
           if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
           cp_async_commit();
         }
+        if (has1) {
+          wg_split_taps(ch1, min(clen, nt - t - clen), a_base + (t + clen) * S::TapBytes, b_base,
+                        sh_tab + t0 + t + clen, slice_bytes);
+          pend1 = true;
+        }
+        wg_commit();
+        wg_wait<1>();
+        wg_fence_operands(ch0);
+        if (has0) {
+#pragma unroll
+          for (int i = 0; i < NACC; ++i) acc[i] += ch0[i];
+        }
+      }
+      wg_wait<0>();
+      wg_fence_operands(ch1);
+      if (pend1) {
+#pragma unroll
+        for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
       }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;
@@ -3647,11 +3670,24 @@ def _triple(v: IntOr3, name: str) -> list[int]:
     if len(v) != 3:
         raise RuntimeError(f'expected {name} to be a single integer value or a list of 3 values to match the convolution dimensions, but got {name}={v}')
     return [int(e) for e in v]
+_FP32_GETTER = getattr(torch._C, '_get_fp32_precision_getter', None)
+_FP32_LEVELS = (('cuda', 'conv'), ('cuda', 'all'), ('generic', 'all'))
+
+def _fp32_properties() -> list:
+    b = torch.backends
+    return [b.cudnn.conv.fp32_precision, b.cudnn.fp32_precision, b.fp32_precision]
+_FP32_FAST = _FP32_GETTER is not None and hasattr(torch.backends.cudnn, 'conv') and hasattr(torch.backends.cudnn.conv, 'fp32_precision') and ([_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
 
 def tf32_allowed() -> bool:
+    if _FP32_FAST:
+        for lv in _FP32_LEVELS:
+            prec = _FP32_GETTER(*lv)
+            if prec != 'none':
+                return prec == 'tf32'
+        return False
     backends = torch.backends
     if hasattr(backends.cudnn, 'conv') and hasattr(backends.cudnn.conv, 'fp32_precision'):
-        for prec in (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision, backends.fp32_precision):
+        for prec in _fp32_properties():
             if prec != 'none':
                 return prec == 'tf32'
         return False
@@ -3705,6 +3741,16 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, o
         raise RuntimeError('Given input size per channel: ({}). Calculated output size per channel: ({}). Output size is too small'.format(' x '.join(map(str, x.shape[2:])), ' x '.join(map(str, out))))
     if x.device.type not in ('cuda', 'meta'):
         raise RuntimeError(f'conv_transpose3d: our kernels run on CUDA tensors only, but the input is on {x.device}. Move the module and its input to a CUDA device (.cuda()).')
+_CHECKED: set = set()
+
+def _check_once(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride, padding, output_padding, dilation, groups: int) -> None:
+    key = (x.shape, x.dtype, x.device, weight.shape, weight.dtype, weight.device, None if bias is None else (bias.shape, bias.dtype, bias.device), tuple(stride), tuple(padding), tuple(output_padding), tuple(dilation), groups)
+    if key in _CHECKED:
+        return
+    _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED.add(key)
 
 def suggest_format(act: Tensor, weight: Tensor, stride, output_padding) -> torch.memory_format:
     if act.dtype == torch.float64 or any((op >= s for op, s in zip(output_padding, stride))):
@@ -3817,7 +3863,7 @@ def conv_transpose3d(x: Tensor, weight: Tensor, bias: Optional[Tensor]=None, str
     unbatched = x.dim() == 4
     if unbatched:
         x = x.unsqueeze(0)
-    _check(x, weight, bias, stride, padding, output_padding, dilation, groups)
+    _check_once(x, weight, bias, stride, padding, output_padding, dilation, groups)
     op = _ConvTranspose3dFn.apply if _eager_ok(x, weight, bias) else _conv_transpose3d_op
     y = op(x, weight, bias, stride, padding, output_padding, dilation, groups, _ALGOS[algo])
     return y.squeeze(0) if unbatched else y

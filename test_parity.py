@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import math
 import re
 import os
@@ -1050,6 +1051,26 @@ def test_tf32_setting_is_read_like_pytorch():
         assert mn.tf32_allowed() is True
     finally:
         torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="this torch has no fp32_precision settings")
+def test_tf32_fine_grained_settings():
+    """tf32_allowed reads PyTorch's getter directly (fast path): the same answer as the
+    properties (most specific of cudnn.conv, cudnn, backends that is not "none") for every
+    combination."""
+    b = torch.backends
+    saved = mn._fp32_properties()
+    assert mn._FP32_FAST  # this torch: the getter reads what the properties read
+    try:
+        for conv, cudnn, generic in itertools.product(["none", "tf32", "ieee"], repeat=3):
+            b.fp32_precision = generic
+            b.cudnn.fp32_precision = cudnn
+            b.cudnn.conv.fp32_precision = conv
+            props = mn._fp32_properties()
+            want = next((p == "tf32" for p in props if p != "none"), False)
+            assert mn.tf32_allowed() is want, (conv, cudnn, generic, props)
+    finally:
+        b.fp32_precision, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision = saved[2], saved[1], saved[0]
 
 
 def _cuda_build_env():

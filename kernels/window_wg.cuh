@@ -712,9 +712,14 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   } else {
     // 3xTF32. Each thread splits the window pieces it copied (big: truncated in place;
     // small: 2 slices on). The taps of a stage run as chains of at most kWgFlushTaps taps
-    // (equal lengths), each waited for and added into acc (rounded fp32 adds); after the
-    // first chain, stage kk - 1 is done everywhere and its buffer takes the next copy.
-    float chain[NACC];
+    // (equal lengths), each added into acc (rounded fp32 adds, chain order) once done. The
+    // chains alternate between two register sets, so that chain c's wgmmas run while chain
+    // c - 1 is waited for and added (one chain in flight at a wait, not none); after the
+    // first chain is issued, stage kk - 1 is done everywhere and its buffer takes the next
+    // copy. A stage ends with its last chain waited for.
+    float ch0[NACC], ch1[NACC];
+#pragma unroll
+    for (int i = 0; i < NACC; ++i) ch0[i] = ch1[i] = 0.f;
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
@@ -731,20 +736,43 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
       const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
-      for (int c = 0, t = 0; c < nchain; ++c, t += clen) {
-        if (t < nt) {
-          wg_split_taps(chain, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
-          wg_commit();
-          wg_wait<0>();
-          wg_fence_operands(chain);
+      bool pend1 = false;  // ch1 holds a chain not yet added
+      for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
+        // chain c into ch0
+        const bool has0 = t < nt, has1 = c + 1 < nchain && t + clen < nt;
+        if (has0) wg_split_taps(ch0, min(clen, nt - t), a_base + t * S::TapBytes, b_base, sh_tab + t0 + t, slice_bytes);
+        wg_commit();
+        if (pend1) {  // chain c - 1 (ch1) is done once only chain c may be pending
+          wg_wait<1>();
+          wg_fence_operands(ch1);
 #pragma unroll
-          for (int i = 0; i < NACC; ++i) acc[i] += chain[i];
+          for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
+          pend1 = false;
         }
         if (c == 0) {
           __syncthreads();  // everyone is done with stage kk - 1
           if (kk + prm.stages - 1 < nK) issue(copy, threadIdx.x, all_threads);
           cp_async_commit();
         }
+        // chain c + 1 into ch1, then chain c (ch0) is waited for and added
+        if (has1) {
+          wg_split_taps(ch1, min(clen, nt - t - clen), a_base + (t + clen) * S::TapBytes, b_base,
+                        sh_tab + t0 + t + clen, slice_bytes);
+          pend1 = true;
+        }
+        wg_commit();
+        wg_wait<1>();
+        wg_fence_operands(ch0);
+        if (has0) {
+#pragma unroll
+          for (int i = 0; i < NACC; ++i) acc[i] += ch0[i];
+        }
+      }
+      wg_wait<0>();
+      wg_fence_operands(ch1);
+      if (pend1) {
+#pragma unroll
+        for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
       }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;

@@ -70,7 +70,28 @@ def main() -> int:
                     xg.grad = None
                     m(xg).backward(dy)
 
-                for tag, fn in (("fwd", fwd), ("f+b", fwd_bwd)):
+                # The extension's three calls alone (the C++ side of a call: checks, packs,
+                # weight transforms, launches), with what the module passes them.
+                conv = m.conv_transpose3d
+                w, b = conv.weight.detach(), conv.bias
+                args3 = (list(conv.stride), list(conv.padding), conv._output_padding(x, None),
+                         list(conv.dilation), conv.groups)
+                algo = mn._ALGOS[conv.algo]
+
+                def ext_fwd():
+                    mn._forward_ext(x, w, b, *args3, algo)
+
+                def ext_dgrad():
+                    mn._grad_input_ext(dy, w, list(x.shape), *args3, algo)
+
+                def ext_wgrad():
+                    mn._grad_weight_bias_ext(dy, x, list(w.shape), *args3, True, b is not None, algo)
+
+                def check():
+                    mn._check(x, w, b, *args3[:4], args3[4])
+
+                for tag, fn in (("fwd", fwd), ("f+b", fwd_bwd), ("ext fwd", ext_fwd), ("ext dgrad", ext_dgrad),
+                                ("ext wgrad", ext_wgrad), ("py check", check)):
                     synced = bench.time_ms(fn, 3, args.reps) * 1e3
                     enq = enqueue_us(fn, args.reps)
                     kus, kn = kernel_us(fn, 5)
