@@ -154,9 +154,14 @@ def _fp32_properties() -> list:
     return [b.cudnn.conv.fp32_precision, b.cudnn.fp32_precision, b.fp32_precision]
 
 
-_FP32_FAST = (_FP32_GETTER is not None and hasattr(torch.backends.cudnn, "conv")
-              and hasattr(torch.backends.cudnn.conv, "fp32_precision")
-              and [_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
+def _fp32_getter_reads_properties() -> bool:
+    backends = torch.backends
+    return (_FP32_GETTER is not None and hasattr(backends.cudnn, "conv")
+            and hasattr(backends.cudnn.conv, "fp32_precision")
+            and [_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
+
+
+_FP32_FAST = _fp32_getter_reads_properties()
 
 
 def tf32_allowed() -> bool:
