@@ -1741,12 +1741,19 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
     const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
     T* o = out + prm.out_l.at(n, c0, pos);
-    for (int co = 0; co < nco; ++co) {
-      const float* e = ep + co * S::EpPitch + ql;
-      float v = e[0];
-      for (int j = 1; j < J; ++j) v += e[j * row_j];
-      v += bias ? float(bias[c0 + co]) : 0.f;
-      o[co * prm.out_l.c] = T(v);
+    if (J == 1) {
+      for (int co = 0; co < nco; ++co) {
+        const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
+        o[co * prm.out_l.c] = T(v);
+      }
+    } else {
+      for (int co = 0; co < nco; ++co) {
+        const float* e = ep + co * S::EpPitch + ql;
+        float v = e[0];
+        for (int j = 1; j < J; ++j) v += e[j * row_j];
+        v += bias ? float(bias[c0 + co]) : 0.f;
+        o[co * prm.out_l.c] = T(v);
+      }
     }
   }
   CT3D_WG_STAMP(4);
