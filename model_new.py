@@ -154,14 +154,14 @@ def _fp32_properties() -> list:
     return [b.cudnn.conv.fp32_precision, b.cudnn.fp32_precision, b.fp32_precision]
 
 
-def _fp32_getter_reads_properties() -> bool:
+def _has_fp32_precision() -> bool:
     backends = torch.backends
-    return (_FP32_GETTER is not None and hasattr(backends.cudnn, "conv")
-            and hasattr(backends.cudnn.conv, "fp32_precision")
-            and [_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
+    return hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision")
 
 
-_FP32_FAST = _fp32_getter_reads_properties()
+_HAS_FP32_PRECISION = _has_fp32_precision()  # this torch has the fine-grained settings
+_FP32_FAST = (_HAS_FP32_PRECISION and _FP32_GETTER is not None
+              and [_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
 
 
 def tf32_allowed() -> bool:
@@ -176,8 +176,7 @@ def tf32_allowed() -> bool:
             if prec != "none":
                 return prec == "tf32"
         return False
-    backends = torch.backends
-    if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):
+    if _HAS_FP32_PRECISION:
         for prec in _fp32_properties():
             if prec != "none":
                 return prec == "tf32"

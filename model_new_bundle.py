@@ -3684,10 +3684,11 @@ def _fp32_properties() -> list:
     b = torch.backends
     return [b.cudnn.conv.fp32_precision, b.cudnn.fp32_precision, b.fp32_precision]
 
-def _fp32_getter_reads_properties() -> bool:
+def _has_fp32_precision() -> bool:
     backends = torch.backends
-    return _FP32_GETTER is not None and hasattr(backends.cudnn, 'conv') and hasattr(backends.cudnn.conv, 'fp32_precision') and ([_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
-_FP32_FAST = _fp32_getter_reads_properties()
+    return hasattr(backends.cudnn, 'conv') and hasattr(backends.cudnn.conv, 'fp32_precision')
+_HAS_FP32_PRECISION = _has_fp32_precision()
+_FP32_FAST = _HAS_FP32_PRECISION and _FP32_GETTER is not None and ([_FP32_GETTER(*lv) for lv in _FP32_LEVELS] == _fp32_properties())
 
 def tf32_allowed() -> bool:
     if _FP32_FAST:
@@ -3696,8 +3697,7 @@ def tf32_allowed() -> bool:
             if prec != 'none':
                 return prec == 'tf32'
         return False
-    backends = torch.backends
-    if hasattr(backends.cudnn, 'conv') and hasattr(backends.cudnn.conv, 'fp32_precision'):
+    if _HAS_FP32_PRECISION:
         for prec in _fp32_properties():
             if prec != 'none':
                 return prec == 'tf32'
