@@ -4,6 +4,10 @@
 # than one; "-" for none), then a targeted pytest. Logs to $OUT.
 #   ENVS="CT3D_WG_WS=0 -" PROBLEMS="kb68 kb61" bash scripts/iter.sh
 # ALGOS="auto tc_mma" times each kernel family (model_new._ALGOS) too.
+# The build has CT3D_PTXAS_VERBOSE=1, and build flags are part of the extension's name: a
+# python command after this script in the same device call must export it too, or it builds
+# the extension a second time (a timeout during that build leaves torch's lock file, and
+# every later import in the call waits on it: this cost a whole call once).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
