@@ -25,6 +25,9 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace ct3d {
 
@@ -155,6 +158,44 @@ __device__ __forceinline__ void split_tf32_4(uint4& v, uint4& small) {
 inline int env_int(const char* name, int unset) {
   const char* s = std::getenv(name);
   return s == nullptr ? unset : std::atoi(s);
+}
+
+// A kernel's dynamic shared-memory limit (cudaFuncSetAttribute) raised to at least `bytes`
+// on the current device, and its resident blocks an SM at `threads` and `bytes`
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor). Both remembered per device and kernel
+// (and size), so that a call of ours pays for them once, not at every launch.
+inline std::mutex& launch_cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline void set_smem_limit(const void* kernel, int64_t bytes) {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::map<std::pair<int, const void*>, int64_t> done;  // the limit set so far
+  std::lock_guard<std::mutex> lock(launch_cache_mutex());
+  int64_t& set = done[{dev, kernel}];
+  if (bytes <= set) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  set = bytes;
+}
+inline int blocks_per_sm(const void* kernel, int threads, int64_t bytes) {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::map<std::tuple<int, const void*, int, int64_t>, int> known;
+  std::lock_guard<std::mutex> lock(launch_cache_mutex());
+  const auto key = std::make_tuple(dev, kernel, threads, bytes);
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, size_t(bytes)));
+  known[key] = n;
+  return n;
+}
+template <typename K>
+inline void set_smem_limit(K* kernel, int64_t bytes) { set_smem_limit(reinterpret_cast<const void*>(kernel), bytes); }
+template <typename K>
+inline int blocks_per_sm(K* kernel, int threads, int64_t bytes) {
+  return blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, bytes);
 }
 
 // Rounds an fp64 sum to the output type. fp16/bf16 round through fp32: that

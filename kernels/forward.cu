@@ -353,7 +353,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 template <typename T, int MW, bool SPLIT>
 static void launch_thin(const ThinParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
   auto kernel = thin_fwd_kernel<T, MW, SPLIT>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1085,9 +1085,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
                        plan_wgrad_mma<T>(x, P, tf32, prop, pl);
   if (!planned) return false;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(pl.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(pl.smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pl.kernel, 256, pl.smem));
+  set_smem_limit(pl.kernel, pl.smem);
+  const int per_sm = blocks_per_sm(pl.kernel, 256, pl.smem);
   auto stream = at::cuda::getCurrentCUDAStream();
 
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),

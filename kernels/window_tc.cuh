@@ -105,6 +105,7 @@ struct WinParams {
   int stack;              // window_wg.cuh: w taps stacked in M (1: none; see its header)
   int q_step;             // window_wg.cuh: virtual positions between blocks' first positions
   int wt_taps;            // window_wg.cuh: taps (stacked taps) a group in the weight layout
+  int carry;              // window_wg.cuh, 3xTF32: a stage's last chain may run into the next (1)
   bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 
@@ -156,6 +157,10 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
   return w.off0 + (reach < 0 ? reach : 0);
 }
 
+// The taps of one dimension (T of them) as they run where `stack` of them share a wgmma
+// (window_wg.cuh, taps stacked in M): ceil(T / stack) groups; T where stack is 1.
+__host__ __device__ constexpr int stacked_taps(int T, int stack) { return (T + stack - 1) / stack; }
+
 // Tap tables of one block in shared memory, both window kernels: w_tab[t] = weight offset
 // (t_scale units: words of its tap) of tap t = (td, th, tw) of sub-problem wd; sh_tab[(th,
 // tw)] = the window shift of that tap in a window of C columns, times unit (bytes a
@@ -168,7 +173,7 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
 __device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
                                      int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt,
                                      int stack = 1) {
-  const int Tw = stack > 1 ? (wd[2].T + stack - 1) / stack : wd[2].T;
+  const int Tw = stacked_taps(wd[2].T, stack);
   const int Thw = wd[1].T * Tw;
   for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
     const int thw = t % Thw, tw = thw % Tw, th = thw / Tw, td = t / Thw;
@@ -904,7 +909,7 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
 template <typename T, int BM, int BN, int WM_, int WN_, bool SPLIT3>
 static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
   auto kernel = window_tc_kernel<T, BM, BN, WM_, WN_, SPLIT3>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<grid, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -418,7 +418,7 @@ template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
                                            int job, int nchunks, int ncot, bool split, int stack) {
   const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
-  const int groups = stack > 1 ? (int(P.k[2]) + stack - 1) / stack : int(P.k[2]);
+  const int groups = stacked_taps(int(P.k[2]), stack);
   const int64_t taps = P.k[0] * P.k[1] * groups;
   const int64_t total = P.G * taps * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
@@ -465,6 +465,27 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
   }
 }
 
+// The epilogue's stores of one position with taps stacked in M: y[co] = sum_j D[(j, co)]
+// (ep: D's column of the position, rows `pitch` floats apart; stacked row j is row_j floats
+// after row 0) + bias, j in order, one rounding, for co < nco (o: y at channel c0, cstride
+// elements a channel). JC > 0: J known at compile time (the j loop unrolled); 0: J given.
+template <int JC, typename T>
+__device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const float* ep, int pitch, int row_j,
+                                                 int nco, const T* bias, int64_t c0, int J = JC) {
+  for (int co = 0; co < nco; ++co) {
+    const float* e = ep + co * pitch;
+    float v = e[0];
+    if constexpr (JC > 0) {
+#pragma unroll
+      for (int j = 1; j < JC; ++j) v += e[j * row_j];
+    } else {
+      for (int j = 1; j < J; ++j) v += e[j * row_j];
+    }
+    v += bias ? float(bias[c0 + co]) : 0.f;
+    o[co * cstride] = T(v);
+  }
+}
+
 // The window convolution on wgmma: two MMA warpgroups (threads 0..255), one block per
 // SM. SPLIT: 3xTF32 (fp32 only). PW > 0 (warp-specialized; not with SPLIT; 4): PW more
 // warps (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
@@ -498,7 +519,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int J = prm.stack;  // w taps stacked in M (see the header); 1: none
-  const int Thw = wd[1].T * (J > 1 ? (wd[2].T + J - 1) / J : wd[2].T);  // (th, tw or tap group)
+  const int Thw = wd[1].T * stacked_taps(wd[2].T, J);  // (th, tw or tap group)
   CT3D_WG_STAMP(0);
 
   // ---- window: rows jh0 .. of the source plane, C columns; see the header ----
@@ -716,10 +737,16 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     // chains alternate between two register sets, so that chain c's wgmmas run while chain
     // c - 1 is waited for and added (one chain in flight at a wait, not none); after the
     // first chain is issued, stage kk - 1 is done everywhere and its buffer takes the next
-    // copy. A stage ends with its last chain waited for.
+    // copy. Where a stage has an even number of chains, its last one (in ch1) is carried
+    // into the next stage: it runs while the threads wait for that stage's copies, split
+    // them and meet at the barrier, and is added after the next stage's first chain is
+    // issued -- the order of the adds is the same, so the result is too. (With an odd
+    // number, the last chain is in ch0, where the next stage's first one goes: that stage
+    // ends with its last chain waited for.) prm.carry = 0 (CT3D_WG_CARRY=0): never carried.
     float ch0[NACC], ch1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) ch0[i] = ch1[i] = 0.f;
+    bool pend1 = false;  // ch1 holds a chain not yet added (from this stage or the one before)
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
@@ -736,7 +763,6 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
       const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
-      bool pend1 = false;  // ch1 holds a chain not yet added
       for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
         // chain c into ch0
         const bool has0 = t < nt, has1 = c + 1 < nchain && t + clen < nt;
@@ -768,11 +794,14 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
           for (int i = 0; i < NACC; ++i) acc[i] += ch0[i];
         }
       }
-      wg_wait<0>();
-      wg_fence_operands(ch1);
-      if (pend1) {
+      if (!(pend1 && prm.carry && kk + 1 < nK)) {  // else ch1's chain runs on into stage kk + 1
+        wg_wait<0>();
+        wg_fence_operands(ch1);
+        if (pend1) {
 #pragma unroll
-        for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
+          for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
+        }
+        pend1 = false;
       }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;
@@ -825,14 +854,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
         o[co * prm.out_l.c] = T(v);
       }
+    } else if (J == 2) {  // the common stackings with the j loop unrolled (kb58: 4, kb68's grad input: 2)
+      wg_store_stacked<2>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
+    } else if (J == 4) {
+      wg_store_stacked<4>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
     } else {
-      for (int co = 0; co < nco; ++co) {
-        const float* e = ep + co * S::EpPitch + ql;
-        float v = e[0];
-        for (int j = 1; j < J; ++j) v += e[j * row_j];
-        v += bias ? float(bias[c0 + co]) : 0.f;
-        o[co * prm.out_l.c] = T(v);
-      }
+      wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
     }
   }
   CT3D_WG_STAMP(4);
@@ -895,6 +922,13 @@ inline int wg_stack_env() {
   return v;
 }
 
+// CT3D_WG_CARRY=0 in the environment (A/B measurements): the 3xTF32 loop waits for each
+// stage's last chain before the next stage (see the kernel). Read once.
+inline int wg_carry_env() {
+  static const int v = env_int("CT3D_WG_CARRY", 1);
+  return v;
+}
+
 // CT3D_WG_PARTS (A/B measurements): at least this many tap parts a (chunk, depth tap);
 // 0 where unset. Read once.
 inline int wg_parts_env() {
@@ -931,7 +965,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int stack = prm.out_cg <= 32 && P.s[2] == 1 && wg_stack_env() != 0
                   ? int(std::min<int64_t>(kWgM / prm.out_cg, kw)) : 1;
   while (stack > 1 && (stack - 1) * P.d[2] > Q / 4) --stack;
-  const int groups_w = (kw + stack - 1) / stack;
+  const int groups_w = stacked_taps(kw, stack);  // kw where stack is 1
   if (!force && (stack > 1 ? 10 * kw * prm.out_cg < 7 * kWgM * groups_w : prm.out_cg <= 32)) return false;
   if (!wgmma_available(dev)) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
@@ -951,7 +985,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
-    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * (stack > 1 ? groups_w : wd[2].T));
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * stacked_taps(wd[2].T, stack));
   }
   if (tpp == 0) return false;  // every sub-problem empty: window_tc.cuh's path handles it
   // Tables (kernel: w_tab, sh_tab, vtd, pos_tab); positions as 16-byte units in an int;
@@ -994,7 +1028,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;
-  const int64_t wt_taps = P.k[0] * P.k[1] * (stack > 1 ? groups_w : kw);
+  const int64_t wt_taps = P.k[0] * P.k[1] * groups_w;
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
 
@@ -1022,6 +1056,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.stack = stack;
   prm.q_step = q_step;
   prm.wt_taps = int(wt_taps);
+  prm.carry = wg_carry_env() != 0;
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
@@ -1036,7 +1071,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     if (split) kernel = window_wg_kernel<T, true, 0>;
   }
   const int threads = kWgConsumers + 32 * pw;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
