@@ -37,6 +37,9 @@ _CUDA_SOURCE = r'''#include <torch/extension.h>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 namespace ct3d {
 struct Layout {
   int64_t n, c, v;
@@ -116,6 +119,39 @@ __device__ __forceinline__ void split_tf32_4(uint4& v, uint4& small) {
 inline int env_int(const char* name, int unset) {
   const char* s = std::getenv(name);
   return s == nullptr ? unset : std::atoi(s);
+}
+inline std::mutex& launch_cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+inline void set_smem_limit(const void* kernel, int64_t bytes) {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::map<std::pair<int, const void*>, int64_t> done;
+  std::lock_guard<std::mutex> lock(launch_cache_mutex());
+  int64_t& set = done[{dev, kernel}];
+  if (bytes <= set) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  set = bytes;
+}
+inline int blocks_per_sm(const void* kernel, int threads, int64_t bytes) {
+  int dev = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::map<std::tuple<int, const void*, int, int64_t>, int> known;
+  std::lock_guard<std::mutex> lock(launch_cache_mutex());
+  const auto key = std::make_tuple(dev, kernel, threads, bytes);
+  auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  int n = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, size_t(bytes)));
+  known[key] = n;
+  return n;
+}
+template <typename K>
+inline void set_smem_limit(K* kernel, int64_t bytes) { set_smem_limit(reinterpret_cast<const void*>(kernel), bytes); }
+template <typename K>
+inline int blocks_per_sm(K* kernel, int threads, int64_t bytes) {
+  return blocks_per_sm(reinterpret_cast<const void*>(kernel), threads, bytes);
 }
 template <typename T> __device__ __forceinline__ T cast_out(double v) { return T(float(v)); }
 template <> __device__ __forceinline__ double cast_out<double>(double v) { return v; }
@@ -341,10 +377,11 @@ __host__ __device__ inline int win_off_min(const WinDim& w) {
   const int reach = (w.T > 1 ? w.T - 1 : 0) * w.dstep;
   return w.off0 + (reach < 0 ? reach : 0);
 }
+__host__ __device__ constexpr int stacked_taps(int T, int stack) { return (T + stack - 1) / stack; }
 __device__ inline int win_tap_tables(const Problem& P, const WinDim (&wd)[3], int jd, int C, int64_t t_scale,
                                      int unit, int64_t src_d, int* w_tab, int* sh_tab, int* vtd, int* s_nvt,
                                      int stack = 1) {
-  const int Tw = stack > 1 ? (wd[2].T + stack - 1) / stack : wd[2].T;
+  const int Tw = stacked_taps(wd[2].T, stack);
   const int Thw = wd[1].T * Tw;
   for (int t = threadIdx.x; t < wd[0].T * Thw; t += blockDim.x) {
     const int thw = t % Thw, tw = thw % Tw, th = thw / Tw, td = t / Thw;
@@ -934,7 +971,7 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
 template <typename T, int BM, int BN, int WM_, int WN_, bool SPLIT3>
 static void launch_window_tc(const WinParams& prm, dim3 grid, int64_t smem, cudaStream_t stream) {
   auto kernel = window_tc_kernel<T, BM, BN, WM_, WN_, SPLIT3>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<grid, 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -1405,6 +1442,46 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)
   }
 #endif
 }
+#define CT3D_SS_IN(da, db) "l"(da), "l"(db), "r"(1)
+template <typename T, int NW>
+__device__ __forceinline__ void wgmma_ss_mk(float (&d)[NW / 2], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  static_assert(!std::is_same<T, float>::value, "wgmma_ss_mk: M-major A is for 16-bit types");
+  static_assert(NW == 32 || NW == 48 || NW == 64, "wgmma_ss_mk: NW is 32, 48 or 64");
+  constexpr bool BF = std::is_same<T, at::BFloat16>::value;
+  if constexpr (NW == 32 && BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 32) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 48 && BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 48) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
+  } else if constexpr (BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
+  }
+#endif
+}
 __global__ void wgmma_probe_kernel(int* out) {
 #ifdef CT3D_WGMMA
   *out = 1;
@@ -1416,7 +1493,7 @@ template <typename T>
 __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __restrict__ out, Problem P,
                                            int job, int nchunks, int ncot, bool split, int stack) {
   const int part_words = kWgTapBytes / 4, tap_words = split ? 2 * part_words : part_words;
-  const int groups = stack > 1 ? (int(P.k[2]) + stack - 1) / stack : int(P.k[2]);
+  const int groups = stacked_taps(int(P.k[2]), stack);
   const int64_t taps = P.k[0] * P.k[1] * groups;
   const int64_t total = P.G * taps * nchunks * ncot * tap_words;
   const int64_t kc = job == kJobForward ? P.cin_g() : P.cout_g();
@@ -1462,6 +1539,22 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     }
   }
 }
+template <int JC, typename T>
+__device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const float* ep, int pitch, int row_j,
+                                                 int nco, const T* bias, int64_t c0, int J = JC) {
+  for (int co = 0; co < nco; ++co) {
+    const float* e = ep + co * pitch;
+    float v = e[0];
+    if constexpr (JC > 0) {
+#pragma unroll
+      for (int j = 1; j < JC; ++j) v += e[j * row_j];
+    } else {
+      for (int j = 1; j < J; ++j) v += e[j * row_j];
+    }
+    v += bias ? float(bias[c0 + co]) : 0.f;
+    o[co * cstride] = T(v);
+  }
+}
 template <typename T, bool SPLIT, int PW>
 __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
@@ -1488,7 +1581,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   if (jd >= wd[0].P || q0 >= Ph * C) return;
   const int co0 = blockIdx.y * kWgM;
   const int J = prm.stack;
-  const int Thw = wd[1].T * (J > 1 ? (wd[2].T + J - 1) / J : wd[2].T);
+  const int Thw = wd[1].T * stacked_taps(wd[2].T, J);
   CT3D_WG_STAMP(0);
   const int jh0 = q0 / C;
   const int R = (q0 + S::Q - 1) / C - jh0 + win_span(wd[1]) + 2;
@@ -1746,14 +1839,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
         o[co * prm.out_l.c] = T(v);
       }
+    } else if (J == 2) {
+      wg_store_stacked<2>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
+    } else if (J == 4) {
+      wg_store_stacked<4>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
     } else {
-      for (int co = 0; co < nco; ++co) {
-        const float* e = ep + co * S::EpPitch + ql;
-        float v = e[0];
-        for (int j = 1; j < J; ++j) v += e[j * row_j];
-        v += bias ? float(bias[c0 + co]) : 0.f;
-        o[co * prm.out_l.c] = T(v);
-      }
+      wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
     }
   }
   CT3D_WG_STAMP(4);
@@ -1817,7 +1908,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int stack = prm.out_cg <= 32 && P.s[2] == 1 && wg_stack_env() != 0
                   ? int(std::min<int64_t>(kWgM / prm.out_cg, kw)) : 1;
   while (stack > 1 && (stack - 1) * P.d[2] > Q / 4) --stack;
-  const int groups_w = (kw + stack - 1) / stack;
+  const int groups_w = stacked_taps(kw, stack);
   if (!force && (stack > 1 ? 10 * kw * prm.out_cg < 7 * kWgM * groups_w : prm.out_cg <= 32)) return false;
   if (!wgmma_available(dev)) return false;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
@@ -1834,7 +1925,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
-    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * (stack > 1 ? groups_w : wd[2].T));
+    thw_max = std::max<int64_t>(thw_max, int64_t(wd[1].T) * stacked_taps(wd[2].T, stack));
   }
   if (tpp == 0) return false;
   const int64_t table_bytes = (P.kvol() + P.k[1] * P.k[2] + P.k[0] + slice_pos) * int64_t(sizeof(int)) + 128;
@@ -1863,7 +1954,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (smem > optin) return false;
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;
-  const int64_t wt_taps = P.k[0] * P.k[1] * (stack > 1 ? groups_w : kw);
+  const int64_t wt_taps = P.k[0] * P.k[1] * groups_w;
   auto stream = at::cuda::getCurrentCUDAStream();
   at::Tensor packed = prepare_window_source<T>(prm, src_t, tf32, stream);
   const int64_t wt_numel = P.G * wt_taps * nchunks * ncot * (tap_bytes / 4);
@@ -1898,7 +1989,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
     if (split) kernel = window_wg_kernel<T, true, 0>;
   }
   const int threads = kWgConsumers + 32 * pw;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return true;
@@ -2163,7 +2254,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 template <typename T, int MW, bool SPLIT>
 static void launch_thin(const ThinParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
   auto kernel = thin_fwd_kernel<T, MW, SPLIT>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  set_smem_limit(kernel, smem);
   kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -2457,6 +2548,7 @@ struct WgradTcParams {
   int rs;
   int xt_bytes;
   int64_t slice;
+  int64_t slice8;
   bool bulk;
   const void* zrow;
 };
@@ -2764,11 +2856,38 @@ __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&
     default: break;
   }
 }
-template <typename T, int NW, bool SPLIT>
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_ss_mmas(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
+                                              uint64_t db) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_ss_mk<T, NW>(acc[s], da[s] + pos, db);
+  wg_commit();
+}
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_ss_step(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
+                                              uint64_t db, int u) {
+  if (u == NS) {
+    wgrad_ss_mmas<T, NW, NS, NS>(acc, da, pos, db);
+    return;
+  }
+  switch (u) {
+    case 1: wgrad_ss_mmas<T, NW, NS, 1>(acc, da, pos, db); break;
+    case 2: if constexpr (NS >= 2) wgrad_ss_mmas<T, NW, NS, 2>(acc, da, pos, db); break;
+    case 3: if constexpr (NS >= 3) wgrad_ss_mmas<T, NW, NS, 3>(acc, da, pos, db); break;
+    case 4: if constexpr (NS >= 4) wgrad_ss_mmas<T, NW, NS, 4>(acc, da, pos, db); break;
+    case 5: if constexpr (NS >= 5) wgrad_ss_mmas<T, NW, NS, 5>(acc, da, pos, db); break;
+    case 6: if constexpr (NS >= 6) wgrad_ss_mmas<T, NW, NS, 6>(acc, da, pos, db); break;
+    case 7: if constexpr (NS >= 7) wgrad_ss_mmas<T, NW, NS, 7>(acc, da, pos, db); break;
+    default: break;
+  }
+}
+template <typename T, int NW, bool SPLIT, bool SS>
 __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
 #ifdef CT3D_WGMMA
   constexpr bool K16 = !std::is_same<T, float>::value;
   static_assert(!K16 || !SPLIT, "3xTF32 is fp32 only");
+  static_assert(!SS || K16, "SS (M-major A) is for 16-bit types");
   using W = typename WinElem<T>::type;
   constexpr int NS = wgrad_wg_sets(NW, SPLIT), BM = wgrad_wg_bm<T>();
   constexpr int KW = K16 ? 16 : 8;
@@ -2807,7 +2926,14 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   };
   int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+  for (int s = 0; s < NS; ++s) {
+    if constexpr (SS) {
+      const int tl = (2 * s + wg) * 64 / CH;
+      off[s] = wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * 16;
+    } else {
+      off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+    }
+  }
   constexpr int NC = SPLIT ? NS : 1;
   float acc[NS][NW / 2], sum[NC][NW / 2], cor[NC][NW / 2];
 #pragma unroll
@@ -2825,6 +2951,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
+  const uint32_t slice_b = uint32_t(prm.window_bytes / (CH / 8));
   auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
     if (tp.m0 >= prm.tiles_per_plane * BM) {
@@ -2846,7 +2973,20 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
     const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
-    if (prm.bulk && threadIdx.x == 0) {
+    if (SS && prm.bulk && threadIdx.x < 32) {
+      const uint32_t bar = bars + 8 * b;
+      const int nsl = CH / 8, ncp = Td * R * nsl;
+      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
+      __syncwarp();
+      for (int i = lane; i < ncp; i += 32) {
+        const int rr = i / nsl, c8 = i - rr * nsl;
+        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
+                      ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
+                      bar);
+      }
+    } else if (prm.bulk && threadIdx.x == 0) {
       const uint32_t bar = bars + 8 * b;
       mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
       for (int rr = 0; rr < Td * R; ++rr) {
@@ -2946,7 +3086,19 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       wg_wait<1>();
       if (k0 + KW < BM) load_a(next, nexts, k0 + KW);
     };
-    if (my_sets > 0) {
+    if constexpr (SS) {
+      if (my_sets > 0) {
+        uint64_t da[NS];
+#pragma unroll
+        for (int s = 0; s < NS; ++s) da[s] = wg_desc(win + uint32_t(off[s]), 128, slice_b);
+        for (int k0 = 0; k0 < BM; k0 += KW) {
+          wgrad_ss_step<T, NW, NS>(acc, da, uint64_t(uint32_t(pos_tab[k0]) >> 4),
+                                   wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
+          wg_wait<1>();
+        }
+        wg_wait<0>();
+      }
+    } else if (my_sets > 0) {
       static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
       uint32_t a0[NS][4], a1[NS][4], s0[NS][4], s1[NS][4];
       load_a(a0, s0, 0);
@@ -3090,12 +3242,20 @@ struct WgradPlan {
   bool wg = false;
   int64_t rs = 0;
   bool bulk = false;
+  bool ss = false;
 };
 template <typename T, int NW>
-static WgradKernel wgrad_wg_instance(bool split) {
-  if constexpr (std::is_same<T, float>::value)
-    if (split) return wgrad_wg_kernel<T, NW, true>;
-  return wgrad_wg_kernel<T, NW, false>;
+static WgradKernel wgrad_wg_instance(bool split, bool ss) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) return wgrad_wg_kernel<T, NW, true, false>;
+  } else {
+    if (ss) return wgrad_wg_kernel<T, NW, false, true>;
+  }
+  return wgrad_wg_kernel<T, NW, false, false>;
+}
+inline int wgrad_ss_env() {
+  static const int v = env_int("CT3D_WGRAD_SS", 1);
+  return v;
 }
 template <typename T>
 bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
@@ -3108,13 +3268,20 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
   const int64_t q = k16 ? 8 : 16;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int64_t bm_rows = bm / wd[2].P;
+  const bool ss_geom = k16 && wgrad_ss_env() != 0 && wd[2].mult == 1 && wd[2].P % 16 == 0 &&
+                       bm % wd[2].P == 0 && bm_rows <= wd[1].P;
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
-    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
-    const int64_t wbytes = (geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
+    const bool ss = ss_geom && ch == 64 && win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
+    const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
+    const int64_t wbytes = (ss ? ch / 8 : 1) *
+                           ((geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);
     auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };
     const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
@@ -3136,15 +3303,14 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.xt_bytes = xt;
     pl.windows = windows;
     pl.smem = smem_for(windows);
+    pl.ss = ss;
   }
   if (best < 0) return false;
   pl.wg = true;
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
   pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
-  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split)
-              : nw == 48 ? wgrad_wg_instance<T, 48>(split)
-                         : wgrad_wg_instance<T, 64>(split);
+  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split, pl.ss)
+              : nw == 48 ? wgrad_wg_instance<T, 48>(split, pl.ss)
+                         : wgrad_wg_instance<T, 64>(split, pl.ss);
   return true;
 }
 template <typename T>
@@ -3183,15 +3349,15 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
                        plan_wgrad_mma<T>(x, P, tf32, prop, pl);
   if (!planned) return false;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(pl.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(pl.smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pl.kernel, 256, pl.smem));
+  set_smem_limit(pl.kernel, pl.smem);
+  const int per_sm = blocks_per_sm(pl.kernel, 256, pl.smem);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
-  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
+  const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
   WgradTcParams prm{};
@@ -3200,7 +3366,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
-  prm.slice = out_vol * cg_pad;
+  prm.slice = out_vol * cg_pad * (pl.ss ? pl.chunk_ch / 8 : 1);
+  prm.slice8 = out_vol * 8;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;

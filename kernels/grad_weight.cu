@@ -178,6 +178,7 @@ struct WgradTcParams {
   int rs;                  // window elements a position (ch, or more: 8 mod 16)
   int xt_bytes;            // an x tile
   int64_t slice;           // dy packed slice-major (PackSlices): elements a (group, chunk) slice
+  int64_t slice8;          // SS: the pack's slices are 8 channels each; elements a slice
   bool bulk;               // window rows by bulk copies (each row inside dy: see plan_wgrad_wg)
   const void* zrow;        // zeros, a window row's worth: the source of rows outside dy
 };
@@ -526,6 +527,14 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 // B: the x tile as [position / EP][NW channels][EP positions] (EP positions = 16 bytes):
 // wgmma's no-swizzle K-major core matrices, LBO = NW * 16 bytes, SBO = 128. Channels past
 // Cin/G and positions past the plane are zero-filled by the copies.
+// SS (16-bit, blocks of 64 dy channels, so a set is one tap; stride 1 in w, W a multiple
+// of 16, tiles of whole rows, window rows by bulk copies): A by descriptor too, with no A
+// loads at all. The pack and the window hold dy as slices of 8 channels, [position][8
+// channels] = 16 bytes a position, so a set's 64 x 16 A is 8 slices (M-major core
+// matrices: 8 positions x 8 channels, LBO = 128 bytes along K, SBO = a slice along M) at
+// the tap's shift plus the k-step's first position; any shift is a whole 16-byte row.
+// A wgmma then reads 3 KB (m64n32k16) of shared memory, where the register form reads
+// 2 KB through LDS before it: NOTES.md, grad weight SS.
 // A k-step: each warpgroup loads its sets' A fragments, fences, issues one wgmma a set in
 // straight-line code (a switch over the set count) and waits for them before the next
 // k-step's loads overwrite A; the other warpgroup's wgmmas keep the tensor pipe busy
@@ -585,11 +594,41 @@ __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&
   }
 }
 
-template <typename T, int NW, bool SPLIT>
+// SS: the wgmmas of U sets after one fence, then their commit, A by descriptor too: set s
+// reads the window at descriptor da[s] + pos (pos: the k-step's window offset, 16-byte units).
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_ss_mmas(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
+                                              uint64_t db) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_ss_mk<T, NW>(acc[s], da[s] + pos, db);
+  wg_commit();
+}
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_ss_step(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
+                                              uint64_t db, int u) {
+  if (u == NS) {
+    wgrad_ss_mmas<T, NW, NS, NS>(acc, da, pos, db);
+    return;
+  }
+  switch (u) {
+    case 1: wgrad_ss_mmas<T, NW, NS, 1>(acc, da, pos, db); break;
+    case 2: if constexpr (NS >= 2) wgrad_ss_mmas<T, NW, NS, 2>(acc, da, pos, db); break;
+    case 3: if constexpr (NS >= 3) wgrad_ss_mmas<T, NW, NS, 3>(acc, da, pos, db); break;
+    case 4: if constexpr (NS >= 4) wgrad_ss_mmas<T, NW, NS, 4>(acc, da, pos, db); break;
+    case 5: if constexpr (NS >= 5) wgrad_ss_mmas<T, NW, NS, 5>(acc, da, pos, db); break;
+    case 6: if constexpr (NS >= 6) wgrad_ss_mmas<T, NW, NS, 6>(acc, da, pos, db); break;
+    case 7: if constexpr (NS >= 7) wgrad_ss_mmas<T, NW, NS, 7>(acc, da, pos, db); break;
+    default: break;
+  }
+}
+
+template <typename T, int NW, bool SPLIT, bool SS>
 __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
 #ifdef CT3D_WGMMA
   constexpr bool K16 = !std::is_same<T, float>::value;
   static_assert(!K16 || !SPLIT, "3xTF32 is fp32 only");
+  static_assert(!SS || K16, "SS (M-major A) is for 16-bit types");
   using W = typename WinElem<T>::type;
   constexpr int NS = wgrad_wg_sets(NW, SPLIT), BM = wgrad_wg_bm<T>();
   constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
@@ -634,9 +673,17 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   // 16-bit: ldmatrix.x4.trans matrix j = lane / 8 is A's rows 8 * (j % 2) .. + 7 (of the
   // warp's 16) at positions 8 * (j / 2) .. + 7, and this lane addresses its row lane % 8
   // (a position): a0..a3 as m16n8k16's A. TF32: this lane's rows gq and gq + 8 (one pair).
+  // SS (CH = 64: a set is one tap): the byte offset of set s's tap shift in each slice.
   int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+  for (int s = 0; s < NS; ++s) {
+    if constexpr (SS) {
+      const int tl = (2 * s + wg) * 64 / CH;
+      off[s] = wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * 16;
+    } else {
+      off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+    }
+  }
 
   // acc: the sums. 3xTF32: acc is the big x big chain of the current tile, added into sum
   // and restarted after each tile (as wgrad_tc_kernel's blk: the tensor core's truncating
@@ -659,6 +706,8 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;  // pk_v = RS
+  // SS: the window as CH / 8 slices [position][8 channels], slice_b bytes apart
+  const uint32_t slice_b = uint32_t(prm.window_bytes / (CH / 8));
   // tiles walked one at a time (next) rather than divided out each tile
   auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
@@ -687,7 +736,20 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
     const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
-    if (prm.bulk && threadIdx.x == 0) {
+    if (SS && prm.bulk && threadIdx.x < 32) {  // warp 0: a copy a (window row, slice of 8 channels)
+      const uint32_t bar = bars + 8 * b;
+      const int nsl = CH / 8, ncp = Td * R * nsl;
+      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
+      __syncwarp();
+      for (int i = lane; i < ncp; i += 32) {
+        const int rr = i / nsl, c8 = i - rr * nsl;
+        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
+                      ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
+                      bar);
+      }
+    } else if (prm.bulk && threadIdx.x == 0) {
       const uint32_t bar = bars + 8 * b;
       mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
       for (int rr = 0; rr < Td * R; ++rr) {
@@ -798,7 +860,22 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       wg_wait<1>();
       if (k0 + KW < BM) load_a(next, nexts, k0 + KW);
     };
-    if (my_sets > 0) {
+    if constexpr (SS) {
+      if (my_sets > 0) {
+        // No A loads: set s reads its tap's window rows at the k-step's positions, KW
+        // contiguous window positions (SS runs with row tiles, W a multiple of 16 and stride
+        // 1 in w); A's descriptor is M-major: LBO = 8 positions (128 bytes), SBO = a slice.
+        uint64_t da[NS];
+#pragma unroll
+        for (int s = 0; s < NS; ++s) da[s] = wg_desc(win + uint32_t(off[s]), 128, slice_b);
+        for (int k0 = 0; k0 < BM; k0 += KW) {
+          wgrad_ss_step<T, NW, NS>(acc, da, uint64_t(uint32_t(pos_tab[k0]) >> 4),
+                                   wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
+          wg_wait<1>();
+        }
+        wg_wait<0>();  // this tile's wgmmas are done with the buffer
+      }
+    } else if (my_sets > 0) {
       static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
       uint32_t a0[NS][4], a1[NS][4], s0[NS][4], s1[NS][4];  // s0, s1: 3xTF32 only
       load_a(a0, s0, 0);
@@ -974,13 +1051,24 @@ struct WgradPlan {
   bool wg = false;       // wgrad_wg_kernel (dy packed slice-major, RS elements a position)
   int64_t rs = 0;
   bool bulk = false;     // wgrad_wg_kernel: window rows by bulk copies
+  bool ss = false;       // wgrad_wg_kernel: A by descriptor too (16-bit, 64 dy channels a block)
 };
 
 template <typename T, int NW>
-static WgradKernel wgrad_wg_instance(bool split) {
-  if constexpr (std::is_same<T, float>::value)
-    if (split) return wgrad_wg_kernel<T, NW, true>;
-  return wgrad_wg_kernel<T, NW, false>;
+static WgradKernel wgrad_wg_instance(bool split, bool ss) {
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) return wgrad_wg_kernel<T, NW, true, false>;
+  } else {
+    if (ss) return wgrad_wg_kernel<T, NW, false, true>;
+  }
+  return wgrad_wg_kernel<T, NW, false, false>;
+}
+
+// CT3D_WGRAD_SS=0 in the environment (A/B measurements): grad weight's 16-bit wgmma kernel
+// loads A into registers (ldmatrix) wherever it runs, never by descriptor. Read once.
+inline int wgrad_ss_env() {
+  static const int v = env_int("CT3D_WGRAD_SS", 1);
+  return v;
 }
 
 // wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32, 3xTF32 or 16-bit, 17..64
@@ -999,13 +1087,24 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
   const int64_t q = k16 ? 8 : 16;  // chunk granule; TF32: channel pairs (co, co + 8), see the kernel
+  // SS (A by an M-major descriptor, no A loads): 16-bit, blocks of 64 dy channels (a set of
+  // M is one tap), window rows by bulk copies, and each k-step's KW positions contiguous in
+  // the window: stride 1 in w, W a multiple of KW, tiles of whole rows.
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int64_t bm_rows = bm / wd[2].P;
+  const bool ss_geom = k16 && wgrad_ss_env() != 0 && wd[2].mult == 1 && wd[2].P % 16 == 0 &&
+                       bm % wd[2].P == 0 && bm_rows <= wd[1].P;
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
-    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
-    const int64_t wbytes = (geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
+    const bool ss = ss_geom && ch == 64 && win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
+    // window bytes: SS, ch / 8 slices [position][8 channels]; else [position][rs channels]
+    const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
+    const int64_t wbytes = (ss ? ch / 8 : 1) *
+                           ((geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);  // 3xTF32: big, small
     auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };  // + position table, mbarriers
     const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
@@ -1027,17 +1126,16 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.xt_bytes = xt;
     pl.windows = windows;
     pl.smem = smem_for(windows);
+    pl.ss = ss;
   }
   if (best < 0) return false;
   pl.wg = true;
   // Window rows whole from dy where each row's C columns lie inside dy's width (rows
   // outside dy come from a zero row): one bulk copy a row instead of 16-byte pieces
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
   pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
-  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split)
-              : nw == 48 ? wgrad_wg_instance<T, 48>(split)
-                         : wgrad_wg_instance<T, 64>(split);
+  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split, pl.ss)
+              : nw == 48 ? wgrad_wg_instance<T, 48>(split, pl.ss)
+                         : wgrad_wg_instance<T, 64>(split, pl.ss);
   return true;
 }
 
@@ -1092,11 +1190,13 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
   // zero-padded to whole chunks, so the window copies are 16-byte cp.async pieces
   // (wgmma: slice-major, each (group, chunk) slice [N][vol][RS], so a window row is contiguous)
+  // (SS: slices of 8 channels, [N][slice][vol][8], a block's 64 channels 8 slices in a row)
   const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
-  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
+  const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
 
@@ -1106,7 +1206,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
-  prm.slice = out_vol * cg_pad;
+  prm.slice = out_vol * cg_pad * (pl.ss ? pl.chunk_ch / 8 : 1);  // SS: a block's 8 slices
+  prm.slice8 = out_vol * 8;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;

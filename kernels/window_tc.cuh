@@ -105,7 +105,6 @@ struct WinParams {
   int stack;              // window_wg.cuh: w taps stacked in M (1: none; see its header)
   int q_step;             // window_wg.cuh: virtual positions between blocks' first positions
   int wt_taps;            // window_wg.cuh: taps (stacked taps) a group in the weight layout
-  int carry;              // window_wg.cuh, 3xTF32: a stage's last chain may run into the next (1)
   bool round_a;           // TF32 with the source used in place: round each stage's window
 };
 

@@ -394,6 +394,50 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)
 #endif
 }
 
+// d (64 x NW, fp32) += A (64 x 16) * B (16 x NW), fp16/bf16, both through descriptors: A
+// M-major (imm-trans-a = 1: each core matrix is 8 positions of 16 bytes = 8 rows of M; LBO
+// steps K by 8, SBO steps M by 8), B K-major as in wgmma_rs (grad weight on wgmma, SS).
+#define CT3D_SS_IN(da, db) "l"(da), "l"(db), "r"(1)
+template <typename T, int NW>
+__device__ __forceinline__ void wgmma_ss_mk(float (&d)[NW / 2], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  static_assert(!std::is_same<T, float>::value, "wgmma_ss_mk: M-major A is for 16-bit types");
+  static_assert(NW == 32 || NW == 48 || NW == 64, "wgmma_ss_mk: NW is 32, 48 or 64");
+  constexpr bool BF = std::is_same<T, at::BFloat16>::value;
+  if constexpr (NW == 32 && BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 32) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 48 && BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
+  } else if constexpr (NW == 48) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
+                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
+  } else if constexpr (BF) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
+  } else {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
+  }
+#endif
+}
+
 // ============================================================================
 // Kernels
 // ============================================================================
@@ -737,16 +781,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
     // chains alternate between two register sets, so that chain c's wgmmas run while chain
     // c - 1 is waited for and added (one chain in flight at a wait, not none); after the
     // first chain is issued, stage kk - 1 is done everywhere and its buffer takes the next
-    // copy. Where a stage has an even number of chains, its last one (in ch1) is carried
-    // into the next stage: it runs while the threads wait for that stage's copies, split
-    // them and meet at the barrier, and is added after the next stage's first chain is
-    // issued -- the order of the adds is the same, so the result is too. (With an odd
-    // number, the last chain is in ch0, where the next stage's first one goes: that stage
-    // ends with its last chain waited for.) prm.carry = 0 (CT3D_WG_CARRY=0): never carried.
+    // copy. A stage ends with its last chain waited for. (Carrying an even count's last
+    // chain into the next stage, through its split and barrier, measured no faster:
+    // NOTES.md, 3xTF32 window.)
     float ch0[NACC], ch1[NACC];
 #pragma unroll
     for (int i = 0; i < NACC; ++i) ch0[i] = ch1[i] = 0.f;
-    bool pend1 = false;  // ch1 holds a chain not yet added (from this stage or the one before)
     for (int kk = 0; kk < nK; ++kk) {
       cp_async_wait(prm.stages - 2);
       const uint32_t bufa = smem0 + buf * prm.stage_bytes;
@@ -763,6 +803,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
       const int t0 = part * hp, nt = part_taps(part);
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
+      bool pend1 = false;  // ch1 holds a chain not yet added
       for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
         // chain c into ch0
         const bool has0 = t < nt, has1 = c + 1 < nchain && t + clen < nt;
@@ -794,14 +835,11 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
           for (int i = 0; i < NACC; ++i) acc[i] += ch0[i];
         }
       }
-      if (!(pend1 && prm.carry && kk + 1 < nK)) {  // else ch1's chain runs on into stage kk + 1
-        wg_wait<0>();
-        wg_fence_operands(ch1);
-        if (pend1) {
+      wg_wait<0>();
+      wg_fence_operands(ch1);
+      if (pend1) {
 #pragma unroll
-          for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
-        }
-        pend1 = false;
+        for (int i = 0; i < NACC; ++i) acc[i] += ch1[i];
       }
       if (++part == nparts) part = 0;
       if (++buf == prm.stages) buf = 0;
@@ -919,13 +957,6 @@ inline int wg_ws_env() {
 // rule: wgmma only for more than 32 output channels a group). Read once.
 inline int wg_stack_env() {
   static const int v = env_int("CT3D_WG_STACK", 1);
-  return v;
-}
-
-// CT3D_WG_CARRY=0 in the environment (A/B measurements): the 3xTF32 loop waits for each
-// stage's last chain before the next stage (see the kernel). Read once.
-inline int wg_carry_env() {
-  static const int v = env_int("CT3D_WG_CARRY", 1);
   return v;
 }
 
@@ -1056,7 +1087,6 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.stack = stack;
   prm.q_step = q_step;
   prm.wt_taps = int(wt_taps);
-  prm.carry = wg_carry_env() != 0;
   prm.table_offset = int(body);
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
