@@ -3254,7 +3254,7 @@ static WgradKernel wgrad_wg_instance(bool split, bool ss) {
   return wgrad_wg_kernel<T, NW, false, false>;
 }
 inline int wgrad_ss_env() {
-  static const int v = env_int("CT3D_WGRAD_SS", 1);
+  static const int v = env_int("CT3D_WGRAD_SS", 0);
   return v;
 }
 template <typename T>

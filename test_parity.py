@@ -408,11 +408,12 @@ WGMMA_CASES = {
     # stride 2 with 9 x 9 taps: phases of 16 to 25 (h, w) taps; in 3xTF32 they run in two
     # parts of unequal length
     "tap_parts_stride2": conv_cfg(8, 40, (1, 9, 9), s=2, p=(0, 4, 4), op=1, batch=1, size=(2, 8, 20)),
-    # grad weight on wgmma with A by descriptor too (SS, 16-bit): 64 dy channels, W = 32
-    # (a k-step's 16 positions in one window row), 12-row planes: the second 256-position
-    # tile runs past the plane; h padding (window rows from the zero row)
+    # grad weight on wgmma with 64 dy channels a block; with CT3D_WGRAD_SS=1 in the
+    # environment, A by descriptor too (SS, 16-bit): W = 32 (a k-step's 16 positions in one
+    # window row), 12-row planes: the second 256-position tile runs past the plane; h padding
+    # (window rows from the zero row)
     "wgrad_ss": conv_cfg(24, 64, (2, 3, 3), p=(1, 1, 0), bias=True, batch=2, size=(3, 12, 32)),
-    # SS with groups and two 64-channel chunks a group (16 slices of 8 channels), 5 w taps
+    # groups and two 64-channel chunks a group (SS: 16 slices of 8 channels), 5 w taps
     "wgrad_ss_groups_chunks": conv_cfg(64, 256, (1, 3, 5), g=2, batch=1, size=(2, 8, 64)),
     # w taps stacked in M (32 output channels a group or fewer): forward 16 co, 4 taps a
     # stacked tap, 7 taps (the second stacked tap has a zero row block); grad input 24 ci, 2
