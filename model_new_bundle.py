@@ -19,6 +19,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
 void set_poison(bool on);
 bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
+int64_t wgrad_ss_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -28,6 +29,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
   m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
+  m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2447,6 +2449,7 @@ template void grad_input_tiled<at::Half>(const at::Tensor&, const at::Tensor&, a
 template void grad_input_tiled<at::BFloat16>(const at::Tensor&, const at::Tensor&, at::Tensor&,
                                              const Problem&, bool);
 }
+#include <atomic>
 namespace ct3d {
 constexpr int kMaxSplits = 64;
 template <typename T>
@@ -3257,6 +3260,8 @@ inline int wgrad_ss_env() {
   static const int v = env_int("CT3D_WGRAD_SS", 0);
   return v;
 }
+static std::atomic<int64_t> g_wgrad_ss_launches{0};
+int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
 template <typename T>
 bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
   constexpr bool k16 = !std::is_same<T, float>::value;
@@ -3391,6 +3396,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
   pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (pl.ss) ++g_wgrad_ss_launches;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),

@@ -443,6 +443,30 @@ def test_wgmma_window_kernel(case, mode, layout):
 
 
 @gpu
+def test_grad_weight_ss_opt_in():
+    """Grad weight's SS path (A by descriptor; opt-in through CT3D_WGRAD_SS=1, which a process
+    reads once) in a process of its own: the wgrad_ss cases must take it, in fp16 and bf16,
+    and pass the contract (outputs poisoned, all three gradients against float64)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("SS is a wgmma (sm_90a) path")
+    code = textwrap.dedent("""
+        import model_new as mn, test_parity as tp
+        ext = mn.load_extension()
+        ext.set_poison(True)
+        for case in ("wgrad_ss", "wgrad_ss_groups_chunks"):
+            for mode in ("fp16", "bf16"):
+                before = ext.wgrad_ss_launches()
+                tp.check_against_truth(tp.WGMMA_CASES[case], mode, algo="tc_wgmma")
+                assert ext.wgrad_ss_launches() > before, f"{case} [{mode}] did not take SS"
+        print("SS cases passed")
+    """)
+    env = dict(os.environ, CT3D_WGRAD_SS="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "SS cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+
+
+@gpu
 @pytest.mark.parametrize("cfg", [
     conv_cfg(2, 4, 2, s=2, batch=1, size=(2, 3, 2), bias=True),
     conv_cfg(4, 2, 3, s=(1, 2, 1), p=1, d=(2, 1, 1), op=(1, 1, 0), g=2, batch=2, size=(2, 2, 3), bias=True),

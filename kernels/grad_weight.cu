@@ -46,6 +46,8 @@
 #include "window_tc.cuh"
 #include "window_wg.cuh"
 
+#include <atomic>
+
 namespace ct3d {
 
 constexpr int kMaxSplits = 64;
@@ -1073,6 +1075,10 @@ inline int wgrad_ss_env() {
   return v;
 }
 
+// SS launches so far in this process (tests: that the cases meant to take SS did).
+static std::atomic<int64_t> g_wgrad_ss_launches{0};
+int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
+
 // wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32, 3xTF32 or 16-bit, 17..64
 // input channels a group (N = 32, 48 or 64), x tiles by cp.async, two buffers in shared
 // memory. The dy channels a block (chunks of at most 64, multiples of 8; of 16 in TF32, for
@@ -1234,6 +1240,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
   pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (pl.ss) ++g_wgrad_ss_launches;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
