@@ -1103,12 +1103,15 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t bm_rows = bm / wd[2].P;
   const bool ss_geom = k16 && wgrad_ss_env() != 0 && wd[2].mult == 1 && wd[2].P % 16 == 0 &&
                        bm % wd[2].P == 0 && bm_rows <= wd[1].P;
+  // Window rows whole from dy where each row's C columns lie inside dy's width (rows
+  // outside dy come from a zero row): one bulk copy a row instead of 16-byte pieces
+  auto bulk_rows = [&](int64_t cols) { return win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + cols <= P.out[2]; };
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
     const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
-    const bool ss = ss_geom && ch == 64 && win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
+    const bool ss = ss_geom && ch == 64 && bulk_rows(geo.cols);
     // window bytes: SS, ch / 8 slices [position][8 channels]; else [position][rs channels]
     const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
     const int64_t wbytes = (ss ? ch / 8 : 1) *
@@ -1138,9 +1141,7 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   }
   if (best < 0) return false;
   pl.wg = true;
-  // Window rows whole from dy where each row's C columns lie inside dy's width (rows
-  // outside dy come from a zero row): one bulk copy a row instead of 16-byte pieces
-  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + pl.geo.cols <= P.out[2];
+  pl.bulk = bulk_rows(pl.geo.cols);
   pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split, pl.ss)
               : nw == 48 ? wgrad_wg_instance<T, 48>(split, pl.ss)
                          : wgrad_wg_instance<T, 64>(split, pl.ss);
