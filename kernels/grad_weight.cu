@@ -536,7 +536,7 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 // matrices: 8 positions x 8 channels, LBO = 128 bytes along K, SBO = a slice along M) at
 // the tap's shift plus the k-step's first position; any shift is a whole 16-byte row.
 // A wgmma then reads 3 KB (m64n32k16) of shared memory, where the register form reads
-// 2 KB through LDS before it. Opt-in for now (CT3D_WGRAD_SS=1, see wgrad_ss_env).
+// 2 KB through LDS before it -- yet it measured slower; opt-in (see wgrad_ss_env).
 // A k-step: each warpgroup loads its sets' A fragments, fences, issues one wgmma a set in
 // straight-line code (a switch over the set count) and waits for them before the next
 // k-step's loads overwrite A; the other warpgroup's wgmmas keep the tensor pipe busy
@@ -1067,9 +1067,9 @@ static WgradKernel wgrad_wg_instance(bool split, bool ss) {
 }
 
 // CT3D_WGRAD_SS=1 in the environment: grad weight's 16-bit wgmma kernel reads A by
-// descriptor (SS) where it can. Off by default until it has run on a GPU: it was written
-// and checked (compiled; scripts/ss_layout_check.py) in a session whose GPU was withdrawn
-// (NOTES.md, "Session of 2026-11-23 (afternoon)"). Read once.
+// descriptor (SS) where it can. Off by default: correct (test_grad_weight_ss_opt_in) but
+// measured slower than the register form (kb68 bf16 grad weight 5.69 -> 6.87 ms on an
+// H200; NOTES.md, "Session of 2026-11-23 (afternoon)"). Read once.
 inline int wgrad_ss_env() {
   static const int v = env_int("CT3D_WGRAD_SS", 0);
   return v;
