@@ -8,7 +8,9 @@
 // TF32 loads since the pair8 pack). (Until 2026-11-23 every set loaded the same addresses,
 // the compiler kept one set's loads, and "7 sets, A loads" measured 4 loads a k-step, not
 // 28.) One block of 2 warpgroups per SM; operand
-// contents are irrelevant to speed. Prints cycles a wgmma per SM and the share of the
+// contents are irrelevant to speed. LOADA = 3: A shared by every set (one set's paired
+// loads a k-step) and each set's B at its own address: the loop of a design where the
+// tap's shift is carried by B (NOTES.md, "Grad weight: A shared across taps"). Prints cycles a wgmma per SM and the share of the
 // tensor peak (2048 TF32 / 4096 bf16 dense flops a cycle an SM).
 //   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a scripts/wgmma_rs_rate.cu -o /tmp/wrs && /tmp/wrs
 #include <cstdint>
@@ -63,10 +65,10 @@ __global__ void __launch_bounds__(256, 1) rs_kernel(int iters, long long* cycles
   const int lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4, w4 = (threadIdx.x / 32) % 4;
   auto load = [&](uint32_t (&a)[NS][4], int k0) {
 #pragma unroll
-    for (int s = 0; s < NS; ++s) {
-      const int off = 16 * w4 + (LOADA == 2 ? 2 * gq : gq);
+    for (int s = 0; s < (LOADA == 3 ? 1 : NS); ++s) {
+      const int off = 16 * w4 + (LOADA >= 2 ? 2 * gq : gq);
       const int pa = ((k0 + tq + 8 * s) % 96) * 72, pb = ((k0 + tq + 4 + 8 * s) % 96) * 72;
-      if (LOADA == 2) {
+      if (LOADA >= 2) {
         const uint2 u = *reinterpret_cast<const uint2*>(sf + pa + off), v = *reinterpret_cast<const uint2*>(sf + pb + off);
         a[s][0] = u.x, a[s][1] = u.y, a[s][2] = v.x, a[s][3] = v.y;
       } else {
@@ -82,7 +84,9 @@ __global__ void __launch_bounds__(256, 1) rs_kernel(int iters, long long* cycles
   auto step = [&](const uint32_t (&a)[NS][4], uint32_t (&nx)[NS][4], int it) {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int s = 0; s < NS; ++s) mma<KIND>(d[s], a[s], desc(aa + s * 1024, 1024, 128), desc(b + (it % 8) * N * 16, N * 16, 128));
+    for (int s = 0; s < NS; ++s)
+      mma<KIND>(d[s], a[LOADA == 3 ? 0 : s], desc(aa + s * 1024, 1024, 128),
+                desc(b + ((it + (LOADA == 3 ? 3 * s : 0)) % 8) * N * 16, N * 16, 128));
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
     if (LOADA) load(nx, it * 8);
@@ -136,5 +140,11 @@ int main() {
   run<1, 4, 0>("tf32 m64n64k8 RS, 4 sets", sms, cyc, sink);
   run<1, 4, 2>("tf32 m64n64k8 RS, 4 sets, 2x8 B A loads", sms, cyc, sink);
   run<2, 7, 0>("bf16 m64n32k16 RS, 7 sets", sms, cyc, sink);
+  run<2, 7, 2>("bf16 m64n32k16 RS, 7 sets, 7 sets' A loads", sms, cyc, sink);
+  run<0, 7, 3>("tf32 m64n32k8 RS, 7 sets, 1 set's A loads", sms, cyc, sink);
+  run<0, 5, 3>("tf32 m64n32k8 RS, 5 sets, 1 set's A loads", sms, cyc, sink);
+  run<2, 7, 3>("bf16 m64n32k16 RS, 7 sets, 1 set's A loads", sms, cyc, sink);
+  run<2, 5, 3>("bf16 m64n32k16 RS, 5 sets, 1 set's A loads", sms, cyc, sink);
+  run<1, 4, 3>("tf32 m64n64k8 RS, 4 sets, 1 set's A loads", sms, cyc, sink);
   return 0;
 }
