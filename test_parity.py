@@ -415,6 +415,12 @@ WGMMA_CASES = {
     "wgrad_ss": conv_cfg(24, 64, (2, 3, 3), p=(1, 1, 0), bias=True, batch=2, size=(3, 12, 32)),
     # groups and two 64-channel chunks a group (SS: 16 slices of 8 channels), 5 w taps
     "wgrad_ss_groups_chunks": conv_cfg(64, 256, (1, 3, 5), g=2, batch=1, size=(2, 8, 64)),
+    # grad weight with the height taps in B (wgrad_xw_kernel, CT3D_WGRAD_XW=1): dilation 2
+    # and padding 2 in h (x window rows outside x, rows u from p_h on), stride 2 in d and w
+    # (dy planes and columns 2 apart), 40 ci (N = 48, 3 of 5 sets), 24 dy channels (two w
+    # taps stacked in M, 48 of 64 rows), kD = 3 (blocks pair jobs across depth taps)
+    "wgrad_xw_dilation_strides": conv_cfg(40, 24, (3, 3, 2), s=(2, 1, 2), p=(1, 2, 0), op=(1, 0, 1),
+                                          d=(1, 2, 1), bias=True, batch=2, size=(2, 7, 16)),
     # w taps stacked in M (32 output channels a group or fewer): forward 16 co, 4 taps a
     # stacked tap, 7 taps (the second stacked tap has a zero row block); grad input 24 ci, 2
     # taps a stacked tap (48 of 64 rows); several 512-position tiles a plane (blocks overlap
@@ -464,6 +470,33 @@ def test_grad_weight_ss_opt_in():
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "SS cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+
+
+@gpu
+def test_grad_weight_xw_opt_in():
+    """Grad weight with the height taps in B (wgrad_xw_kernel; CT3D_WGRAD_XW=1, which a
+    process reads once) in a process of its own: the cases below must take it, in TF32, fp16
+    and bf16, and pass the contract (outputs poisoned, all three gradients against float64).
+    W = 24 in 16-bit rows of 32 positions (x zero past W); 5 height taps with N = 48 (every
+    set of a warpgroup); padding in h; 16 dy channels (4 w taps a set); two dy chunks."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("wgrad_xw_kernel is a wgmma (sm_90a) kernel")
+    code = textwrap.dedent("""
+        import model_new as mn, test_parity as tp
+        ext = mn.load_extension()
+        ext.set_poison(True)
+        for case in ("wgrad_thin_dy", "wgrad_wide_sub_groups", "wgrad_ss", "wgrad_ss_groups_chunks",
+                     "stacked_taps", "wgrad_xw_dilation_strides"):
+            for mode in ("fp32_tf32", "fp16", "bf16"):
+                before = ext.wgrad_xw_launches()
+                tp.check_against_truth(tp.WGMMA_CASES[case], mode, algo="tc_wgmma")
+                assert ext.wgrad_xw_launches() > before, f"{case} [{mode}] did not take wgrad_xw_kernel"
+        print("XW cases passed")
+    """)
+    env = dict(os.environ, CT3D_WGRAD_XW="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "XW cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
 
 
 @gpu

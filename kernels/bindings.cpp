@@ -18,6 +18,7 @@ void set_poison(bool on);
 bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
 int64_t wgrad_ss_launches();
+int64_t wgrad_xw_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -29,4 +30,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
   m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
+  m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
 }

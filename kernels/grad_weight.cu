@@ -183,6 +183,11 @@ struct WgradTcParams {
   int64_t slice8;          // SS: the pack's slices are 8 channels each; elements a slice
   bool bulk;               // window rows by bulk copies (each row inside dy: see plan_wgrad_wg)
   const void* zrow;        // zeros, a window row's worth: the source of rows outside dy
+  // wgrad_xw_kernel only (R: the rows u of a tile; tiles_per_plane: tiles along u):
+  int xw_wp;               // positions a tile row: W rounded up to a k-step
+  int xw_u_lo;             // the first row u (u = x row + rh * d_h)
+  int xw_j;                // width taps stacked in a set (64 / CH)
+  int xw_nrg;              // width-tap groups a depth tap (jobs: (rd, rg)), even where jobs pair by rd
 };
 
 // Taps per warp. One block per SM (the default): as many as keep the accumulators
@@ -721,9 +726,11 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   // A tile's copies: x_pieces 16-byte pieces of x tile, then win_pieces of window; thread t
   // copies pieces t, t + 256, ... x piece q: positions 2 * (q / 2 / NW) + q % 2 (in EP
   // units) of channel q / 2 % NW -- a lane pair reads one 32-byte sector, and the pieces
-  // of a warp land in 16 distinct 16-byte bank groups twice. With prm.bulk, thread 0
-  // copies the window a row (C positions x RS elements, contiguous in the slice-major
-  // pack) at a time instead, completing on the buffer's mbarrier.
+  // of a warp land in 16 distinct 16-byte bank groups twice. With prm.bulk, warp 0's
+  // lanes copy the window a row each (C positions x RS elements, contiguous in the
+  // slice-major pack) instead, completing on the buffer's mbarrier. (From thread 0 alone,
+  // a loop of ~250 instructions a tile, the other warps waited for it at the tile's second
+  // barrier: 15% of kb68's stall samples.)
   const int pieces = CH * int(sizeof(W)) / 16;  // a window position's
   const int win_pieces = prm.bulk ? 0 : Td * R * C * pieces, x_pieces = NW * XPR;
   const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
@@ -738,9 +745,10 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
     const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
-    if (SS && prm.bulk && threadIdx.x < 32) {  // warp 0: a copy a (window row, slice of 8 channels)
+    if (prm.bulk && threadIdx.x < 32) {  // warp 0: a copy a window row (SS: a row of one slice of 8
+                                         // channels), one a lane, so no warp waits on a serial loop
       const uint32_t bar = bars + 8 * b;
-      const int nsl = CH / 8, ncp = Td * R * nsl;
+      const int nsl = SS ? CH / 8 : 1, ncp = Td * R * nsl;
       if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
       __syncwarp();
       for (int i = lane; i < ncp; i += 32) {
@@ -750,15 +758,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
                       ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
                       bar);
-      }
-    } else if (prm.bulk && threadIdx.x == 0) {
-      const uint32_t bar = bars + 8 * b;
-      mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
-      for (int rr = 0; rr < Td * R; ++rr) {
-        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
-                      row_bytes, bar);
       }
     }
     for (int it = 0; it < iters; ++it) {
@@ -929,6 +928,273 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
 }
 
 // ============================================================================
+// Tensor-core kernel on wgmma, the height taps carried by B (sm_90a)
+// ============================================================================
+// wgrad_xw_kernel: where the height stride is 1, the tap's row shift can move to x:
+//   dw[ci][co][rd, rh, rw] = sum over n, jd, u, jw of
+//       A[(rw, co)][k] = dy[co][jd*s_d - p_d + rd*d_d][u - p_h][jw*s_w - p_w + rw*d_w]
+//     x B[k][ci]       = x[ci][jd][u - rh*d_h][jw]
+//   with k = (u, jw), u = i_h + rh*d_h (the x row plus the tap's reach), so the dy row
+//   u - p_h does not depend on rh and the x row depends on it only by whole rows.
+// A warpgroup's job: one depth tap rd, J = 64 / CH width taps stacked in M (rows (j, co),
+// rw = J * rg + j), and every height tap rh, one set of 64 x NW accumulators each. The kh
+// sets differ only in B: each reads the x window through its own descriptor, rh * d_h
+// rows down, while A (the dy window at the job's (rd, rw) shifts) is loaded once a k-step
+// and serves all kh wgmmas. wgrad_wg_kernel loads A for every set a k-step: 2 KB of
+// shared memory reads a wgmma beside B's 1 KB (N = 32), which capped its k-loop at ~42%
+// of the tensor peak; one A load for 5-7 sets measured 65-75% (scripts/wgmma_rs_rate.cu).
+// Block: two warpgroups, jobs 2 * tg and 2 * tg + 1 of the (rd, rg) list (rg fastest;
+// xw_nrg rounded up to even where the two must share rd, so the dy window is one plane).
+// Tile: BR rows u of one input plane jd, each row Wp = W rounded up to a k-step (x is zero
+// past W), so a k-step's positions lie in one row and B's core matrices are contiguous:
+//   x window: BR + (kh - 1) * d_h rows x Wp positions x NW channels, [chunk of EP
+//     positions][NW][EP] (K-major core matrices: LBO = NW * 16, SBO = 128), zero outside x
+//     (rows above and below the plane, positions past W, channels past Cin/G);
+//   dy window: the block's depth planes x BR rows x C columns, [position][RS channels]
+//     (the pack of wgrad_wg_kernel), rows outside dy from the zero row.
+// The k-loop, copies (S buffers, tile t + S - 1 copied during tile t), splits and partials
+// are wgrad_wg_kernel's.
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_xw_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
+                                              uint64_t row_step) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a, db - uint64_t(s) * row_step);
+  wg_commit();
+}
+// The wgmmas of a k-step for u sets (set s = height tap s reads B at db - s * row_step).
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_xw_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
+                                              uint64_t row_step, int u) {
+  switch (u) {
+    case 1: wgrad_xw_mmas<T, NW, NS, 1>(acc, a, db, row_step); break;
+    case 2: if constexpr (NS >= 2) wgrad_xw_mmas<T, NW, NS, 2>(acc, a, db, row_step); break;
+    case 3: if constexpr (NS >= 3) wgrad_xw_mmas<T, NW, NS, 3>(acc, a, db, row_step); break;
+    case 4: if constexpr (NS >= 4) wgrad_xw_mmas<T, NW, NS, 4>(acc, a, db, row_step); break;
+    case 5: if constexpr (NS >= 5) wgrad_xw_mmas<T, NW, NS, 5>(acc, a, db, row_step); break;
+    case 6: if constexpr (NS >= 6) wgrad_xw_mmas<T, NW, NS, 6>(acc, a, db, row_step); break;
+    case 7: if constexpr (NS >= 7) wgrad_xw_mmas<T, NW, NS, 7>(acc, a, db, row_step); break;
+    default: break;
+  }
+}
+
+template <typename T, int NW>
+__global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams prm) {
+#ifdef CT3D_WGMMA
+  constexpr bool K16 = !std::is_same<T, float>::value;
+  using W = typename WinElem<T>::type;
+  constexpr int NS = wgrad_wg_sets(NW, false);
+  constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
+  constexpr int EP = 16 / int(sizeof(W));  // positions a 16-byte piece
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Problem& P = prm.P;
+  const int S = prm.windows, BR = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs, Wp = prm.xw_wp;
+  const int BM = BR * Wp, WC = Wp / EP;  // positions a tile; chunks a window row
+  // S dy windows, S x windows, the position table (BM ints), S mbarriers (bulk copies)
+  unsigned char* xw0 = smem + S * prm.window_bytes;
+  int* pos_tab = reinterpret_cast<int*>(xw0 + S * prm.xt_bytes);
+  const uint32_t bars = smem_u32(pos_tab + BM);
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);  // dy coordinate o = i * mult + off0 + r * dstep
+  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
+  const int chunk = blockIdx.y, split = blockIdx.x;
+  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int gq = lane / 4, tq = lane % 4;
+  const int kd = int(P.k[0]), kh = int(P.k[1]), kw = int(P.k[2]), J = prm.xw_j, NRG = prm.xw_nrg;
+  const int job = 2 * tg + wg, rd = job / NRG, rg = job % NRG;
+  const bool active = rd < kd && rg * J < kw;
+  const int rd0 = (2 * tg) / NRG, td_n = min(kd - 1, (2 * tg + 1) / NRG) - rd0 + 1;  // the block's planes
+  const int my_sets = active ? kh : 0;
+  if (prm.bulk && threadIdx.x == 0) {
+    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
+    mbar_fence_init();
+  }
+  // Window byte offset of row m of this warpgroup's sets: (w tap j = m / CH, channel m % CH)
+  // at the job's depth plane and width shift; rows past the job's taps read its first tap
+  // (never stored). TF32: the slot of the pair (co, co + 8) (pair8, see wgrad_wg_kernel).
+  auto row_off = [&](int m) {
+    const int j = m / CH, co = m - j * CH, rw = active && rg * J + j < kw ? rg * J + j : (active ? rg * J : 0);
+    const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
+    const int slot = K16 ? co : int(pair8_slot(co));
+    return (((active ? rd : rd0) - rd0) * BR * C + sw) * RS * int(sizeof(W)) + slot * int(sizeof(W));
+  };
+  const int off = row_off(16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+  // Window byte offset of each tile position (the same for every tile): row k / Wp, column
+  // k % Wp (positions past W read column W - 1: x is zero there)
+  for (int k = threadIdx.x; k < BM; k += blockDim.x) {
+    const int ur = k / Wp, jw = min(k - ur * Wp, int(P.in[2]) - 1);
+    pos_tab[k] = (ur * C + jw * wd[2].mult) * RS * int(sizeof(W));
+  }
+  __syncthreads();
+
+  float acc[NS][NW / 2];
+#pragma unroll
+  for (int s = 0; s < NS; ++s)
+#pragma unroll
+    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
+
+  const T* __restrict__ x = static_cast<const T*>(prm.x);
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  const int D = int(P.in[0]), H = int(P.in[1]), Wd = int(P.in[2]), plane = H * Wd;
+  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int reach = (kh - 1) * int(P.d[1]);  // x window rows above the tile's first
+  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
+  // tiles: batch item n, plane jd, rows u0 = xw_u_lo + ut * BR (tiles_per_plane of them)
+  struct Tile { int64_t n; int jd, ut; };
+  auto tile_at = [&](int64_t t) {
+    const int64_t rest = t / prm.tiles_per_plane;
+    return Tile{rest / D, int(rest % D), int(t % prm.tiles_per_plane)};
+  };
+  auto next = [&](Tile& tp) {
+    if (++tp.ut == prm.tiles_per_plane) {
+      tp.ut = 0;
+      if (++tp.jd == D) tp.jd = 0, ++tp.n;
+    }
+  };
+  const int XR = BR + reach, x_pieces = XR * WC * NW;
+  const uint32_t half_magic = fast_div_magic(uint32_t(WC / 2)), c_magic = fast_div_magic(uint32_t(C));
+  const uint32_t r_magic = fast_div_magic(uint32_t(BR)), p_magic = fast_div_magic(uint32_t(CH * int(sizeof(W)) / 16));
+  const int pieces = CH * int(sizeof(W)) / 16;  // a dy window position's
+  const int win_pieces = prm.bulk ? 0 : td_n * BR * C * pieces;
+  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
+  // x piece q: pairs of chunks (a lane pair reads one 32-byte sector) of channel
+  // (q / 2) % NW, chunk pair (q / 2 / NW) % (WC / 2), window row q / 2 / NW / (WC / 2)
+  auto x_piece = [&](int q, int& xr, int& ci, int& wc) {
+    const int r = q >> 1, rest = r / NW;
+    ci = r - rest * NW;
+    xr = fast_div(rest, half_magic);
+    wc = 2 * (rest - xr * (WC / 2)) + (q & 1);
+  };
+  auto issue_tile = [&](const Tile& tp, int b) {
+    const int u0 = prm.xw_u_lo + tp.ut * BR;
+    const int od0 = tp.jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = u0 + wd[1].off0;
+    const int ow0 = win_off_min(wd[2]);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    if (prm.bulk && threadIdx.x < 32) {  // warp 0: a bulk copy a dy window row, one a lane
+      const uint32_t bar = bars + 8 * b;
+      const int ncp = td_n * BR;
+      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
+      __syncwarp();
+      for (int rr = lane; rr < ncp; rr += 32) {
+        const int td = rr / BR, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * BR;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
+      }
+    }
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
+    const uint32_t xdst = smem_u32(xw0 + b * prm.xt_bytes);
+    const int ih0 = u0 - reach;
+    for (int q = threadIdx.x; q < x_pieces + win_pieces; q += 256) {
+      if (q < x_pieces) {
+        int xr, ci, wc;
+        x_piece(q, xr, ci, wc);
+        const int ih = ih0 + xr;
+        const bool ok = ci < cin_g && unsigned(ih) < unsigned(H) && wc * EP < Wd;
+        cp_async16(xdst + ((xr * WC + wc) * NW + ci) * 16, ok ? xb + ci * P.xl.c + ih * Wd + wc * EP : x,
+                   ok ? 16 : 0);
+      } else {
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, BR, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
+      }
+    }
+  };
+
+  Tile ahead = tile_at(t_begin);  // the next tile to copy
+  for (int st = 0; st + 1 < S; ++st) {
+    if (t_begin + st < t_end) issue_tile(ahead, st);
+    cp_async_commit();
+    next(ahead);
+  }
+  Tile tp = tile_at(t_begin);
+  // B's descriptors: set s (height tap s) reads x window rows reach - s * d_h on, so a
+  // k-step's descriptor for set s is set 0's minus s row steps (16-byte units)
+  const uint64_t row_step = uint64_t(P.d[1]) * uint64_t(WC) * NW;
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
+    __syncthreads();  // the previous tile's loads and wgmmas are done with its buffer
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
+    if (S > 1) next(ahead);
+    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
+    cp_async_wait(S - 1);  // this tile's copies have landed
+    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);  // and its dy rows
+    if constexpr (!K16) {
+      if (prm.round_a) {  // TF32: each thread rounds the x pieces it copied (the pack rounds dy)
+        float* xf = reinterpret_cast<float*>(xw0 + buf * prm.xt_bytes);
+        for (int q = threadIdx.x; q < x_pieces; q += 256) {
+          int xr, ci, wc;
+          x_piece(q, xr, ci, wc);
+          float4* v = reinterpret_cast<float4*>(xf + ((xr * WC + wc) * NW + ci) * 4);
+          *v = round_tf32_4(*v);
+        }
+      }
+    }
+    fence_proxy_async();  // the x window (cp.async and the rounding) visible to wgmma
+    __syncthreads();
+    if (my_sets == 0) continue;
+
+    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
+    const uint32_t xw = smem_u32(xw0 + buf * prm.xt_bytes);
+    const unsigned char* wb = smem + buf * prm.window_bytes;
+    auto load_a = [&](uint32_t (&a)[4], int k0) {
+      if constexpr (K16) {
+        ldmatrix_x4_trans(a, win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] + off);
+      } else {  // positions tq and tq + 4, rows gq and gq + 8 (a pair)
+        const uint2 u = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq] + off);
+        const uint2 v = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq + 4] + off);
+        a[0] = u.x, a[1] = u.y, a[2] = v.x, a[3] = v.y;
+      }
+    };
+    // k-step k0: set 0 (rh = 0) reads window rows from reach on; then the next k-step's A
+    auto step = [&](const uint32_t (&a)[4], uint32_t (&nx)[4], int k0) {
+      const uint64_t db = wg_desc(xw + uint32_t(k0 / EP) * NW * 16, NW * 16, 128) + uint64_t(kh - 1) * row_step;
+      wgrad_xw_step<T, NW, NS>(acc, a, db, row_step, my_sets);
+      wg_wait<1>();
+      if (k0 + KW < BM) load_a(nx, k0 + KW);
+    };
+    uint32_t a0[4], a1[4];
+    load_a(a0, 0);
+    int k0 = 0;
+    for (; k0 + 2 * KW <= BM; k0 += 2 * KW) {
+      step(a0, a1, k0);
+      step(a1, a0, k0 + KW);
+    }
+    if (k0 < BM) step(a0, a1, k0);  // an odd k-step count (BM / KW odd)
+    wg_wait<0>();  // this tile's wgmmas are done with the buffer
+  }
+  cp_async_wait(0);  // no copy may be in flight when the block exits
+
+  // ---- partials of this split: ws[split][g*Cin/G + ci][co][tap] ----
+  // accumulator d[4i + 2h + e] of set s holds D[row 16 * w4 + gq + 8h][column 8i + 2tq + e]
+  if (!active) return;
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s >= my_sets) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = 16 * w4 + gq + 8 * h, j = m / CH, co = chunk * CH + m - j * CH, rw = rg * J + j;
+      if (j >= J || rw >= kw || co >= cout_g) continue;
+      const int tap = (rd * kh + s) * kw + rw;
+#pragma unroll
+      for (int i = 0; i < NW / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ci = 8 * i + 2 * tq + e;
+          if (ci < cin_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = acc[s][4 * i + 2 * h + e];
+        }
+    }
+  }
+#endif
+}
+
+// ============================================================================
 // Reduction kernels (fixed order: deterministic)
 // ============================================================================
 template <typename T>
@@ -1054,6 +1320,8 @@ struct WgradPlan {
   int64_t rs = 0;
   bool bulk = false;     // wgrad_wg_kernel: window rows by bulk copies
   bool ss = false;       // wgrad_wg_kernel: A by descriptor too (16-bit, 64 dy channels a block)
+  bool xw = false;       // wgrad_xw_kernel (height taps in B); its tiling:
+  int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
 
 template <typename T, int NW>
@@ -1148,6 +1416,75 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   return true;
 }
 
+// CT3D_WGRAD_XW=1 in the environment: grad weight takes wgrad_xw_kernel (height taps in B)
+// where it runs; 0 (the default until it is measured faster): never. Read once.
+inline int wgrad_xw_env() {
+  static const int v = env_int("CT3D_WGRAD_XW", 0);
+  return v;
+}
+
+// wgrad_xw_kernel launches so far in this process (tests: that the cases meant to take it did).
+static std::atomic<int64_t> g_wgrad_xw_launches{0};
+int64_t wgrad_xw_launches() { return g_wgrad_xw_launches.load(); }
+
+// wgrad_xw_kernel where it runs: a wgmma build on an sm_90 GPU, TF32 or 16-bit, 17..64 input
+// channels a group, stride 1 in h, kh no more than the sets a warpgroup holds, W a multiple
+// of a 16-byte piece (x rows copied in pieces, by cp.async) and at most 512, two buffers
+// in shared memory. Jobs (rd, rg) pair into blocks across depth taps (a two-plane dy
+// window) where two buffers fit so, else within a depth tap (rg count rounded up to even).
+template <typename T>
+bool plan_wgrad_xw(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  if (wgrad_xw_env() == 0 || (!k16 && !tf32)) return false;
+  if (P.cin_g() < 17 || P.cin_g() > 64 || P.s[1] != 1 || !wgmma_available(dev)) return false;
+  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
+  const int64_t es = int64_t(sizeof(T)), ep = 16 / es, kstep = k16 ? 16 : 8;
+  const int64_t kd = P.k[0], kh = P.k[1], kw = P.k[2], H = P.in[1], W = P.in[2];
+  if (kh > wgrad_wg_sets(nw, false) || W % ep != 0) return false;
+  const int64_t wp = (W + kstep - 1) / kstep * kstep;
+  if (wp > 512) return false;
+  const WgradGeometry geo = wgrad_geometry(P, x, wgrad_wg_bm<T>(), 64, es);  // x_async, window columns
+  if (!geo.x_async) return false;
+  const int64_t br = std::max<int64_t>(1, wgrad_wg_bm<T>() / wp), bm = br * wp;
+  const int64_t reach = (kh - 1) * P.d[1];
+  const int64_t u_lo = std::max<int64_t>(0, P.p[1]), u_hi = std::min<int64_t>(H + reach, P.p[1] + P.out[1]);
+  if (u_hi <= u_lo) return false;
+  // dy channels a block: the fewest chunks of at most 64 (multiples of 8; of 16 in TF32)
+  const int64_t q = k16 ? 8 : 16, cout_g = P.cout_g(), chunks = (cout_g + 63) / 64;
+  const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
+  const int64_t J = std::max<int64_t>(1, 64 / ch), nrg = (kw + J - 1) / J;
+  const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
+  const int64_t xbytes = (br + reach) * wp * nw * es;  // a multiple of 512
+  auto wbytes = [&](int64_t planes) { return (planes * br * geo.cols * rs * es + 127) / 128 * 128; };
+  auto smem_for = [&](int64_t planes, int64_t bufs) { return bufs * (wbytes(planes) + xbytes) + bm * 4 + bufs * 8; };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  int64_t nrg_b = nrg, planes = kd > 1 && (nrg % 2 == 1) ? 2 : 1;
+  if (smem_for(planes, 2) > optin) nrg_b = nrg + (nrg & 1), planes = 1;
+  if (smem_for(planes, 2) > optin) return false;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  pl.geo = geo;
+  pl.chunk_ch = ch;
+  pl.rs = rs;
+  pl.window_bytes = wbytes(planes);
+  pl.xt_bytes = xbytes;
+  pl.windows = smem_for(planes, 3) <= optin ? 3 : 2;
+  pl.smem = smem_for(planes, pl.windows);
+  pl.wg = true;
+  pl.xw = true;
+  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
+  pl.geo.rows = br;
+  pl.geo.win_planes = planes;
+  pl.xw_wp = wp;
+  pl.xw_u_lo = u_lo;
+  pl.xw_tiles_per_plane = (u_hi - u_lo + br - 1) / br;
+  pl.xw_j = J;
+  pl.xw_nrg = nrg_b;
+  pl.xw_groups = (kd * nrg_b + 1) / 2;
+  pl.kernel = nw == 32 ? wgrad_xw_kernel<T, 32> : nw == 48 ? wgrad_xw_kernel<T, 48> : wgrad_xw_kernel<T, 64>;
+  return true;
+}
+
 // wgrad_tc_kernel (mma.sync) where it fits: sm >= 80, Cin/G <= 64, the buffers in shared
 // memory.
 template <typename T>
@@ -1189,7 +1526,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
+  const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
+                                            plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl))) ||
                        plan_wgrad_mma<T>(x, P, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
@@ -1221,6 +1559,15 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;
   pl.geo.fill(prm, P);
+  if (pl.xw) {  // tiles of rows u (see wgrad_xw_kernel), jobs paired into tap groups
+    prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
+    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+    prm.tap_groups = int(pl.xw_groups);
+    prm.xw_wp = int(pl.xw_wp);
+    prm.xw_u_lo = int(pl.xw_u_lo);
+    prm.xw_j = int(pl.xw_j);
+    prm.xw_nrg = int(pl.xw_nrg);
+  }
   prm.window_bytes = int(pl.window_bytes);
   prm.windows = pl.windows;
   prm.x_async = pl.geo.x_async;
@@ -1242,6 +1589,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pl.ss) ++g_wgrad_ss_launches;
+  if (pl.xw) ++g_wgrad_xw_launches;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
