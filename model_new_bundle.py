@@ -20,6 +20,7 @@ void set_poison(bool on);
 bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
 int64_t wgrad_ss_launches();
+int64_t wgrad_xw_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -30,6 +31,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
   m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
+  m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2554,6 +2556,10 @@ struct WgradTcParams {
   int64_t slice8;
   bool bulk;
   const void* zrow;
+  int xw_wp;
+  int xw_u_lo;
+  int xw_j;
+  int xw_nrg;
 };
 __host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3, bool two) {
   if (split3) return mt >= 4 ? 1 : 4 / mt;
@@ -2976,9 +2982,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
     const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
-    if (SS && prm.bulk && threadIdx.x < 32) {
+    if (prm.bulk && threadIdx.x < 32) {
       const uint32_t bar = bars + 8 * b;
-      const int nsl = CH / 8, ncp = Td * R * nsl;
+      const int nsl = SS ? CH / 8 : 1, ncp = Td * R * nsl;
       if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
       __syncwarp();
       for (int i = lane; i < ncp; i += 32) {
@@ -2988,15 +2994,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
         bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
                       ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
                       bar);
-      }
-    } else if (prm.bulk && threadIdx.x == 0) {
-      const uint32_t bar = bars + 8 * b;
-      mbar_arrive_expect(bar, uint32_t(Td * R) * row_bytes);
-      for (int rr = 0; rr < Td * R; ++rr) {
-        const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
-                      row_bytes, bar);
       }
     }
     for (int it = 0; it < iters; ++it) {
@@ -3148,6 +3145,224 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   }
 #endif
 }
+template <typename T, int NW, int NS, int U>
+__device__ __forceinline__ void wgrad_xw_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
+                                              uint64_t row_step) {
+  wg_fence();
+#pragma unroll
+  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a, db - uint64_t(s) * row_step);
+  wg_commit();
+}
+template <typename T, int NW, int NS>
+__device__ __forceinline__ void wgrad_xw_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
+                                              uint64_t row_step, int u) {
+  switch (u) {
+    case 1: wgrad_xw_mmas<T, NW, NS, 1>(acc, a, db, row_step); break;
+    case 2: if constexpr (NS >= 2) wgrad_xw_mmas<T, NW, NS, 2>(acc, a, db, row_step); break;
+    case 3: if constexpr (NS >= 3) wgrad_xw_mmas<T, NW, NS, 3>(acc, a, db, row_step); break;
+    case 4: if constexpr (NS >= 4) wgrad_xw_mmas<T, NW, NS, 4>(acc, a, db, row_step); break;
+    case 5: if constexpr (NS >= 5) wgrad_xw_mmas<T, NW, NS, 5>(acc, a, db, row_step); break;
+    case 6: if constexpr (NS >= 6) wgrad_xw_mmas<T, NW, NS, 6>(acc, a, db, row_step); break;
+    case 7: if constexpr (NS >= 7) wgrad_xw_mmas<T, NW, NS, 7>(acc, a, db, row_step); break;
+    default: break;
+  }
+}
+template <typename T, int NW>
+__global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams prm) {
+#ifdef CT3D_WGMMA
+  constexpr bool K16 = !std::is_same<T, float>::value;
+  using W = typename WinElem<T>::type;
+  constexpr int NS = wgrad_wg_sets(NW, false);
+  constexpr int KW = K16 ? 16 : 8;
+  constexpr int EP = 16 / int(sizeof(W));
+  extern __shared__ __align__(128) unsigned char smem[];
+  const Problem& P = prm.P;
+  const int S = prm.windows, BR = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs, Wp = prm.xw_wp;
+  const int BM = BR * Wp, WC = Wp / EP;
+  unsigned char* xw0 = smem + S * prm.window_bytes;
+  int* pos_tab = reinterpret_cast<int*>(xw0 + S * prm.xt_bytes);
+  const uint32_t bars = smem_u32(pos_tab + BM);
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
+  const int chunk = blockIdx.y, split = blockIdx.x;
+  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int gq = lane / 4, tq = lane % 4;
+  const int kd = int(P.k[0]), kh = int(P.k[1]), kw = int(P.k[2]), J = prm.xw_j, NRG = prm.xw_nrg;
+  const int job = 2 * tg + wg, rd = job / NRG, rg = job % NRG;
+  const bool active = rd < kd && rg * J < kw;
+  const int rd0 = (2 * tg) / NRG, td_n = min(kd - 1, (2 * tg + 1) / NRG) - rd0 + 1;
+  const int my_sets = active ? kh : 0;
+  if (prm.bulk && threadIdx.x == 0) {
+    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
+    mbar_fence_init();
+  }
+  auto row_off = [&](int m) {
+    const int j = m / CH, co = m - j * CH, rw = active && rg * J + j < kw ? rg * J + j : (active ? rg * J : 0);
+    const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
+    const int slot = K16 ? co : int(pair8_slot(co));
+    return (((active ? rd : rd0) - rd0) * BR * C + sw) * RS * int(sizeof(W)) + slot * int(sizeof(W));
+  };
+  const int off = row_off(16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
+  for (int k = threadIdx.x; k < BM; k += blockDim.x) {
+    const int ur = k / Wp, jw = min(k - ur * Wp, int(P.in[2]) - 1);
+    pos_tab[k] = (ur * C + jw * wd[2].mult) * RS * int(sizeof(W));
+  }
+  __syncthreads();
+  float acc[NS][NW / 2];
+#pragma unroll
+  for (int s = 0; s < NS; ++s)
+#pragma unroll
+    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
+  const T* __restrict__ x = static_cast<const T*>(prm.x);
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  const int D = int(P.in[0]), H = int(P.in[1]), Wd = int(P.in[2]), plane = H * Wd;
+  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int reach = (kh - 1) * int(P.d[1]);
+  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
+  struct Tile { int64_t n; int jd, ut; };
+  auto tile_at = [&](int64_t t) {
+    const int64_t rest = t / prm.tiles_per_plane;
+    return Tile{rest / D, int(rest % D), int(t % prm.tiles_per_plane)};
+  };
+  auto next = [&](Tile& tp) {
+    if (++tp.ut == prm.tiles_per_plane) {
+      tp.ut = 0;
+      if (++tp.jd == D) tp.jd = 0, ++tp.n;
+    }
+  };
+  const int XR = BR + reach, x_pieces = XR * WC * NW;
+  const uint32_t half_magic = fast_div_magic(uint32_t(WC / 2)), c_magic = fast_div_magic(uint32_t(C));
+  const uint32_t r_magic = fast_div_magic(uint32_t(BR)), p_magic = fast_div_magic(uint32_t(CH * int(sizeof(W)) / 16));
+  const int pieces = CH * int(sizeof(W)) / 16;
+  const int win_pieces = prm.bulk ? 0 : td_n * BR * C * pieces;
+  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
+  auto x_piece = [&](int q, int& xr, int& ci, int& wc) {
+    const int r = q >> 1, rest = r / NW;
+    ci = r - rest * NW;
+    xr = fast_div(rest, half_magic);
+    wc = 2 * (rest - xr * (WC / 2)) + (q & 1);
+  };
+  auto issue_tile = [&](const Tile& tp, int b) {
+    const int u0 = prm.xw_u_lo + tp.ut * BR;
+    const int od0 = tp.jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = u0 + wd[1].off0;
+    const int ow0 = win_off_min(wd[2]);
+    const W* base = dy_g + tp.n * prm.pk_n;
+    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
+    if (prm.bulk && threadIdx.x < 32) {
+      const uint32_t bar = bars + 8 * b;
+      const int ncp = td_n * BR;
+      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
+      __syncwarp();
+      for (int rr = lane; rr < ncp; rr += 32) {
+        const int td = rr / BR, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * BR;
+        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
+      }
+    }
+    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
+    const uint32_t xdst = smem_u32(xw0 + b * prm.xt_bytes);
+    const int ih0 = u0 - reach;
+    for (int q = threadIdx.x; q < x_pieces + win_pieces; q += 256) {
+      if (q < x_pieces) {
+        int xr, ci, wc;
+        x_piece(q, xr, ci, wc);
+        const int ih = ih0 + xr;
+        const bool ok = ci < cin_g && unsigned(ih) < unsigned(H) && wc * EP < Wd;
+        cp_async16(xdst + ((xr * WC + wc) * NW + ci) * 16, ok ? xb + ci * P.xl.c + ih * Wd + wc * EP : x,
+                   ok ? 16 : 0);
+      } else {
+        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
+        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, BR, c_magic, r_magic,
+                       od0, oh0, ow0, wd[0].dstep, P);
+      }
+    }
+  };
+  Tile ahead = tile_at(t_begin);
+  for (int st = 0; st + 1 < S; ++st) {
+    if (t_begin + st < t_end) issue_tile(ahead, st);
+    cp_async_commit();
+    next(ahead);
+  }
+  Tile tp = tile_at(t_begin);
+  const uint64_t row_step = uint64_t(P.d[1]) * uint64_t(WC) * NW;
+  int buf = 0;
+  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
+    __syncthreads();
+    if (S == 1) issue_tile(tp, 0);
+    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
+    if (S > 1) next(ahead);
+    cp_async_commit();
+    cp_async_wait(S - 1);
+    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);
+    if constexpr (!K16) {
+      if (prm.round_a) {
+        float* xf = reinterpret_cast<float*>(xw0 + buf * prm.xt_bytes);
+        for (int q = threadIdx.x; q < x_pieces; q += 256) {
+          int xr, ci, wc;
+          x_piece(q, xr, ci, wc);
+          float4* v = reinterpret_cast<float4*>(xf + ((xr * WC + wc) * NW + ci) * 4);
+          *v = round_tf32_4(*v);
+        }
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    if (my_sets == 0) continue;
+    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
+    const uint32_t xw = smem_u32(xw0 + buf * prm.xt_bytes);
+    const unsigned char* wb = smem + buf * prm.window_bytes;
+    auto load_a = [&](uint32_t (&a)[4], int k0) {
+      if constexpr (K16) {
+        ldmatrix_x4_trans(a, win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] + off);
+      } else {
+        const uint2 u = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq] + off);
+        const uint2 v = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq + 4] + off);
+        a[0] = u.x, a[1] = u.y, a[2] = v.x, a[3] = v.y;
+      }
+    };
+    auto step = [&](const uint32_t (&a)[4], uint32_t (&nx)[4], int k0) {
+      const uint64_t db = wg_desc(xw + uint32_t(k0 / EP) * NW * 16, NW * 16, 128) + uint64_t(kh - 1) * row_step;
+      wgrad_xw_step<T, NW, NS>(acc, a, db, row_step, my_sets);
+      wg_wait<1>();
+      if (k0 + KW < BM) load_a(nx, k0 + KW);
+    };
+    uint32_t a0[4], a1[4];
+    load_a(a0, 0);
+    int k0 = 0;
+    for (; k0 + 2 * KW <= BM; k0 += 2 * KW) {
+      step(a0, a1, k0);
+      step(a1, a0, k0 + KW);
+    }
+    if (k0 < BM) step(a0, a1, k0);
+    wg_wait<0>();
+  }
+  cp_async_wait(0);
+  if (!active) return;
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+#pragma unroll
+  for (int s = 0; s < NS; ++s) {
+    if (s >= my_sets) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = 16 * w4 + gq + 8 * h, j = m / CH, co = chunk * CH + m - j * CH, rw = rg * J + j;
+      if (j >= J || rw >= kw || co >= cout_g) continue;
+      const int tap = (rd * kh + s) * kw + rw;
+#pragma unroll
+      for (int i = 0; i < NW / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int ci = 8 * i + 2 * tq + e;
+          if (ci < cin_g)
+            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = acc[s][4 * i + 2 * h + e];
+        }
+    }
+  }
+#endif
+}
 template <typename T>
 __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ dw,
                                   int64_t numel, int splits) {
@@ -3246,6 +3461,8 @@ struct WgradPlan {
   int64_t rs = 0;
   bool bulk = false;
   bool ss = false;
+  bool xw = false;
+  int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
 template <typename T, int NW>
 static WgradKernel wgrad_wg_instance(bool split, bool ss) {
@@ -3319,6 +3536,63 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
                          : wgrad_wg_instance<T, 64>(split, pl.ss);
   return true;
 }
+inline int wgrad_xw_env() {
+  static const int v = env_int("CT3D_WGRAD_XW", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wgrad_xw_launches{0};
+int64_t wgrad_xw_launches() { return g_wgrad_xw_launches.load(); }
+template <typename T>
+bool plan_wgrad_xw(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
+  constexpr bool k16 = !std::is_same<T, float>::value;
+  if (wgrad_xw_env() == 0 || (!k16 && !tf32)) return false;
+  if (P.cin_g() < 17 || P.cin_g() > 64 || P.s[1] != 1 || !wgmma_available(dev)) return false;
+  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
+  const int64_t es = int64_t(sizeof(T)), ep = 16 / es, kstep = k16 ? 16 : 8;
+  const int64_t kd = P.k[0], kh = P.k[1], kw = P.k[2], H = P.in[1], W = P.in[2];
+  if (kh > wgrad_wg_sets(nw, false) || W % ep != 0) return false;
+  const int64_t wp = (W + kstep - 1) / kstep * kstep;
+  if (wp > 512) return false;
+  const WgradGeometry geo = wgrad_geometry(P, x, wgrad_wg_bm<T>(), 64, es);
+  if (!geo.x_async) return false;
+  const int64_t br = std::max<int64_t>(1, wgrad_wg_bm<T>() / wp), bm = br * wp;
+  const int64_t reach = (kh - 1) * P.d[1];
+  const int64_t u_lo = std::max<int64_t>(0, P.p[1]), u_hi = std::min<int64_t>(H + reach, P.p[1] + P.out[1]);
+  if (u_hi <= u_lo) return false;
+  const int64_t q = k16 ? 8 : 16, cout_g = P.cout_g(), chunks = (cout_g + 63) / 64;
+  const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
+  const int64_t J = std::max<int64_t>(1, 64 / ch), nrg = (kw + J - 1) / J;
+  const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
+  const int64_t xbytes = (br + reach) * wp * nw * es;
+  auto wbytes = [&](int64_t planes) { return (planes * br * geo.cols * rs * es + 127) / 128 * 128; };
+  auto smem_for = [&](int64_t planes, int64_t bufs) { return bufs * (wbytes(planes) + xbytes) + bm * 4 + bufs * 8; };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  int64_t nrg_b = nrg, planes = kd > 1 && (nrg % 2 == 1) ? 2 : 1;
+  if (smem_for(planes, 2) > optin) nrg_b = nrg + (nrg & 1), planes = 1;
+  if (smem_for(planes, 2) > optin) return false;
+  WinDim wd[3];
+  win_dims(P, kJobGradInput, 0, wd);
+  pl.geo = geo;
+  pl.chunk_ch = ch;
+  pl.rs = rs;
+  pl.window_bytes = wbytes(planes);
+  pl.xt_bytes = xbytes;
+  pl.windows = smem_for(planes, 3) <= optin ? 3 : 2;
+  pl.smem = smem_for(planes, pl.windows);
+  pl.wg = true;
+  pl.xw = true;
+  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
+  pl.geo.rows = br;
+  pl.geo.win_planes = planes;
+  pl.xw_wp = wp;
+  pl.xw_u_lo = u_lo;
+  pl.xw_tiles_per_plane = (u_hi - u_lo + br - 1) / br;
+  pl.xw_j = J;
+  pl.xw_nrg = nrg_b;
+  pl.xw_groups = (kd * nrg_b + 1) / 2;
+  pl.kernel = nw == 32 ? wgrad_xw_kernel<T, 32> : nw == 48 ? wgrad_xw_kernel<T, 48> : wgrad_xw_kernel<T, 64>;
+  return true;
+}
 template <typename T>
 bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cudaDeviceProp* prop, WgradPlan& pl) {
   if (prop->major < 8 || P.cin_g() > 64) return false;
@@ -3352,7 +3626,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl)) ||
+  const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
+                                            plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl))) ||
                        plan_wgrad_mma<T>(x, P, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
@@ -3378,6 +3653,15 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = P;
   pl.geo.fill(prm, P);
+  if (pl.xw) {
+    prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
+    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
+    prm.tap_groups = int(pl.xw_groups);
+    prm.xw_wp = int(pl.xw_wp);
+    prm.xw_u_lo = int(pl.xw_u_lo);
+    prm.xw_j = int(pl.xw_j);
+    prm.xw_nrg = int(pl.xw_nrg);
+  }
   prm.window_bytes = int(pl.window_bytes);
   prm.windows = pl.windows;
   prm.x_async = pl.geo.x_async;
@@ -3398,6 +3682,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (pl.ss) ++g_wgrad_ss_launches;
+  if (pl.xw) ++g_wgrad_xw_launches;
   const int threads = 256;
   const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
   sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
