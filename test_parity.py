@@ -448,55 +448,50 @@ def test_wgmma_window_kernel(case, mode, layout):
     check_against_truth(WGMMA_CASES[case], mode, algo="tc_wgmma", layout=layout)
 
 
-@gpu
-def test_grad_weight_ss_opt_in():
-    """Grad weight's SS path (A by descriptor; opt-in through CT3D_WGRAD_SS=1, which a process
-    reads once) in a process of its own: the wgrad_ss cases must take it, in fp16 and bf16,
-    and pass the contract (outputs poisoned, all three gradients against float64)."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("SS is a wgmma (sm_90a) path")
-    code = textwrap.dedent("""
+def run_opt_in(env_var: str, counter: str, cases, modes, what: str):
+    """Runs WGMMA_CASES `cases` in `modes` in a process of its own with `env_var`=1 (an
+    opt-in a process reads once), with outputs poisoned and all three gradients checked
+    against float64; each must take the opt-in path (the extension's `counter` grows)."""
+    code = textwrap.dedent(f"""
         import model_new as mn, test_parity as tp
         ext = mn.load_extension()
         ext.set_poison(True)
-        for case in ("wgrad_ss", "wgrad_ss_groups_chunks"):
-            for mode in ("fp16", "bf16"):
-                before = ext.wgrad_ss_launches()
+        for case in {tuple(cases)!r}:
+            for mode in {tuple(modes)!r}:
+                before = ext.{counter}()
                 tp.check_against_truth(tp.WGMMA_CASES[case], mode, algo="tc_wgmma")
-                assert ext.wgrad_ss_launches() > before, f"{case} [{mode}] did not take SS"
-        print("SS cases passed")
+                assert ext.{counter}() > before, f"{{case}} [{{mode}}] did not take {what}"
+        print("opt-in cases passed")
     """)
-    env = dict(os.environ, CT3D_WGRAD_SS="1")
+    env = dict(os.environ, **{env_var: "1"})
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                        capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "SS cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+    assert r.returncode == 0 and "opt-in cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+
+
+@gpu
+def test_grad_weight_ss_opt_in():
+    """Grad weight's SS path (A by descriptor; opt-in through CT3D_WGRAD_SS=1): the wgrad_ss
+    cases must take it, in fp16 and bf16, and pass the contract."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("SS is a wgmma (sm_90a) path")
+    run_opt_in("CT3D_WGRAD_SS", "wgrad_ss_launches", ("wgrad_ss", "wgrad_ss_groups_chunks"),
+               ("fp16", "bf16"), "SS")
 
 
 @gpu
 def test_grad_weight_xw_opt_in():
-    """Grad weight with the height taps in B (wgrad_xw_kernel; CT3D_WGRAD_XW=1, which a
-    process reads once) in a process of its own: the cases below must take it, in TF32, fp16
-    and bf16, and pass the contract (outputs poisoned, all three gradients against float64).
-    W = 24 in 16-bit rows of 32 positions (x zero past W); 5 height taps with N = 48 (every
-    set of a warpgroup); padding in h; 16 dy channels (4 w taps a set); two dy chunks."""
+    """Grad weight with the height taps in B (wgrad_xw_kernel; opt-in through
+    CT3D_WGRAD_XW=1): the cases below must take it, in TF32, fp16 and bf16, and pass the
+    contract. W = 24 in 16-bit rows of 32 positions (x zero past W); 5 height taps with N =
+    48 (every set of a warpgroup); padding in h; 16 dy channels (4 w taps a set); two dy
+    chunks."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgrad_xw_kernel is a wgmma (sm_90a) kernel")
-    code = textwrap.dedent("""
-        import model_new as mn, test_parity as tp
-        ext = mn.load_extension()
-        ext.set_poison(True)
-        for case in ("wgrad_thin_dy", "wgrad_wide_sub_groups", "wgrad_ss", "wgrad_ss_groups_chunks",
-                     "stacked_taps", "wgrad_xw_dilation_strides"):
-            for mode in ("fp32_tf32", "fp16", "bf16"):
-                before = ext.wgrad_xw_launches()
-                tp.check_against_truth(tp.WGMMA_CASES[case], mode, algo="tc_wgmma")
-                assert ext.wgrad_xw_launches() > before, f"{case} [{mode}] did not take wgrad_xw_kernel"
-        print("XW cases passed")
-    """)
-    env = dict(os.environ, CT3D_WGRAD_XW="1")
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "XW cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+    run_opt_in("CT3D_WGRAD_XW", "wgrad_xw_launches",
+               ("wgrad_thin_dy", "wgrad_wide_sub_groups", "wgrad_ss", "wgrad_ss_groups_chunks",
+                "stacked_taps", "wgrad_xw_dilation_strides"),
+               ("fp32_tf32", "fp16", "bf16"), "wgrad_xw_kernel")
 
 
 @gpu

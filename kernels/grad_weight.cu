@@ -47,6 +47,7 @@
 #include "window_wg.cuh"
 
 #include <atomic>
+#include <type_traits>
 
 namespace ct3d {
 
@@ -561,6 +562,23 @@ __host__ __device__ constexpr int wgrad_wg_sets(int nw, bool split) {
   return split ? (nw == 32 ? 3 : nw == 48 ? 2 : 1) : nw == 32 ? 7 : nw == 48 ? 5 : 4;
 }
 
+// f(std::integral_constant<int, u>{}) for a runtime set count u in 1..NS: each count gets
+// its wgmmas in straight-line code (a set count is fixed a launch; the three k-loops below
+// take it this way, every k-step).
+template <int NS, typename F>
+__device__ __forceinline__ void with_set_count(int u, F&& f) {
+  switch (u) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: if constexpr (NS >= 2) f(std::integral_constant<int, 2>{}); break;
+    case 3: if constexpr (NS >= 3) f(std::integral_constant<int, 3>{}); break;
+    case 4: if constexpr (NS >= 4) f(std::integral_constant<int, 4>{}); break;
+    case 5: if constexpr (NS >= 5) f(std::integral_constant<int, 5>{}); break;
+    case 6: if constexpr (NS >= 6) f(std::integral_constant<int, 6>{}); break;
+    case 7: if constexpr (NS >= 7) f(std::integral_constant<int, 7>{}); break;
+    default: break;
+  }
+}
+
 // The wgmmas of U sets after one fence, then their commit: acc += A x (the x tile through
 // db), A from a (TF32: rounded). 3xTF32: a and db are the big parts, as and dbs the small
 // ones; acc gets big x big, cor the two small products (a chain of its own, whose
@@ -589,16 +607,7 @@ __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&
     wgrad_wg_mmas<T, NW, NS, NC, NS, SPLIT>(acc, cor, a, as, db, dbs);
     return;
   }
-  switch (u) {
-    case 1: wgrad_wg_mmas<T, NW, NS, NC, 1, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 2: if constexpr (NS >= 2) wgrad_wg_mmas<T, NW, NS, NC, 2, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 3: if constexpr (NS >= 3) wgrad_wg_mmas<T, NW, NS, NC, 3, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 4: if constexpr (NS >= 4) wgrad_wg_mmas<T, NW, NS, NC, 4, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 5: if constexpr (NS >= 5) wgrad_wg_mmas<T, NW, NS, NC, 5, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 6: if constexpr (NS >= 6) wgrad_wg_mmas<T, NW, NS, NC, 6, SPLIT>(acc, cor, a, as, db, dbs); break;
-    case 7: if constexpr (NS >= 7) wgrad_wg_mmas<T, NW, NS, NC, 7, SPLIT>(acc, cor, a, as, db, dbs); break;
-    default: break;
-  }
+  with_set_count<NS>(u, [&](auto c) { wgrad_wg_mmas<T, NW, NS, NC, decltype(c)::value, SPLIT>(acc, cor, a, as, db, dbs); });
 }
 
 // SS: the wgmmas of U sets after one fence, then their commit, A by descriptor too: set s
@@ -618,16 +627,7 @@ __device__ __forceinline__ void wgrad_ss_step(float (&acc)[NS][NW / 2], const ui
     wgrad_ss_mmas<T, NW, NS, NS>(acc, da, pos, db);
     return;
   }
-  switch (u) {
-    case 1: wgrad_ss_mmas<T, NW, NS, 1>(acc, da, pos, db); break;
-    case 2: if constexpr (NS >= 2) wgrad_ss_mmas<T, NW, NS, 2>(acc, da, pos, db); break;
-    case 3: if constexpr (NS >= 3) wgrad_ss_mmas<T, NW, NS, 3>(acc, da, pos, db); break;
-    case 4: if constexpr (NS >= 4) wgrad_ss_mmas<T, NW, NS, 4>(acc, da, pos, db); break;
-    case 5: if constexpr (NS >= 5) wgrad_ss_mmas<T, NW, NS, 5>(acc, da, pos, db); break;
-    case 6: if constexpr (NS >= 6) wgrad_ss_mmas<T, NW, NS, 6>(acc, da, pos, db); break;
-    case 7: if constexpr (NS >= 7) wgrad_ss_mmas<T, NW, NS, 7>(acc, da, pos, db); break;
-    default: break;
-  }
+  with_set_count<NS>(u, [&](auto c) { wgrad_ss_mmas<T, NW, NS, decltype(c)::value>(acc, da, pos, db); });
 }
 
 template <typename T, int NW, bool SPLIT, bool SS>
@@ -966,16 +966,7 @@ __device__ __forceinline__ void wgrad_xw_mmas(float (&acc)[NS][NW / 2], const ui
 template <typename T, int NW, int NS>
 __device__ __forceinline__ void wgrad_xw_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
                                               uint64_t row_step, int u) {
-  switch (u) {
-    case 1: wgrad_xw_mmas<T, NW, NS, 1>(acc, a, db, row_step); break;
-    case 2: if constexpr (NS >= 2) wgrad_xw_mmas<T, NW, NS, 2>(acc, a, db, row_step); break;
-    case 3: if constexpr (NS >= 3) wgrad_xw_mmas<T, NW, NS, 3>(acc, a, db, row_step); break;
-    case 4: if constexpr (NS >= 4) wgrad_xw_mmas<T, NW, NS, 4>(acc, a, db, row_step); break;
-    case 5: if constexpr (NS >= 5) wgrad_xw_mmas<T, NW, NS, 5>(acc, a, db, row_step); break;
-    case 6: if constexpr (NS >= 6) wgrad_xw_mmas<T, NW, NS, 6>(acc, a, db, row_step); break;
-    case 7: if constexpr (NS >= 7) wgrad_xw_mmas<T, NW, NS, 7>(acc, a, db, row_step); break;
-    default: break;
-  }
+  with_set_count<NS>(u, [&](auto c) { wgrad_xw_mmas<T, NW, NS, decltype(c)::value>(acc, a, db, row_step); });
 }
 
 template <typename T, int NW>
