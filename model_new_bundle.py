@@ -21,6 +21,8 @@ bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
 int64_t wgrad_ss_launches();
 int64_t wgrad_xw_launches();
+int64_t thin_dgrad_launches();
+int64_t thin_wgrad_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -32,6 +34,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
   m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
   m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
+  m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
+  m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -521,6 +525,50 @@ __device__ __forceinline__ void cp_async_wait(int n) {
   else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
   else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
 #endif
+}
+struct ThinWindow {
+  int rows, cols;
+  int qc;
+  int mult;
+  uint32_t cols_magic, plane_magic, mult_magic;
+};
+constexpr int kThinBatch = 2;
+constexpr int kThinMaxTd = 16;
+template <typename T, bool ROUND>
+__device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
+                                                  int64_t base, int64_t sc, int64_t sv, int cg,
+                                                  const int* planes, int nplanes, int row0, int col0,
+                                                  int D, int H, int W) {
+  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
+  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * kThinBatch) {
+    float v[kThinBatch][8];
+    int slot[kThinBatch];
+#pragma unroll
+    for (int u = 0; u < kThinBatch; ++u) {
+      const int pos = p0 + u * 256;
+      const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
+      const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
+      const int q = fast_div(c, tw.mult_magic), res = c - q * tw.mult;
+      slot[u] = pos < npos ? (pi * tw.rows + r) * row_slots + res * tw.qc + q : -1;
+      const int ih = row0 + r, iw = col0 + c;
+      const bool in = pos < npos && unsigned(planes[pi]) < unsigned(D) &&
+                      unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const int64_t off = in ? base + ((int64_t(planes[pi]) * H + ih) * W + iw) * sv : 0;
+#pragma unroll
+      for (int ci = 0; ci < 8; ++ci) {
+        const float e = (in && ci < cg) ? float(src[off + ci * sc]) : 0.f;
+        v[u][ci] = ROUND ? round_tf32(e) : e;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kThinBatch; ++u) {
+      if (slot[u] < 0) continue;
+      float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
+      const int swz = (slot[u] >> 2) & 1;
+      dst[swz] = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+    }
+  }
 }
 __host__ __device__ constexpr int64_t pair8_slot(int64_t c) { return (c & ~int64_t(15)) | ((c & 7) << 1) | ((c >> 3) & 1); }
 __host__ __device__ constexpr int64_t pair8_chan(int64_t s) { return (s & ~int64_t(15)) | ((s & 15) >> 1) | ((s & 1) << 3); }
@@ -2098,7 +2146,6 @@ struct FwdGemm {
     y[r.y_base + int64_t(c.co) * P.yl.c] = T(acc);
   }
 };
-constexpr int kThinMaxTd = 16;
 constexpr int kThinMaxS = 8;
 struct ThinParams {
   const void* x;
@@ -2109,9 +2156,8 @@ struct ThinParams {
   Problem P;
   int tiles_h, tiles_w;
   int lo_h, lo_w;
-  int wr, wc;
+  ThinWindow win;
   int w_words;
-  uint32_t wc_magic, plane_magic;
   PhaseDim ph[3][kThinMaxS];
 };
 template <typename T, int MW, bool SPLIT>
@@ -2150,27 +2196,10 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   __syncthreads();
   const int nvt = s_nvt;
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
-  const int plane_pos = prm.wr * prm.wc, npos = nvt * plane_pos;
-  const T* xp = static_cast<const T*>(prm.x);
   const int cin_g = int(P.cin_g());
-  const int64_t xbase = n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
-  for (int pos = tid; pos < npos; pos += 256) {
-    const int pi = fast_div(pos, prm.plane_magic), rem = pos - pi * plane_pos;
-    const int r = fast_div(rem, prm.wc_magic), c = rem - r * prm.wc;
-    const int ih = jh0 + prm.lo_h + r, iw = jw0 + prm.lo_w + c;
-    const bool in = unsigned(ih) < unsigned(P.in[1]) && unsigned(iw) < unsigned(P.in[2]);
-    const int64_t off = xbase + ((int64_t(s_id[pi]) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v;
-    float v[8];
-#pragma unroll
-    for (int ci = 0; ci < 8; ++ci) {
-      const float e = (in && ci < cin_g) ? float(xp[off + ci * P.xl.c]) : 0.f;
-      v[ci] = kRoundA ? round_tf32(e) : e;
-    }
-    float4* dst = reinterpret_cast<float4*>(win + pos * 32);
-    const int swz = (pos >> 2) & 1;
-    dst[swz] = make_float4(v[0], v[1], v[2], v[3]);
-    dst[swz ^ 1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x),
+                                n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, nvt,
+                                jh0 + prm.lo_h, jw0 + prm.lo_w, int(P.in[0]), int(P.in[1]), int(P.in[2]));
   cp_async_wait(0);
   __syncthreads();
   const uint32_t win_s = smem_u32(win);
@@ -2202,7 +2231,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
       for (int pi = 0; pi < nvt; ++pi) {
         const int rd = qd.r0 + s_td[pi] * qd.rs;
         for (int th = 0; th < qh.T; ++th) {
-          int p0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc + qw.off0 - prm.lo_w + a_row;
+          int p0 = (pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.cols + qw.off0 - prm.lo_w + a_row;
           const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
           for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
             const uint2 bb = *reinterpret_cast<const uint2*>(bw);
@@ -2298,14 +2327,18 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.wr = 8 + hi[1] - lo[1];
-  prm.wc = 16 * mw + hi[2] - lo[2];
+  prm.win.rows = 8 + hi[1] - lo[1];
+  prm.win.cols = 16 * mw + hi[2] - lo[2];
+  prm.win.qc = prm.win.cols;
+  prm.win.mult = 1;
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  prm.wc_magic = fast_div_magic(uint32_t(prm.wc));
-  prm.plane_magic = fast_div_magic(uint32_t(prm.wr * prm.wc));
-  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 + int64_t(std::max(td_max, 1)) * prm.wr * prm.wc * 32;
+  prm.win.cols_magic = fast_div_magic(uint32_t(prm.win.cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(prm.win.rows * prm.win.cols));
+  prm.win.mult_magic = fast_div_magic(1u);
+  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
+                       int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
   const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
@@ -2362,6 +2395,7 @@ template void forward_tiled<at::Half>(const at::Tensor&, const at::Tensor&, cons
 template void forward_tiled<at::BFloat16>(const at::Tensor&, const at::Tensor&, const at::Tensor*,
                                           at::Tensor&, const Problem&, bool);
 }
+#include <atomic>
 namespace ct3d {
 template <typename T>
 struct DgradGemm {
@@ -2428,9 +2462,217 @@ struct DgradGemm {
     dx[r.dx_base + c.ci * P.xl.c] = T(acc);
   }
 };
+constexpr int kThinMaxK = 32;
+struct ThinDgradParams {
+  const void* dy;
+  const uint32_t* wt_big;
+  const uint32_t* wt_small;
+  void* dx;
+  Problem P;
+  int tiles_h, tiles_w;
+  ThinWindow win;
+  int w_words;
+  int col_off[kThinMaxK];
+};
+template <typename T, int MW, bool SPLIT>
+__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
+  constexpr int RW = 16 * MW;
+  constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  uint32_t b = blockIdx.x;
+  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
+  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int id = int(b % uint32_t(P.in[0])); b /= uint32_t(P.in[0]);
+  const int g = int(b % uint32_t(P.G));
+  const int64_t n = b / uint32_t(P.G);
+  const int ih0 = th_i * 8, iw0 = tw_i * RW;
+  uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
+  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
+  for (int i = tid * 4; i < nw; i += 1024) {
+    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
+                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
+    cp_async16(smem_u32(wsm + i), src, 16);
+  }
+  cp_async_commit();
+  if (tid == 0) {
+    int nvt = 0;
+    for (int rd = 0; rd < int(P.k[0]); ++rd) {
+      const int od = id * int(P.s[0]) - int(P.p[0]) + rd * int(P.d[0]);
+      if (unsigned(od) < unsigned(P.out[0])) { s_rd[nvt] = rd; s_od[nvt] = od; ++nvt; }
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+  unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
+  const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.dy),
+                                n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
+                                ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
+                                int(P.out[0]), int(P.out[1]), int(P.out[2]));
+  cp_async_wait(0);
+  __syncthreads();
+  const int ih = ih0 + warp;
+  if (ih >= int(P.in[1])) return;
+  const uint32_t win_s = smem_u32(win);
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
+  const int row_slots = prm.win.mult * prm.win.qc;
+  float acc[MW][4], blk[MW][4], cor[MW][4];
+#pragma unroll
+  for (int i = 0; i < MW; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+  int taps = 0;
+  for (int pi = 0; pi < nvt; ++pi) {
+    const int rd = s_rd[pi];
+    for (int rh = 0; rh < k1; ++rh) {
+      const int prow = (pi * prm.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
+      for (int rw = 0; rw < k2; ++rw, bw += 64) {
+        const uint2 bb = *reinterpret_cast<const uint2*>(bw);
+        uint2 bs = bb;
+        if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
+        const int p0 = prow + prm.col_off[rw];
+        const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
+#pragma unroll
+        for (int mt = 0; mt < MW; ++mt) {
+          uint32_t a[4];
+          ldmatrix_x4(a, a_addr + mt * 512);
+          if constexpr (SPLIT) {
+            uint32_t ab[4], as[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
+            mma_tf32(blk[mt], ab, bb.x, bb.y);
+            mma_tf32(cor[mt], as, bb.x, bb.y);
+            mma_tf32(cor[mt], ab, bs.x, bs.y);
+          } else {
+            mma_tf32(acc[mt], a, bb.x, bb.y);
+          }
+        }
+        if (SPLIT && ++taps == kFlushTaps) {
+          taps = 0;
+#pragma unroll
+          for (int i = 0; i < MW; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+        }
+      }
+    }
+  }
+  const int ci0 = 2 * (lane % 4);
+  const bool st0 = ci0 < cin_g, st1 = ci0 + 1 < cin_g;
+  const int64_t xsc = P.xl.c, xsv = P.xl.v;
+  const int iw_l = iw0 + lane / 4;
+  T* q = static_cast<T*>(prm.dx) + n * P.xl.n + (int64_t(g) * cin_g + ci0) * xsc +
+         ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw_l) * xsv;
+#pragma unroll
+  for (int mt = 0; mt < MW; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf, q += 8 * xsv) {
+      float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
+      if (SPLIT) {
+        v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
+        v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
+      }
+      if (iw_l + 16 * mt + 8 * hf < int(P.in[2])) {
+        if (st0) q[0] = T(v0);
+        if (st1) q[xsc] = T(v1);
+      }
+    }
+#endif
+}
+static std::atomic<int64_t> g_thin_dgrad_launches{0};
+int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
+template <typename T, int MW, bool SPLIT>
+static void launch_thin_dgrad(const ThinDgradParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
+  auto kernel = thin_dgrad_kernel<T, MW, SPLIT>;
+  set_smem_limit(kernel, smem);
+  kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+template <typename T, bool SPLIT>
+static void dispatch_thin_dgrad(int mw, const ThinDgradParams& prm, int64_t blocks, int64_t smem,
+                                cudaStream_t stream) {
+  if (mw == 1) launch_thin_dgrad<T, 1, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 2) launch_thin_dgrad<T, 2, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 3) launch_thin_dgrad<T, 3, SPLIT>(prm, blocks, smem, stream);
+  else launch_thin_dgrad<T, 4, SPLIT>(prm, blocks, smem, stream);
+}
+template <typename T>
+static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
+                            bool tf32) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
+  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK)
+    return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int64_t w_words = P.kvol() * 64, wbytes = (split ? 2 : 1) * w_words * 4;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+  if (rows > 4096 || cols_max > 16384) return false;
+  auto window = [&](int64_t mw, int64_t& cols, int64_t& qc) {
+    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+    qc = (cols + P.s[2] - 1) / P.s[2];
+    return wbytes + P.k[0] * rows * P.s[2] * qc * 32;
+  };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
+  int mw = 0;
+  int64_t cols = 0, qc = 0, smem = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t bytes = window(m, cols, qc);
+    if (bytes <= optin && (2 * bytes <= per_sm || m == 1)) { mw = int(m); smem = bytes; break; }
+  }
+  if (mw == 0) return false;
+  window(mw, cols, qc);
+  ThinDgradParams prm{};
+  prm.P = P;
+  prm.win.rows = int(rows);
+  prm.win.cols = int(cols);
+  prm.win.qc = int(qc);
+  prm.win.mult = int(P.s[2]);
+  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];
+    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
+  }
+  prm.tiles_h = int((P.in[1] + 7) / 8);
+  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.w_words = int(w_words);
+  const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t wt_numel = P.G * w_words;
+  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
+      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobGradInput, 1, 1,
+      split ? kWeightSplit : kWeightTf32);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  prm.dy = dy.data_ptr();
+  prm.wt_big = wt_ptr;
+  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
+  prm.dx = dx.data_ptr();
+  ++g_thin_dgrad_launches;
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) {
+      dispatch_thin_dgrad<T, true>(mw, prm, blocks, smem, stream);
+      return true;
+    }
+  }
+  dispatch_thin_dgrad<T, false>(mw, prm, blocks, smem, stream);
+  return true;
+}
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32, int64_t algo) {
+  if (algo != kTcMma && algo != kTcWgmma && grad_input_thin<T>(dy, w, dx, P, tf32)) return true;
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
   return run_window_tc<T>(prm, dy, w, tf32, algo);
 }
@@ -3350,6 +3592,125 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
   }
 #endif
 }
+constexpr int kThinWgradTpw = 16;
+constexpr int kThinWgradTpwSplit = 6;
+struct ThinWgradParams {
+  const void* x;
+  const void* dy;
+  float* ws;
+  Problem P;
+  int tiles_h, tiles_w;
+  int64_t total_tiles, tiles_per_split;
+  int taps_per_part;
+  ThinWindow win;
+  ThinWindow xwin;
+  int col_off[kThinMaxK];
+};
+__device__ __forceinline__ int thin_word(int p, int c) { return ((((c >> 2) ^ (p >> 2)) & 1) << 2) | (c & 3); }
+template <typename T, int MW, int TPW, bool SPLIT>
+__global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_od[kThinMaxTd], s_id[1];
+  constexpr int RW = 16 * MW;
+  constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+  const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.win.mult * prm.win.qc;
+  unsigned char* win = smem;
+  unsigned char* xt = smem + int64_t(P.k[0]) * prm.win.rows * row_slots * 32;
+  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
+  const int tap0 = part * prm.taps_per_part;
+  const int tap_end = min(kvol, tap0 + prm.taps_per_part);
+  int toff[TPW];
+#pragma unroll
+  for (int i = 0; i < TPW; ++i) {
+    const int tap = min(tap0 + warp + 8 * i, kvol - 1);
+    const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
+    toff[i] = (rd * prm.win.rows + rh * int(P.d[1])) * row_slots + prm.col_off[rw];
+  }
+  float acc[TPW][4], blk[TPW][4], cor[TPW][4];
+#pragma unroll
+  for (int i = 0; i < TPW; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    int64_t b = t;
+    const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
+    const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
+    const int id = int(b % P.in[0]);
+    const int64_t n = b / P.in[0];
+    const int ih0 = th_i * 8, iw0 = tw_i * RW;
+    __syncthreads();
+    if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
+    if (tid == 0) s_id[0] = id;
+    __syncthreads();
+    thin_stage_window<T, kRound>(win, prm.win, static_cast<const T*>(prm.dy),
+                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
+                                 int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
+                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x),
+                                 n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, 1,
+                                 ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
+    __syncthreads();
+    for (int u = 0; u < 8; ++u) {
+      if (ih0 + u >= int(P.in[1])) break;
+      const int urow = u * int(P.s[1]) * row_slots;
+#pragma unroll
+      for (int ks = 0; ks < 2 * MW; ++ks) {
+        const int xs0 = u * RW + ks * 8 + tq, xs1 = xs0 + 4;
+        uint32_t a[4];
+        a[0] = xw[xs0 * 8 + thin_word(xs0, gq)];
+        a[2] = xw[xs1 * 8 + thin_word(xs1, gq)];
+        a[1] = a[3] = 0u;
+        uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
+        if constexpr (SPLIT) {
+          split_tf32(a[0], ab[0], as[0]);
+          split_tf32(a[2], ab[2], as[2]);
+        }
+#pragma unroll
+        for (int i = 0; i < TPW; ++i) {
+          if (tap0 + warp + 8 * i >= tap_end) break;
+          const int p0 = toff[i] + urow + ks * 8 + tq, p1 = p0 + 4;
+          const uint32_t b0 = ww[p0 * 8 + thin_word(p0, gq)], b1 = ww[p1 * 8 + thin_word(p1, gq)];
+          if constexpr (SPLIT) {
+            uint32_t bb0, bs0, bb1, bs1;
+            split_tf32(b0, bb0, bs0);
+            split_tf32(b1, bb1, bs1);
+            mma_tf32(blk[i], ab, bb0, bb1);
+            mma_tf32(cor[i], as, bb0, bb1);
+            mma_tf32(cor[i], ab, bs0, bs1);
+          } else {
+            mma_tf32(acc[i], a, b0, b1);
+          }
+        }
+      }
+      if constexpr (SPLIT) {
+#pragma unroll
+        for (int i = 0; i < TPW; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+      }
+    }
+  }
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+  float* wsp = prm.ws + split * numel + (int64_t(g) * cin_g + gq) * cout_g * kvol;
+#pragma unroll
+  for (int i = 0; i < TPW; ++i) {
+    const int tap = tap0 + warp + 8 * i;
+    if (tap >= tap_end || gq >= cin_g) continue;
+    const float v0 = SPLIT ? acc[i][0] + cor[i][0] : acc[i][0];
+    const float v1 = SPLIT ? acc[i][1] + cor[i][1] : acc[i][1];
+    if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
+    if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
+  }
+#endif
+}
 template <typename T>
 __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ dw,
                                   int64_t numel, int splits) {
@@ -3361,16 +3722,27 @@ __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ 
   }
 }
 template <typename T>
-__global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, T* __restrict__ db,
-                                                        int64_t N, Layout yl, int64_t vol) {
-  const int64_t c = blockIdx.x;
+__global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, double* __restrict__ part,
+                                                        int64_t N, Layout yl, int64_t vol, int64_t chunk) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  const int64_t k0 = s * chunk, k1 = min(N * vol, k0 + chunk);
   double acc = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
+  for (int64_t n = k0 / vol; n < N && n * vol < k1; ++n) {
     const T* row = dy + yl.at(n, c, 0);
-    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v * yl.v]);
+    const int64_t v_end = min(vol, k1 - n * vol);
+    for (int64_t v = max(int64_t(0), k0 - n * vol) + threadIdx.x; v < v_end; v += blockDim.x)
+      acc += double(row[v * yl.v]);
   }
   const double sum = block_sum_256(acc);
-  if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
+  if (threadIdx.x == 0) part[c * gridDim.y + s] = sum;
+}
+template <typename T>
+__global__ void grad_bias_parts_kernel(const double* __restrict__ part, T* __restrict__ db, int64_t C, int parts) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double acc = 0.0;
+  for (int s = 0; s < parts; ++s) acc += part[c * parts + s];
+  db[c] = cast_out<T>(acc);
 }
 struct WgradGeometry {
   int64_t bm, tap_groups, sub_groups, taps_per_group, win_planes, rows, cols;
@@ -3410,6 +3782,8 @@ inline WgradGeometry wgrad_geometry(const Problem& P, const at::Tensor& x, int64
   return geo;
 }
 using WgradKernel = void (*)(WgradTcParams);
+using WgradThinKernel = void (*)(ThinWgradParams);
+template <typename T> void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P);
 template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
 static WgradKernel wgrad_instance() {
   return wgrad_tc_kernel<T, MT, wgrad_tpw(MT, NT, !std::is_same<T, float>::value, SPLIT3, TWO), NT, SPLIT3>;
@@ -3605,12 +3979,106 @@ bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cuda
   pl.kernel = wgrad_kernel<T>(mt, nt, split3, two);
   return true;
 }
+static bool thin_wgrad_enabled() {
+  static const int v = env_int("CT3D_THIN_WGRAD", 1);
+  return v != 0;
+}
+static std::atomic<int64_t> g_thin_wgrad_launches{0};
+int64_t thin_wgrad_launches() { return g_thin_wgrad_launches.load(); }
+template <typename T, int MW, int TPW, bool SPLIT>
+static WgradThinKernel thin_wgrad_instance() { return thin_wgrad_kernel<T, MW, TPW, SPLIT>; }
+template <typename T, bool SPLIT>
+static WgradThinKernel thin_wgrad_pick(int mw) {
+  constexpr int TPW = SPLIT ? kThinWgradTpwSplit : kThinWgradTpw;
+  if (mw == 1) return thin_wgrad_instance<T, 1, TPW, SPLIT>();
+  if (mw == 2) return thin_wgrad_instance<T, 2, TPW, SPLIT>();
+  if (mw == 3) return thin_wgrad_instance<T, 3, TPW, SPLIT>();
+  return thin_wgrad_instance<T, 4, TPW, SPLIT>();
+}
+template <typename T>
+static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                             const Problem& P, bool tf32) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
+  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 ||
+      P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || P.G > 65535)
+    return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+  if (rows > 4096 || cols_max > 16384) return false;
+  auto smem_for = [&](int64_t mw, int64_t& cols, int64_t& qc) {
+    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+    qc = (cols + P.s[2] - 1) / P.s[2];
+    return P.k[0] * rows * P.s[2] * qc * 32 + 8 * 16 * mw * 32;
+  };
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
+  int mw = 0;
+  int64_t cols = 0, qc = 0, smem = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t bytes = smem_for(m, cols, qc);
+    if (bytes <= int64_t(prop->sharedMemPerBlockOptin) && (2 * bytes <= per_sm || m == 1)) {
+      mw = int(m);
+      smem = bytes;
+      break;
+    }
+  }
+  if (mw == 0) return false;
+  smem_for(mw, cols, qc);
+  ThinWgradParams prm{};
+  prm.P = P;
+  prm.win.rows = int(rows);
+  prm.win.cols = int(cols);
+  prm.win.qc = int(qc);
+  prm.win.mult = int(P.s[2]);
+  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
+  prm.xwin.rows = 8;
+  prm.xwin.cols = 16 * mw;
+  prm.xwin.qc = 16 * mw;
+  prm.xwin.mult = 1;
+  prm.xwin.cols_magic = fast_div_magic(uint32_t(16 * mw));
+  prm.xwin.plane_magic = fast_div_magic(uint32_t(8 * 16 * mw));
+  prm.xwin.mult_magic = fast_div_magic(1u);
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];
+    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
+  }
+  prm.tiles_h = int((P.in[1] + 7) / 8);
+  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
+  const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
+  prm.taps_per_part = 8 * tpw;
+  const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;
+  if (parts > 65535) return false;
+  const WgradThinKernel kernel = split ? thin_wgrad_pick<T, true>(mw) : thin_wgrad_pick<T, false>(mw);
+  set_smem_limit(kernel, smem);
+  const int64_t resident = int64_t(std::max(blocks_per_sm(kernel, 256, smem), 1)) * prop->multiProcessorCount;
+  int64_t splits = std::min<int64_t>({kMaxSplits, prm.total_tiles, std::max<int64_t>(1, resident / (parts * P.G))});
+  prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
+  splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
+  if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
+  prm.x = x.data_ptr();
+  prm.dy = dy.data_ptr();
+  prm.ws = ws.data_ptr<float>();
+  kernel<<<dim3(unsigned(splits), unsigned(parts), unsigned(P.G)), 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_thin_wgrad_launches;
+  const int64_t blocks = std::min<int64_t>((dw.numel() + 255) / 256, 65535);
+  sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(), dw.numel(), int(splits));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (db != nullptr) grad_bias<T>(dy, *db, P);
+  return true;
+}
 template <typename T>
 bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                     const Problem& P, bool tf32, int64_t algo) {
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
+  if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin<T>(dy, x, dw, db, P, tf32)) return true;
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
   const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
@@ -3709,8 +4177,19 @@ void grad_weight_tiled(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw
 template <typename T>
 void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   if (db.numel() == 0) return;
-  grad_bias_kernel<T><<<P.Cout, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.yl, P.out_vol());
+  const int64_t total = P.N * P.out_vol();
+  int64_t parts = (4 * int64_t(num_sms(dy.get_device())) + P.Cout - 1) / P.Cout;
+  parts = std::max<int64_t>(1, std::min<int64_t>({parts, 64, (total + 65535) / 65536}));
+  const int64_t chunk = std::max<int64_t>(1, (total + parts - 1) / parts);
+  parts = std::max<int64_t>(1, (total + chunk - 1) / chunk);
+  TORCH_CHECK(P.Cout <= INT_MAX, "conv_transpose3d: too many output channels for grad bias");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto part = at::empty({P.Cout * parts}, dy.options().dtype(at::kDouble));
+  grad_bias_kernel<T><<<dim3(unsigned(P.Cout), unsigned(parts)), 256, 0, stream>>>(
+      dy.data_ptr<T>(), part.data_ptr<double>(), P.N, P.yl, P.out_vol(), chunk);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  grad_bias_parts_kernel<T><<<unsigned((P.Cout + 255) / 256), 256, 0, stream>>>(
+      part.data_ptr<double>(), db.data_ptr<T>(), P.Cout, int(parts));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 #define CT3D_INSTANTIATE_WGRAD(T)                                                            \

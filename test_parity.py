@@ -355,8 +355,10 @@ def test_kernel_families_match_direct(algo, seed, mode):
             assert torch.allclose(a, b, atol=tol * b.abs().max().item() + 1e-6, rtol=tol)
 
 
-# Shapes for the thin-group forward (forward.cu: Cin/G, Cout/G <= 8, all stride phases of an
-# output tile in one block), beyond the random configurations (which it runs too).
+# Shapes for the thin-group kernels (Cin/G, Cout/G <= 8: forward.cu's, all stride phases of
+# an output tile in one block; grad_input.cu's and grad_weight.cu's, dy read in place with
+# its columns stored by residue mod stride), beyond the random configurations (which they
+# run too).
 THIN_CASES = {
     # kb72's geometry on a W of 70 phase columns (a 64-column tile and a 6-column one) and
     # 11 input rows (a partial 8-row tile)
@@ -369,6 +371,11 @@ THIN_CASES = {
     "deep_kernel": conv_cfg(4, 4, (9, 1, 3), p=(4, 0, 1), batch=1, size=(10, 5, 30)),
     # 3xTF32 past kFlushTaps taps in one phase (5 x 5 taps at stride 1)
     "many_taps": conv_cfg(8, 8, (2, 5, 5), p=1, bias=True, batch=1, size=(3, 12, 17)),
+    # grad input: a different stride and dilation on each axis (w taps land in every
+    # residue class mod 4), padding in every dimension, 2 groups of 3 ci / 4 co, and W = 37
+    # (tiles of 16 positions, the last one partial)
+    "dgrad_mixed_residues": conv_cfg(6, 8, (2, 3, 4), s=(2, 3, 4), p=(1, 2, 3), op=(1, 2, 1),
+                                     d=(3, 1, 3), g=2, bias=True, batch=2, size=(3, 7, 37)),
 }
 
 
@@ -376,8 +383,12 @@ THIN_CASES = {
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "fp16", "bf16"])
 @pytest.mark.parametrize("case", list(THIN_CASES))
-def test_thin_group_forward(case, mode, layout):
+def test_thin_group_kernels(case, mode, layout):
+    ext = mn.load_extension()
+    before = ext.thin_dgrad_launches(), ext.thin_wgrad_launches()
     check_against_truth(THIN_CASES[case], mode, layout=layout)
+    assert ext.thin_dgrad_launches() > before[0], f"{case} [{mode}]: grad input did not take the thin kernel"
+    assert ext.thin_wgrad_launches() > before[1], f"{case} [{mode}]: grad weight did not take the thin kernel"
 
 
 # Shapes for the wgmma window kernel (window_wg.cuh), beyond what the random configurations
@@ -558,13 +569,22 @@ def test_eager_path_matches_custom_op(dtype):
 
 @gpu
 @pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "bf16"])
-def test_backward_is_deterministic(mode):
+@pytest.mark.parametrize("shape", ["dense", "thin_groups"])
+def test_backward_is_deterministic(mode, shape):
     """Backward twice on the same inputs gives bitwise-equal gradients (fixed-order
-    split-K reduction, no float atomics), on a shape whose grad weight splits K."""
+    split-K reduction, no float atomics), on shapes whose grad weight splits K: a dense one
+    (the packing kernels) and a grouped strided one with 8 channels a group (kb72's kind:
+    the thin-group kernels, grad bias by its own pass)."""
     dtype, allow = MODES[mode]
     torch.manual_seed(0)
-    m = mn.ConvTranspose3d(16, 24, (3, 3, 3), stride=(1, 2, 1), padding=1, bias=True).cuda().to(dtype)
-    x = torch.randn(4, 16, 10, 12, 14, device="cuda").to(dtype)
+    if shape == "dense":
+        m = mn.ConvTranspose3d(16, 24, (3, 3, 3), stride=(1, 2, 1), padding=1, bias=True)
+        x = torch.randn(4, 16, 10, 12, 14, device="cuda").to(dtype)
+    else:
+        m = mn.ConvTranspose3d(16, 16, (3, 5, 7), stride=2, padding=(1, 2, 3), output_padding=1,
+                               groups=2, bias=True)
+        x = torch.randn(2, 16, 6, 12, 24, device="cuda").to(dtype)
+    m = m.cuda().to(dtype)
     dy = torch.randn(m(x).shape, device="cuda").to(dtype)
     with tf32(allow):
         runs = []

@@ -19,6 +19,8 @@ bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
 int64_t wgrad_ss_launches();
 int64_t wgrad_xw_launches();
+int64_t thin_dgrad_launches();
+int64_t thin_wgrad_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,4 +33,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
   m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
   m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
+  m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
+  m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
 }

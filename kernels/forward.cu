@@ -165,7 +165,6 @@ struct FwdGemm {
 // MMA on them is exact products with fp32 accumulation, as m16n8k16 would be (the shape is
 // memory-bound; the halved MMA rate costs nothing). fp32 strict: 3xTF32 as in window_tc.cuh
 // (big*big chain flushed every kFlushTaps taps), A split from the fragment by split_tf32.
-constexpr int kThinMaxTd = 16;  // most depth taps a phase may have
 constexpr int kThinMaxS = 8;    // largest stride (phases a dimension) the thin kernel takes
 
 struct ThinParams {
@@ -177,9 +176,8 @@ struct ThinParams {
   Problem P;
   int tiles_h, tiles_w;      // tiles of an output plane: 8 phase rows, RW phase columns each
   int lo_h, lo_w;            // first window row / column, relative to jh0 / jw0
-  int wr, wc;                // window rows and columns (a plane)
+  ThinWindow win;            // the window's rows and columns (a plane), columns in order
   int w_words;               // B words of one group: kvol * 64
-  uint32_t wc_magic, plane_magic;  // fast_div_magic of wc and of wr * wc
   PhaseDim ph[3][kThinMaxS]; // the phases of each dimension (phase_dim), made on the host
 };
 
@@ -227,29 +225,12 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int nvt = s_nvt;
 
   // ---- the window: position (plane pi, row r, column c) holds x at (s_id[pi], jh0 + lo_h + r,
-  // jw0 + lo_w + c), channels 0..7 (0 outside x and past Cin/G); one position a thread ----
+  // jw0 + lo_w + c), channels 0..7 (0 outside x and past Cin/G) ----
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
-  const int plane_pos = prm.wr * prm.wc, npos = nvt * plane_pos;
-  const T* xp = static_cast<const T*>(prm.x);
   const int cin_g = int(P.cin_g());
-  const int64_t xbase = n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
-  for (int pos = tid; pos < npos; pos += 256) {
-    const int pi = fast_div(pos, prm.plane_magic), rem = pos - pi * plane_pos;
-    const int r = fast_div(rem, prm.wc_magic), c = rem - r * prm.wc;
-    const int ih = jh0 + prm.lo_h + r, iw = jw0 + prm.lo_w + c;
-    const bool in = unsigned(ih) < unsigned(P.in[1]) && unsigned(iw) < unsigned(P.in[2]);
-    const int64_t off = xbase + ((int64_t(s_id[pi]) * P.in[1] + ih) * P.in[2] + iw) * P.xl.v;
-    float v[8];
-#pragma unroll
-    for (int ci = 0; ci < 8; ++ci) {
-      const float e = (in && ci < cin_g) ? float(xp[off + ci * P.xl.c]) : 0.f;
-      v[ci] = kRoundA ? round_tf32(e) : e;
-    }
-    float4* dst = reinterpret_cast<float4*>(win + pos * 32);
-    const int swz = (pos >> 2) & 1;
-    dst[swz] = make_float4(v[0], v[1], v[2], v[3]);
-    dst[swz ^ 1] = make_float4(v[4], v[5], v[6], v[7]);
-  }
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x),
+                                n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, nvt,
+                                jh0 + prm.lo_h, jw0 + prm.lo_w, int(P.in[0]), int(P.in[1]), int(P.in[2]));
   cp_async_wait(0);
   __syncthreads();
 
@@ -287,7 +268,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
         for (int th = 0; th < qh.T; ++th) {
           // Gather rule: tap t of a phase reads source position j + off0 - t*doff. p0: this
           // lane's ldmatrix row (position jw0 + a_row) at tap tw = 0; bw: its B fragment.
-          int p0 = (pi * prm.wr + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.wc + qw.off0 - prm.lo_w + a_row;
+          int p0 = (pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.cols + qw.off0 - prm.lo_w + a_row;
           const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
           for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
             const uint2 bb = *reinterpret_cast<const uint2*>(bw);
@@ -398,14 +379,18 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.wr = 8 + hi[1] - lo[1];
-  prm.wc = 16 * mw + hi[2] - lo[2];
+  prm.win.rows = 8 + hi[1] - lo[1];
+  prm.win.cols = 16 * mw + hi[2] - lo[2];
+  prm.win.qc = prm.win.cols;
+  prm.win.mult = 1;
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  prm.wc_magic = fast_div_magic(uint32_t(prm.wc));
-  prm.plane_magic = fast_div_magic(uint32_t(prm.wr * prm.wc));
-  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 + int64_t(std::max(td_max, 1)) * prm.wr * prm.wc * 32;
+  prm.win.cols_magic = fast_div_magic(uint32_t(prm.win.cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(prm.win.rows * prm.win.cols));
+  prm.win.mult_magic = fast_div_magic(1u);
+  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
+                       int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
   const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");

@@ -8,15 +8,19 @@
 // with k = co * kvol + r. Every (i, r) pair lands on a real dy voxel or
 // outside dy, so there are no phases here: stride only spaces out the gather.
 //
-// Two kernels run it. grad_input_tc: the tensor-core window convolution of window_tc.cuh
-// with src = dy, position multiplier s and tap offsets r*d - p, one sub-problem per
-// group; the default. grad_input_tiled: common.cuh's FFMA tile (blockIdx.z = g), the
-// fallback where the window does not fit in shared memory, and algo="tiled".
+// Three kernels run it. thin_dgrad_kernel (below): where Cin/G and Cout/G are at most 8
+// (kb72: grouped, stride 2), one block reads dy in place and computes a tile of dx on TF32
+// MMAs. grad_input_tc: the tensor-core window convolution of window_tc.cuh with src = dy,
+// position multiplier s and tap offsets r*d - p, one sub-problem per group; the default
+// otherwise. grad_input_tiled: common.cuh's FFMA tile (blockIdx.z = g), the fallback where
+// the window does not fit in shared memory, and algo="tiled".
 //
-// Sections: the FFMA Gemm (gather rule + epilogue), launchers.
+// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, launchers.
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
+
+#include <atomic>
 
 namespace ct3d {
 
@@ -98,12 +102,272 @@ struct DgradGemm {
 };
 
 // ============================================================================
+// Thin groups: a tile of dx from dy in place (tensor cores)
+// ============================================================================
+// For Cin/G <= 8 and Cout/G <= 8 the window kernel's sub-problems are one 32-byte chunk
+// deep, and it packs dy (the largest tensor of the layer) before it starts; kb72's grad
+// input took ~8x its memory floor that way. Here a block owns one input depth plane id of
+// one (n, g) and a tile of 8 rows x RW = 16*MW columns of dx; warp u takes row ih0 + u.
+// GEMM view per row: M = RW positions iw, N = 8 (Cin/G, zero-padded), K = 8 (Cout/G,
+// zero-padded) per tap; one m16n8k8 TF32 MMA per 16 positions and tap, every tap of the
+// kernel (no phases: each (i, r) lands on one dy voxel, or outside dy).
+// Gather rule (1): tap r of input voxel i reads dy at o = i*s - p + r*d. So the block reads
+// the dy planes od = id*sD - pD + rd*dD that exist, and in each of them the rows
+// ih0*sH - pH + [0, 7*sH + (kH-1)*dH] and the columns iw0*sW - pW + [0, (RW-1)*sW +
+// (kW-1)*dW]: the window (thin_stage_window, window_tc.cuh), with its columns stored by
+// residue mod sW, so the 16 positions of an MMA tile, sW columns apart in dy, are 16
+// consecutive window slots at every tap: column c = j*sW + rw*dW of position j sits in
+// slot (rw*dW % sW) * qc + j + rw*dW / sW (col_off[rw] + j).
+// Shared memory: B of all taps of group g ([tap][lane][2 words], B[k = co][n = ci] by
+// transform_weight_kernel; twice for 3xTF32), then the window.
+// Precision as thin_fwd_kernel (forward.cu): TF32 mode rounds dy to nearest-even as it is
+// staged (B by the transform); fp16/bf16 are exact in TF32; fp32 strict is 3xTF32.
+constexpr int kThinMaxK = 32;  // most taps along w (col_off entries)
+
+struct ThinDgradParams {
+  const void* dy;
+  const uint32_t* wt_big;    // [G][kvol][32 lanes][2 words]
+  const uint32_t* wt_small;  // same, 3xTF32 only
+  void* dx;
+  Problem P;
+  int tiles_h, tiles_w;      // tiles of an input plane: 8 rows, RW columns each
+  ThinWindow win;            // rows 7*sH + (kH-1)*dH + 1, columns stored by residue mod sW
+  int w_words;               // B words of one group: kvol * 64
+  int col_off[kThinMaxK];    // window slot of tap rw for position 0 of a tile
+};
+
+template <typename T, int MW, bool SPLIT>
+__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
+  constexpr int RW = 16 * MW;
+  constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  // ---- block -> (n, g, id, tile) ----
+  uint32_t b = blockIdx.x;  // 32-bit divisions: the grid is below 2^31 blocks
+  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
+  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int id = int(b % uint32_t(P.in[0])); b /= uint32_t(P.in[0]);
+  const int g = int(b % uint32_t(P.G));
+  const int64_t n = b / uint32_t(P.G);
+  const int ih0 = th_i * 8, iw0 = tw_i * RW;
+
+  // ---- B of group g by cp.async; it lands while the window is staged ----
+  uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
+  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
+  for (int i = tid * 4; i < nw; i += 1024) {
+    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
+                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
+    cp_async16(smem_u32(wsm + i), src, 16);
+  }
+  cp_async_commit();
+
+  // ---- depth: tap rd reads dy plane od = id*sD - pD + rd*dD, where it exists ----
+  if (tid == 0) {
+    int nvt = 0;
+    for (int rd = 0; rd < int(P.k[0]); ++rd) {
+      const int od = id * int(P.s[0]) - int(P.p[0]) + rd * int(P.d[0]);
+      if (unsigned(od) < unsigned(P.out[0])) { s_rd[nvt] = rd; s_od[nvt] = od; ++nvt; }
+    }
+    s_nvt = nvt;
+  }
+  __syncthreads();
+  const int nvt = s_nvt;
+
+  // ---- the window of dy: planes s_od, rows from ih0*sH - pH, columns from iw0*sW - pW ----
+  unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
+  const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.dy),
+                                n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
+                                ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
+                                int(P.out[0]), int(P.out[1]), int(P.out[2]));
+  cp_async_wait(0);
+  __syncthreads();
+
+  // ---- MMAs: warp u, input row ih0 + u, every tap ----
+  const int ih = ih0 + warp;
+  if (ih >= int(P.in[1])) return;  // no barrier follows
+  const uint32_t win_s = smem_u32(win);
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;  // ldmatrix.x4 rows
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
+  const int row_slots = prm.win.mult * prm.win.qc;
+  float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
+#pragma unroll
+  for (int i = 0; i < MW; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+  int taps = 0;
+  for (int pi = 0; pi < nvt; ++pi) {
+    const int rd = s_rd[pi];
+    for (int rh = 0; rh < k1; ++rh) {
+      // This lane's ldmatrix row (position iw0 + a_row) in window row u*sH + rh*dH.
+      const int prow = (pi * prm.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
+      for (int rw = 0; rw < k2; ++rw, bw += 64) {
+        const uint2 bb = *reinterpret_cast<const uint2*>(bw);
+        uint2 bs = bb;
+        if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
+        const int p0 = prow + prm.col_off[rw];
+        // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
+        const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
+#pragma unroll
+        for (int mt = 0; mt < MW; ++mt) {
+          uint32_t a[4];
+          ldmatrix_x4(a, a_addr + mt * 512);
+          if constexpr (SPLIT) {
+            uint32_t ab[4], as[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
+            mma_tf32(blk[mt], ab, bb.x, bb.y);
+            mma_tf32(cor[mt], as, bb.x, bb.y);
+            mma_tf32(cor[mt], ab, bs.x, bs.y);
+          } else {
+            mma_tf32(acc[mt], a, bb.x, bb.y);
+          }
+        }
+        if (SPLIT && ++taps == kFlushTaps) {
+          taps = 0;
+#pragma unroll
+          for (int i = 0; i < MW; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+        }
+      }
+    }
+  }
+
+  // ---- epilogue: one rounding, dx at (id, ih, iw0 + position) ----
+  // Fragment rows lane/4 + 8k (k = 2*mt + hf) are positions; columns 2*(lane%4) + {0, 1}
+  // are the lane's input channels ci0, ci0 + 1 of the group.
+  const int ci0 = 2 * (lane % 4);
+  const bool st0 = ci0 < cin_g, st1 = ci0 + 1 < cin_g;
+  const int64_t xsc = P.xl.c, xsv = P.xl.v;
+  const int iw_l = iw0 + lane / 4;
+  T* q = static_cast<T*>(prm.dx) + n * P.xl.n + (int64_t(g) * cin_g + ci0) * xsc +
+         ((int64_t(id) * P.in[1] + ih) * P.in[2] + iw_l) * xsv;
+#pragma unroll
+  for (int mt = 0; mt < MW; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf, q += 8 * xsv) {
+      float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
+      if (SPLIT) {
+        v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
+        v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
+      }
+      if (iw_l + 16 * mt + 8 * hf < int(P.in[2])) {
+        if (st0) q[0] = T(v0);
+        if (st1) q[xsc] = T(v1);
+      }
+    }
+#endif
+}
+
+// ============================================================================
 // Launchers
 // ============================================================================
-// Tensor cores; false where the kernel does not fit (see run_window_tc).
+// thin_dgrad_kernel launches so far in this process (tests: that the thin cases take it).
+static std::atomic<int64_t> g_thin_dgrad_launches{0};
+int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
+
+template <typename T, int MW, bool SPLIT>
+static void launch_thin_dgrad(const ThinDgradParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
+  auto kernel = thin_dgrad_kernel<T, MW, SPLIT>;
+  set_smem_limit(kernel, smem);
+  kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, bool SPLIT>
+static void dispatch_thin_dgrad(int mw, const ThinDgradParams& prm, int64_t blocks, int64_t smem,
+                                cudaStream_t stream) {
+  if (mw == 1) launch_thin_dgrad<T, 1, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 2) launch_thin_dgrad<T, 2, SPLIT>(prm, blocks, smem, stream);
+  else if (mw == 3) launch_thin_dgrad<T, 3, SPLIT>(prm, blocks, smem, stream);
+  else launch_thin_dgrad<T, 4, SPLIT>(prm, blocks, smem, stream);
+}
+
+// Thin groups (thin_dgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
+// GPU older than sm_80, more than kThinMaxTd depth or kThinMaxK width taps, or a window
+// too large for shared memory. Tile width: the widest (MW up to 4, no wider than dx) whose
+// block leaves room for two on an SM, else the narrowest that fits at all.
+template <typename T>
+static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
+                            bool tf32) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
+  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK)
+    return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int64_t w_words = P.kvol() * 64, wbytes = (split ? 2 : 1) * w_words * 4;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at MW = 4
+  if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
+  auto window = [&](int64_t mw, int64_t& cols, int64_t& qc) {  // shared-memory bytes of a block
+    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+    qc = (cols + P.s[2] - 1) / P.s[2];
+    return wbytes + P.k[0] * rows * P.s[2] * qc * 32;
+  };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
+  int mw = 0;
+  int64_t cols = 0, qc = 0, smem = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t bytes = window(m, cols, qc);
+    if (bytes <= optin && (2 * bytes <= per_sm || m == 1)) { mw = int(m); smem = bytes; break; }
+  }
+  if (mw == 0) return false;
+  window(mw, cols, qc);
+
+  ThinDgradParams prm{};
+  prm.P = P;
+  prm.win.rows = int(rows);
+  prm.win.cols = int(cols);
+  prm.win.qc = int(qc);
+  prm.win.mult = int(P.s[2]);
+  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
+    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
+  }
+  prm.tiles_h = int((P.in[1] + 7) / 8);
+  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.w_words = int(w_words);
+  const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
+  TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
+
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t wt_numel = P.G * w_words;
+  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
+      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobGradInput, 1, 1,
+      split ? kWeightSplit : kWeightTf32);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  prm.dy = dy.data_ptr();
+  prm.wt_big = wt_ptr;
+  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
+  prm.dx = dx.data_ptr();
+  ++g_thin_dgrad_launches;
+  if constexpr (std::is_same<T, float>::value) {
+    if (split) {
+      dispatch_thin_dgrad<T, true>(mw, prm, blocks, smem, stream);
+      return true;
+    }
+  }
+  dispatch_thin_dgrad<T, false>(mw, prm, blocks, smem, stream);
+  return true;
+}
+
+// Tensor cores; false where the kernel does not fit (see run_window_tc). Thin groups take
+// thin_dgrad_kernel (except under kTcMma / kTcWgmma, which test the window kernels).
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32, int64_t algo) {
+  if (algo != kTcMma && algo != kTcWgmma && grad_input_thin<T>(dy, w, dx, P, tf32)) return true;
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
   return run_window_tc<T>(prm, dy, w, tf32, algo);
 }

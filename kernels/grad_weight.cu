@@ -14,9 +14,10 @@
 // floats) is chosen from the blocks that fit on the card at once so that no wave runs
 // part-empty (wgrad_splits).
 //
-// Three kernels compute the split partials. On Hopper (sm_90a build) wgrad_wg_kernel, the
-// same blocks on wgmma, turned around (its section says how), TF32, 3xTF32 and 16-bit.
-// Elsewhere wgrad_tc_kernel (mma.sync):
+// Four kernels compute the split partials. thin_wgrad_kernel, where Cin/G and Cout/G are at
+// most 8 (its section says how: x and dy read in place). On Hopper (sm_90a build)
+// wgrad_wg_kernel, the same blocks on wgmma, turned around (its section says how), TF32,
+// 3xTF32 and 16-bit. Elsewhere wgrad_tc_kernel (mma.sync):
 // block (split, chunk of 8*NT dy channels, group g and tap group) walks tiles of 128 input
 // positions (one plane of one batch item each). For each tile it has in shared memory
 //   - the x tile xt[ci][position] (cp.async, 16-byte pieces, where x's positions are
@@ -37,11 +38,13 @@
 //     two 4-byte loads a fragment (ldmatrix cannot transpose 32-bit elements).
 // grad_weight_tiled: common.cuh's FFMA tile, the fallback (Cin/G > 64, windows too large).
 //
-// grad bias: with the tensor-core grad weight, from the per-channel sums that the dy pack
-// takes as it copies dy (fp64, fixed order: pack_src_kernel, pack_bias_kernel); else one
-// block per output channel sums dy in a fixed order (grad_bias_kernel, fp64).
+// grad bias: with the kernels that pack dy (wgrad_wg, wgrad_tc), from the per-channel sums
+// that the pack takes as it copies dy (fp64, fixed order: pack_src_kernel,
+// pack_bias_kernel); else (thin groups, FFMA) blocks of parts of each channel sum dy in a
+// fixed order (grad_bias_kernel, fp64), then the parts are added in order.
 //
-// Sections: the FFMA Gemm, the tensor-core kernel, reduction kernels, launchers.
+// Sections: the FFMA Gemm, the tensor-core kernels, the thin-group kernel, reduction
+// kernels, launchers.
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
@@ -1186,6 +1189,165 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 }
 
 // ============================================================================
+// Thin groups: x tiles and dy windows read in place (tensor cores)
+// ============================================================================
+// For Cin/G <= 8 and Cout/G <= 8 (kb72: grouped, stride 2) the kernels above pack dy (the
+// largest tensor) first and give each block one chunk of 8 dy channels: kb72's grad weight
+// took ~15x its memory floor. Here block (split, part, g) walks tiles split * tiles_per_split
+// onwards, a tile being 8 rows x RW = 16*MW columns of one input depth plane id of one batch
+// item n (grad_input.cu's thin_dgrad_kernel tiles), and for each stages
+//   - the x tile, [row][RW positions][8 ci] (thin_stage_window, plane id);
+//   - the dy window every tap of the tile reaches, as thin_dgrad_kernel stages it but with
+//     all kD planes od = id*sD - pD + rd*dD (zero where od is outside dy), so tap r's
+//     window slot for position (u, j) is a fixed offset: toff(r) + u*sH*row_slots + j.
+// GEMM view per tap r: M = ci (8 of 16 rows used), N = co (8), K = the tile's positions,
+// 8 a k-step (one row u, columns j0 .. j0 + 7); one m16n8k8 TF32 MMA per tap and k-step.
+// Warp w owns taps w, w + 8, ... of the block's part (TPW at most): the A fragment (x, two
+// 4-byte loads: rows 8..15 are zero) is loaded once a k-step for all of them, B (dy at the
+// tap's shift, two 4-byte loads, conflict-free at any shift: four consecutive positions
+// are 128 contiguous bytes) once a tap. The sums stay in registers across the block's
+// tiles; each block writes its fp32 partial dw to ws[split] and sum_splits_kernel adds
+// the splits in order (deterministic). 3xTF32 needs three accumulator sets: fewer taps a
+// warp (kThinWgradTpwSplit), the taps split over `parts` blocks that stage the same tiles.
+// Precision as the other thin kernels: TF32 mode rounds x and dy to nearest-even as they
+// are staged; 16-bit values are exact in TF32; fp32 strict splits each fragment (big*big
+// restarted every row of a tile, <= 2*MW <= 8 k-steps, and added into a register sum).
+constexpr int kThinWgradTpw = 16;       // taps a warp, one accumulator set
+constexpr int kThinWgradTpwSplit = 6;   // taps a warp, 3xTF32
+
+struct ThinWgradParams {
+  const void* x;
+  const void* dy;
+  float* ws;                 // [splits][numel(dw)]
+  Problem P;
+  int tiles_h, tiles_w;      // tiles of an input plane: 8 rows, RW columns each
+  int64_t total_tiles, tiles_per_split;
+  int taps_per_part;         // taps a block: 8 * TPW, the last part fewer
+  ThinWindow win;            // the dy window (thin_dgrad_kernel's)
+  ThinWindow xwin;           // the x tile: 8 rows x RW columns, in order
+  int col_off[kThinMaxK];    // dy window slot of tap rw for position 0 of a row
+};
+
+// Word c (channel c) of window slot p: thin_stage_window swaps the 16-byte halves of a slot
+// where bit 2 of p is set.
+__device__ __forceinline__ int thin_word(int p, int c) { return ((((c >> 2) ^ (p >> 2)) & 1) << 2) | (c & 3); }
+
+template <typename T, int MW, int TPW, bool SPLIT>
+__global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int s_od[kThinMaxTd], s_id[1];
+  constexpr int RW = 16 * MW;
+  constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
+  const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
+  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.win.mult * prm.win.qc;
+  unsigned char* win = smem;  // the dy window, then the x tile
+  unsigned char* xt = smem + int64_t(P.k[0]) * prm.win.rows * row_slots * 32;
+  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
+
+  // This warp's taps: tap0 + warp + 8 i, i < TPW; toff: the tap's window slot at (0, 0).
+  const int tap0 = part * prm.taps_per_part;
+  const int tap_end = min(kvol, tap0 + prm.taps_per_part);
+  int toff[TPW];
+#pragma unroll
+  for (int i = 0; i < TPW; ++i) {
+    const int tap = min(tap0 + warp + 8 * i, kvol - 1);
+    const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
+    toff[i] = (rd * prm.win.rows + rh * int(P.d[1])) * row_slots + prm.col_off[rw];
+  }
+  float acc[TPW][4], blk[TPW][4], cor[TPW][4];
+#pragma unroll
+  for (int i = 0; i < TPW; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+
+  const int64_t t_begin = split * prm.tiles_per_split;
+  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    // ---- tile -> (n, id, rows ih0.., columns iw0..) ----
+    int64_t b = t;
+    const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
+    const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
+    const int id = int(b % P.in[0]);
+    const int64_t n = b / P.in[0];
+    const int ih0 = th_i * 8, iw0 = tw_i * RW;
+    __syncthreads();  // the previous tile's window and x tile have been read
+    if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
+    if (tid == 0) s_id[0] = id;
+    __syncthreads();
+    thin_stage_window<T, kRound>(win, prm.win, static_cast<const T*>(prm.dy),
+                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
+                                 int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
+                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x),
+                                 n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, 1,
+                                 ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
+    __syncthreads();
+
+    // ---- MMAs: every k-step (row u, columns j0 .. j0 + 7) for this warp's taps ----
+    // A[m = ci][k = position] = x tile: a0 = (gq, tq), a2 = (gq, tq + 4); rows 8..15 zero.
+    // B[k = position][n = co] = dy window at the tap's slot: b0 = (tq, gq), b1 = (tq + 4, gq).
+    for (int u = 0; u < 8; ++u) {
+      if (ih0 + u >= int(P.in[1])) break;  // x rows past the plane are zero: nothing to add
+      const int urow = u * int(P.s[1]) * row_slots;
+#pragma unroll
+      for (int ks = 0; ks < 2 * MW; ++ks) {
+        const int xs0 = u * RW + ks * 8 + tq, xs1 = xs0 + 4;
+        uint32_t a[4];
+        a[0] = xw[xs0 * 8 + thin_word(xs0, gq)];
+        a[2] = xw[xs1 * 8 + thin_word(xs1, gq)];
+        a[1] = a[3] = 0u;
+        uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
+        if constexpr (SPLIT) {
+          split_tf32(a[0], ab[0], as[0]);
+          split_tf32(a[2], ab[2], as[2]);
+        }
+#pragma unroll
+        for (int i = 0; i < TPW; ++i) {
+          if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
+          const int p0 = toff[i] + urow + ks * 8 + tq, p1 = p0 + 4;
+          const uint32_t b0 = ww[p0 * 8 + thin_word(p0, gq)], b1 = ww[p1 * 8 + thin_word(p1, gq)];
+          if constexpr (SPLIT) {
+            uint32_t bb0, bs0, bb1, bs1;
+            split_tf32(b0, bb0, bs0);
+            split_tf32(b1, bb1, bs1);
+            mma_tf32(blk[i], ab, bb0, bb1);
+            mma_tf32(cor[i], as, bb0, bb1);
+            mma_tf32(cor[i], ab, bs0, bs1);
+          } else {
+            mma_tf32(acc[i], a, b0, b1);
+          }
+        }
+      }
+      if constexpr (SPLIT) {
+#pragma unroll
+        for (int i = 0; i < TPW; ++i)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+      }
+    }
+  }
+
+  // ---- epilogue: this block's partial dw, rows ci = gq, columns co = 2 tq, 2 tq + 1 ----
+  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
+  float* wsp = prm.ws + split * numel + (int64_t(g) * cin_g + gq) * cout_g * kvol;
+#pragma unroll
+  for (int i = 0; i < TPW; ++i) {
+    const int tap = tap0 + warp + 8 * i;
+    if (tap >= tap_end || gq >= cin_g) continue;
+    const float v0 = SPLIT ? acc[i][0] + cor[i][0] : acc[i][0];
+    const float v1 = SPLIT ? acc[i][1] + cor[i][1] : acc[i][1];
+    if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
+    if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
+  }
+#endif
+}
+
+// ============================================================================
 // Reduction kernels (fixed order: deterministic)
 // ============================================================================
 template <typename T>
@@ -1199,18 +1361,34 @@ __global__ void sum_splits_kernel(const float* __restrict__ ws, T* __restrict__ 
   }
 }
 
-// One block per output channel: db[c] = sum over n and voxels of dy[n, c, :].
+// db[c] = sum over n and voxels of dy[n, c, :], in two steps with a fixed order: block
+// (c, s) sums part s of channel c's N * vol values, the positions [s * chunk, (s + 1) *
+// chunk) of its flattened (n, voxel) range, into part[c * parts + s] (fp64), and
+// grad_bias_parts_kernel adds a channel's parts in order (one block a channel left most
+// of the card idle: kb72's 32 channels read 113 MB on 32 SMs).
 template <typename T>
-__global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, T* __restrict__ db,
-                                                        int64_t N, Layout yl, int64_t vol) {
-  const int64_t c = blockIdx.x;
+__global__ void __launch_bounds__(256) grad_bias_kernel(const T* __restrict__ dy, double* __restrict__ part,
+                                                        int64_t N, Layout yl, int64_t vol, int64_t chunk) {
+  const int64_t c = blockIdx.x, s = blockIdx.y;
+  const int64_t k0 = s * chunk, k1 = min(N * vol, k0 + chunk);
   double acc = 0.0;
-  for (int64_t n = 0; n < N; ++n) {
+  for (int64_t n = k0 / vol; n < N && n * vol < k1; ++n) {
     const T* row = dy + yl.at(n, c, 0);
-    for (int64_t v = threadIdx.x; v < vol; v += blockDim.x) acc += double(row[v * yl.v]);
+    const int64_t v_end = min(vol, k1 - n * vol);
+    for (int64_t v = max(int64_t(0), k0 - n * vol) + threadIdx.x; v < v_end; v += blockDim.x)
+      acc += double(row[v * yl.v]);
   }
   const double sum = block_sum_256(acc);
-  if (threadIdx.x == 0) db[c] = cast_out<T>(sum);
+  if (threadIdx.x == 0) part[c * gridDim.y + s] = sum;
+}
+
+template <typename T>
+__global__ void grad_bias_parts_kernel(const double* __restrict__ part, T* __restrict__ db, int64_t C, int parts) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  double acc = 0.0;
+  for (int s = 0; s < parts; ++s) acc += part[c * parts + s];
+  db[c] = cast_out<T>(acc);
 }
 
 // ============================================================================
@@ -1261,6 +1439,8 @@ inline WgradGeometry wgrad_geometry(const Problem& P, const at::Tensor& x, int64
 }
 
 using WgradKernel = void (*)(WgradTcParams);
+using WgradThinKernel = void (*)(ThinWgradParams);
+template <typename T> void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P);
 
 template <typename T, int MT, int NT, bool SPLIT3, bool TWO>
 static WgradKernel wgrad_instance() {
@@ -1506,6 +1686,114 @@ bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cuda
   return true;
 }
 
+// Thin groups (thin_wgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
+// GPU older than sm_80, more than kThinMaxTd depth or kThinMaxK width taps, or a window too
+// large for shared memory. CT3D_THIN_WGRAD=0 turns it off (A/B timing). Tile width: the
+// widest (MW up to 4, no wider than x) that leaves room for two blocks an SM, else the
+// narrowest that fits at all. grad bias:
+// grad_bias's own pass over dy (a dy element is in several tiles' windows, or in none
+// where output_padding or stride leave it untouched by x, so the windows cannot sum it).
+static bool thin_wgrad_enabled() {
+  static const int v = env_int("CT3D_THIN_WGRAD", 1);
+  return v != 0;
+}
+
+static std::atomic<int64_t> g_thin_wgrad_launches{0};
+int64_t thin_wgrad_launches() { return g_thin_wgrad_launches.load(); }
+
+template <typename T, int MW, int TPW, bool SPLIT>
+static WgradThinKernel thin_wgrad_instance() { return thin_wgrad_kernel<T, MW, TPW, SPLIT>; }
+
+template <typename T, bool SPLIT>
+static WgradThinKernel thin_wgrad_pick(int mw) {
+  constexpr int TPW = SPLIT ? kThinWgradTpwSplit : kThinWgradTpw;
+  if (mw == 1) return thin_wgrad_instance<T, 1, TPW, SPLIT>();
+  if (mw == 2) return thin_wgrad_instance<T, 2, TPW, SPLIT>();
+  if (mw == 3) return thin_wgrad_instance<T, 3, TPW, SPLIT>();
+  return thin_wgrad_instance<T, 4, TPW, SPLIT>();
+}
+
+template <typename T>
+static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
+                             const Problem& P, bool tf32) {
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
+  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 ||
+      P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || P.G > 65535)
+    return false;
+  const bool split = std::is_same<T, float>::value && !tf32;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at MW = 4
+  if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
+  auto smem_for = [&](int64_t mw, int64_t& cols, int64_t& qc) {  // dy window + x tile
+    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+    qc = (cols + P.s[2] - 1) / P.s[2];
+    return P.k[0] * rows * P.s[2] * qc * 32 + 8 * 16 * mw * 32;
+  };
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
+  int mw = 0;
+  int64_t cols = 0, qc = 0, smem = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t bytes = smem_for(m, cols, qc);
+    if (bytes <= int64_t(prop->sharedMemPerBlockOptin) && (2 * bytes <= per_sm || m == 1)) {
+      mw = int(m);
+      smem = bytes;
+      break;
+    }
+  }
+  if (mw == 0) return false;
+  smem_for(mw, cols, qc);
+
+  ThinWgradParams prm{};
+  prm.P = P;
+  prm.win.rows = int(rows);
+  prm.win.cols = int(cols);
+  prm.win.qc = int(qc);
+  prm.win.mult = int(P.s[2]);
+  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
+  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
+  prm.xwin.rows = 8;
+  prm.xwin.cols = 16 * mw;
+  prm.xwin.qc = 16 * mw;
+  prm.xwin.mult = 1;
+  prm.xwin.cols_magic = fast_div_magic(uint32_t(16 * mw));
+  prm.xwin.plane_magic = fast_div_magic(uint32_t(8 * 16 * mw));
+  prm.xwin.mult_magic = fast_div_magic(1u);
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
+    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
+  }
+  prm.tiles_h = int((P.in[1] + 7) / 8);
+  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
+  const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
+  prm.taps_per_part = 8 * tpw;
+  const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;
+  if (parts > 65535) return false;
+
+  const WgradThinKernel kernel = split ? thin_wgrad_pick<T, true>(mw) : thin_wgrad_pick<T, false>(mw);
+  set_smem_limit(kernel, smem);
+  const int64_t resident = int64_t(std::max(blocks_per_sm(kernel, 256, smem), 1)) * prop->multiProcessorCount;
+  int64_t splits = std::min<int64_t>({kMaxSplits, prm.total_tiles, std::max<int64_t>(1, resident / (parts * P.G))});
+  prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
+  splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
+
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
+  if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
+  prm.x = x.data_ptr();
+  prm.dy = dy.data_ptr();
+  prm.ws = ws.data_ptr<float>();
+  kernel<<<dim3(unsigned(splits), unsigned(parts), unsigned(P.G)), 256, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_thin_wgrad_launches;
+  const int64_t blocks = std::min<int64_t>((dw.numel() + 255) / 256, 65535);
+  sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(), dw.numel(), int(splits));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (db != nullptr) grad_bias<T>(dy, *db, P);
+  return true;
+}
+
 // Tensor cores; false (launching nothing) where no kernel fits (see the plans). algo:
 // kTcMma takes mma.sync, kTcWgmma wgmma wherever it runs, the others wgmma where it runs.
 // With db (not null), grad bias comes from the dy pack's channel sums.
@@ -1515,6 +1803,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
+  if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin<T>(dy, x, dw, db, P, tf32)) return true;
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
   const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
@@ -1622,11 +1911,23 @@ void grad_weight_tiled(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Parts a channel: about four blocks an SM in all, at most 64, at least 64K values a part.
 template <typename T>
 void grad_bias(const at::Tensor& dy, at::Tensor& db, const Problem& P) {
   if (db.numel() == 0) return;
-  grad_bias_kernel<T><<<P.Cout, 256, 0, at::cuda::getCurrentCUDAStream()>>>(
-      dy.data_ptr<T>(), db.data_ptr<T>(), P.N, P.yl, P.out_vol());
+  const int64_t total = P.N * P.out_vol();
+  int64_t parts = (4 * int64_t(num_sms(dy.get_device())) + P.Cout - 1) / P.Cout;
+  parts = std::max<int64_t>(1, std::min<int64_t>({parts, 64, (total + 65535) / 65536}));
+  const int64_t chunk = std::max<int64_t>(1, (total + parts - 1) / parts);
+  parts = std::max<int64_t>(1, (total + chunk - 1) / chunk);
+  TORCH_CHECK(P.Cout <= INT_MAX, "conv_transpose3d: too many output channels for grad bias");
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto part = at::empty({P.Cout * parts}, dy.options().dtype(at::kDouble));
+  grad_bias_kernel<T><<<dim3(unsigned(P.Cout), unsigned(parts)), 256, 0, stream>>>(
+      dy.data_ptr<T>(), part.data_ptr<double>(), P.N, P.yl, P.out_vol(), chunk);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  grad_bias_parts_kernel<T><<<unsigned((P.Cout + 255) / 256), 256, 0, stream>>>(
+      part.data_ptr<double>(), db.data_ptr<T>(), P.Cout, int(parts));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

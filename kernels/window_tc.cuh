@@ -352,6 +352,65 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 #endif
 }
 
+// The source window of the thin-group kernels (forward.cu's thin_fwd_kernel, grad_input.cu's
+// thin_dgrad_kernel), staged by all 256 threads of a block: window position (plane pi, row
+// r, column c) holds src at (planes[pi], row0 + r, col0 + c), channels 0..7 (fp32, 32 bytes;
+// 0 outside src and past cg), rounded to TF32 (nearest-even) when ROUND. Columns are
+// stored by residue mod `mult` (1: in order), slot (c % mult) * qc + c / mult of a row of
+// mult * qc slots, so that positions read `mult` columns apart (a strided convolution's
+// taps) sit side by side. The two 16-byte halves of a position are swapped where bit 2 of
+// its index is set: the 8 consecutive positions an ldmatrix phase reads hit all 32 banks.
+// Positions are walked in source order (a warp's loads of a channel coalesce along the
+// row), kThinBatch a thread at once, so 8 * kThinBatch loads are in flight before the
+// first store (with one position at a time the copy was latency-bound; 4 at once spilled
+// under the kernels' register caps).
+// Planes outside [0, D) are zero-filled (grad weight stages every depth tap's plane).
+struct ThinWindow {
+  int rows, cols;          // window rows and columns (a plane)
+  int qc;                  // slots of one residue class: ceil(cols / mult)
+  int mult;                // column multiplier (stride of the reads along w)
+  uint32_t cols_magic, plane_magic, mult_magic;  // fast_div_magic of cols, rows * cols, mult
+};
+constexpr int kThinBatch = 2;
+constexpr int kThinMaxTd = 16;  // most depth taps (window planes) of a thin kernel's block
+
+template <typename T, bool ROUND>
+__device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
+                                                  int64_t base, int64_t sc, int64_t sv, int cg,
+                                                  const int* planes, int nplanes, int row0, int col0,
+                                                  int D, int H, int W) {
+  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
+  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * kThinBatch) {
+    float v[kThinBatch][8];
+    int slot[kThinBatch];
+#pragma unroll
+    for (int u = 0; u < kThinBatch; ++u) {
+      const int pos = p0 + u * 256;
+      const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
+      const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
+      const int q = fast_div(c, tw.mult_magic), res = c - q * tw.mult;
+      slot[u] = pos < npos ? (pi * tw.rows + r) * row_slots + res * tw.qc + q : -1;
+      const int ih = row0 + r, iw = col0 + c;
+      const bool in = pos < npos && unsigned(planes[pi]) < unsigned(D) &&
+                      unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const int64_t off = in ? base + ((int64_t(planes[pi]) * H + ih) * W + iw) * sv : 0;
+#pragma unroll
+      for (int ci = 0; ci < 8; ++ci) {
+        const float e = (in && ci < cg) ? float(src[off + ci * sc]) : 0.f;
+        v[u][ci] = ROUND ? round_tf32(e) : e;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kThinBatch; ++u) {
+      if (slot[u] < 0) continue;
+      float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
+      const int swz = (slot[u] >> 2) & 1;
+      dst[swz] = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+    }
+  }
+}
+
 // How pack_src splits each group's channels: chunks slices of chunk_ch channels, each
 // padded to cg_pad (chunks = 1, chunk_ch = cg: one slice a group), stored
 // [N][vol][G * chunks][cg_pad] or, slice_major, [N][G * chunks][vol][cg_pad] (each slice's
