@@ -532,19 +532,19 @@ struct ThinWindow {
   int mult;
   uint32_t cols_magic, plane_magic, mult_magic;
 };
-constexpr int kThinBatch = 2;
+constexpr int kThinBatch = 2, kThinBatchWide = 4;
 constexpr int kThinMaxTd = 16;
-template <typename T, bool ROUND>
+template <typename T, bool ROUND, int BATCH = kThinBatch>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
                                                   int64_t base, int64_t sc, int64_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
                                                   int D, int H, int W) {
   const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
-  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * kThinBatch) {
-    float v[kThinBatch][8];
-    int slot[kThinBatch];
+  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
+    float v[BATCH][8];
+    int slot[BATCH];
 #pragma unroll
-    for (int u = 0; u < kThinBatch; ++u) {
+    for (int u = 0; u < BATCH; ++u) {
       const int pos = p0 + u * 256;
       const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
       const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
@@ -561,7 +561,7 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       }
     }
 #pragma unroll
-    for (int u = 0; u < kThinBatch; ++u) {
+    for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
       float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
       const int swz = (slot[u] >> 2) & 1;
@@ -569,6 +569,92 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
+}
+__device__ __forceinline__ void thin_copy_weights(uint32_t* wsm, const uint32_t* big, const uint32_t* small,
+                                                  int w_words, int g) {
+  const int nw = small != nullptr ? 2 * w_words : w_words;
+  for (int i = threadIdx.x * 4; i < nw; i += 1024) {
+    const uint32_t* src = i < w_words ? big + int64_t(g) * w_words + i : small + int64_t(g) * w_words + (i - w_words);
+    cp_async16(smem_u32(wsm + i), src, 16);
+  }
+  cp_async_commit();
+}
+template <int MW, bool SPLIT>
+__device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[MW][4], float (&cor)[MW][4],
+                                             int& taps, uint32_t a_addr, uint2 bb, uint2 bs) {
+#pragma unroll
+  for (int mt = 0; mt < MW; ++mt) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_addr + mt * 512);
+    if constexpr (SPLIT) {
+      uint32_t ab[4], as[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
+      mma_tf32(blk[mt], ab, bb.x, bb.y);
+      mma_tf32(cor[mt], as, bb.x, bb.y);
+      mma_tf32(cor[mt], ab, bs.x, bs.y);
+    } else {
+      mma_tf32(acc[mt], a, bb.x, bb.y);
+    }
+  }
+  if (SPLIT && ++taps == kFlushTaps) {
+    taps = 0;
+#pragma unroll
+    for (int i = 0; i < MW; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+  }
+}
+inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
+  ThinWindow w;
+  w.rows = int(rows);
+  w.cols = int(cols);
+  w.mult = int(mult);
+  w.qc = int((cols + mult - 1) / mult);
+  w.cols_magic = fast_div_magic(uint32_t(cols));
+  w.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  w.mult_magic = fast_div_magic(uint32_t(mult));
+  return w;
+}
+constexpr int kThinMaxK = 32;
+struct ThinBackPlan {
+  int mw;
+  int64_t smem;
+  ThinWindow win;
+  int col_off[kThinMaxK];
+  int tiles_h, tiles_w;
+};
+inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t fixed, int64_t per_mw,
+                           ThinBackPlan& pl) {
+  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK) return false;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
+  if (rows > 4096 || cols_max > 16384) return false;
+  auto cols_at = [&](int64_t mw) { return (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1; };
+  auto bytes_at = [&](int64_t mw) {
+    const int64_t qc = (cols_at(mw) + P.s[2] - 1) / P.s[2];
+    return fixed + per_mw * mw + P.k[0] * rows * P.s[2] * qc * 32;
+  };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
+  pl.mw = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t b = bytes_at(m);
+    if (b <= optin && (2 * b <= per_sm || m == 1)) {
+      pl.mw = int(m);
+      pl.smem = b;
+      break;
+    }
+  }
+  if (pl.mw == 0) return false;
+  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2]);
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];
+    pl.col_off[rw] = int(c % P.s[2] * pl.win.qc + c / P.s[2]);
+  }
+  pl.tiles_h = int((P.in[1] + 7) / 8);
+  pl.tiles_w = int((P.in[2] + 16 * pl.mw - 1) / (16 * pl.mw));
+  return true;
 }
 __host__ __device__ constexpr int64_t pair8_slot(int64_t c) { return (c & ~int64_t(15)) | ((c & 7) << 1) | ((c >> 3) & 1); }
 __host__ __device__ constexpr int64_t pair8_chan(int64_t s) { return (s & ~int64_t(15)) | ((s & 15) >> 1) | ((s & 1) << 3); }
@@ -2177,13 +2263,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int64_t n = b / uint32_t(P.G);
   const int jh0 = th_i * 8, jw0 = tw_i * RW;
   uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
-  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
-  for (int i = tid * 4; i < nw; i += 1024) {
-    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
-                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
-    cp_async16(smem_u32(wsm + i), src, 16);
-  }
-  cp_async_commit();
+  thin_copy_weights(wsm, prm.wt_big, SPLIT ? prm.wt_small : nullptr, prm.w_words, g);
   const PhaseDim qd = prm.ph[0][od % int(P.s[0])];
   if (tid == 0) {
     int nvt = 0;
@@ -2238,28 +2318,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
             uint2 bs = bb;
             if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
             const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-#pragma unroll
-            for (int mt = 0; mt < MW; ++mt) {
-              uint32_t a[4];
-              ldmatrix_x4(a, a_addr + mt * 512);
-              if constexpr (SPLIT) {
-                uint32_t ab[4], as[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
-                mma_tf32(blk[mt], ab, bb.x, bb.y);
-                mma_tf32(cor[mt], as, bb.x, bb.y);
-                mma_tf32(cor[mt], ab, bs.x, bs.y);
-              } else {
-                mma_tf32(acc[mt], a, bb.x, bb.y);
-              }
-            }
-            if (SPLIT && ++taps == kFlushTaps) {
-              taps = 0;
-#pragma unroll
-              for (int i = 0; i < MW; ++i)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
-            }
+            thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
           }
         }
       }
@@ -2327,16 +2386,10 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.win.rows = 8 + hi[1] - lo[1];
-  prm.win.cols = 16 * mw + hi[2] - lo[2];
-  prm.win.qc = prm.win.cols;
-  prm.win.mult = 1;
+  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1);
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  prm.win.cols_magic = fast_div_magic(uint32_t(prm.win.cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(prm.win.rows * prm.win.cols));
-  prm.win.mult_magic = fast_div_magic(1u);
   const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
                        int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
@@ -2462,7 +2515,6 @@ struct DgradGemm {
     dx[r.dx_base + c.ci * P.xl.c] = T(acc);
   }
 };
-constexpr int kThinMaxK = 32;
 struct ThinDgradParams {
   const void* dy;
   const uint32_t* wt_big;
@@ -2475,7 +2527,7 @@ struct ThinDgradParams {
   int col_off[kThinMaxK];
 };
 template <typename T, int MW, bool SPLIT>
-__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+__global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
@@ -2491,13 +2543,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   const int64_t n = b / uint32_t(P.G);
   const int ih0 = th_i * 8, iw0 = tw_i * RW;
   uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
-  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
-  for (int i = tid * 4; i < nw; i += 1024) {
-    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
-                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
-    cp_async16(smem_u32(wsm + i), src, 16);
-  }
-  cp_async_commit();
+  thin_copy_weights(wsm, prm.wt_big, SPLIT ? prm.wt_small : nullptr, prm.w_words, g);
   if (tid == 0) {
     int nvt = 0;
     for (int rd = 0; rd < int(P.k[0]); ++rd) {
@@ -2510,7 +2556,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   const int nvt = s_nvt;
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.dy),
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.win, static_cast<const T*>(prm.dy),
                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -2539,28 +2585,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
         if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
         const int p0 = prow + prm.col_off[rw];
         const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-#pragma unroll
-        for (int mt = 0; mt < MW; ++mt) {
-          uint32_t a[4];
-          ldmatrix_x4(a, a_addr + mt * 512);
-          if constexpr (SPLIT) {
-            uint32_t ab[4], as[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
-            mma_tf32(blk[mt], ab, bb.x, bb.y);
-            mma_tf32(cor[mt], as, bb.x, bb.y);
-            mma_tf32(cor[mt], ab, bs.x, bs.y);
-          } else {
-            mma_tf32(acc[mt], a, bb.x, bb.y);
-          }
-        }
-        if (SPLIT && ++taps == kFlushTaps) {
-          taps = 0;
-#pragma unroll
-          for (int i = 0; i < MW; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
-        }
+        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
       }
     }
   }
@@ -2607,43 +2632,19 @@ template <typename T>
 static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                             bool tf32) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
-  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK)
-    return false;
+  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
-  const int64_t w_words = P.kvol() * 64, wbytes = (split ? 2 : 1) * w_words * 4;
-  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
-  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-  if (rows > 4096 || cols_max > 16384) return false;
-  auto window = [&](int64_t mw, int64_t& cols, int64_t& qc) {
-    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-    qc = (cols + P.s[2] - 1) / P.s[2];
-    return wbytes + P.k[0] * rows * P.s[2] * qc * 32;
-  };
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
-  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
-  int mw = 0;
-  int64_t cols = 0, qc = 0, smem = 0;
-  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
-    const int64_t bytes = window(m, cols, qc);
-    if (bytes <= optin && (2 * bytes <= per_sm || m == 1)) { mw = int(m); smem = bytes; break; }
-  }
-  if (mw == 0) return false;
-  window(mw, cols, qc);
+  const int64_t w_words = P.kvol() * 64;
+  ThinBackPlan pl;
+  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, pl)) return false;
+  const int mw = pl.mw;
+  const int64_t smem = pl.smem;
   ThinDgradParams prm{};
   prm.P = P;
-  prm.win.rows = int(rows);
-  prm.win.cols = int(cols);
-  prm.win.qc = int(qc);
-  prm.win.mult = int(P.s[2]);
-  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
-  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
-  for (int rw = 0; rw < int(P.k[2]); ++rw) {
-    const int64_t c = rw * P.d[2];
-    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
-  }
-  prm.tiles_h = int((P.in[1] + 7) / 8);
-  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.win = pl.win;
+  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
+  prm.tiles_h = pl.tiles_h;
+  prm.tiles_w = pl.tiles_w;
   prm.w_words = int(w_words);
   const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
@@ -3995,57 +3996,24 @@ static WgradThinKernel thin_wgrad_pick(int mw) {
   if (mw == 3) return thin_wgrad_instance<T, 3, TPW, SPLIT>();
   return thin_wgrad_instance<T, 4, TPW, SPLIT>();
 }
-template <typename T>
 static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                              const Problem& P, bool tf32) {
+  using T = float;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
-  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 ||
-      P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || P.G > 65535)
+  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.G > 65535)
     return false;
-  const bool split = std::is_same<T, float>::value && !tf32;
-  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
-  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-  if (rows > 4096 || cols_max > 16384) return false;
-  auto smem_for = [&](int64_t mw, int64_t& cols, int64_t& qc) {
-    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-    qc = (cols + P.s[2] - 1) / P.s[2];
-    return P.k[0] * rows * P.s[2] * qc * 32 + 8 * 16 * mw * 32;
-  };
-  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
-  int mw = 0;
-  int64_t cols = 0, qc = 0, smem = 0;
-  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
-    const int64_t bytes = smem_for(m, cols, qc);
-    if (bytes <= int64_t(prop->sharedMemPerBlockOptin) && (2 * bytes <= per_sm || m == 1)) {
-      mw = int(m);
-      smem = bytes;
-      break;
-    }
-  }
-  if (mw == 0) return false;
-  smem_for(mw, cols, qc);
+  const bool split = !tf32;
+  ThinBackPlan pl;
+  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, pl)) return false;
+  const int mw = pl.mw;
+  const int64_t smem = pl.smem;
   ThinWgradParams prm{};
   prm.P = P;
-  prm.win.rows = int(rows);
-  prm.win.cols = int(cols);
-  prm.win.qc = int(qc);
-  prm.win.mult = int(P.s[2]);
-  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
-  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
-  prm.xwin.rows = 8;
-  prm.xwin.cols = 16 * mw;
-  prm.xwin.qc = 16 * mw;
-  prm.xwin.mult = 1;
-  prm.xwin.cols_magic = fast_div_magic(uint32_t(16 * mw));
-  prm.xwin.plane_magic = fast_div_magic(uint32_t(8 * 16 * mw));
-  prm.xwin.mult_magic = fast_div_magic(1u);
-  for (int rw = 0; rw < int(P.k[2]); ++rw) {
-    const int64_t c = rw * P.d[2];
-    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
-  }
-  prm.tiles_h = int((P.in[1] + 7) / 8);
-  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.win = pl.win;
+  prm.xwin = make_thin_window(8, 16 * mw, 1);
+  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
+  prm.tiles_h = pl.tiles_h;
+  prm.tiles_w = pl.tiles_w;
   prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;
@@ -4078,7 +4046,9 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
-  if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin<T>(dy, x, dw, db, P, tf32)) return true;
+  if constexpr (std::is_same<T, float>::value) {
+    if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin(dy, x, dw, db, P, tf32)) return true;
+  }
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
   const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||

@@ -388,7 +388,8 @@ def test_thin_group_kernels(case, mode, layout):
     before = ext.thin_dgrad_launches(), ext.thin_wgrad_launches()
     check_against_truth(THIN_CASES[case], mode, layout=layout)
     assert ext.thin_dgrad_launches() > before[0], f"{case} [{mode}]: grad input did not take the thin kernel"
-    assert ext.thin_wgrad_launches() > before[1], f"{case} [{mode}]: grad weight did not take the thin kernel"
+    if mode.startswith("fp32"):  # thin grad weight is fp32 only (grad_weight.cu says why)
+        assert ext.thin_wgrad_launches() > before[1], f"{case} [{mode}]: grad weight did not take the thin kernel"
 
 
 # Shapes for the wgmma window kernel (window_wg.cuh), beyond what the random configurations

@@ -203,13 +203,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 
   // ---- B of group g by cp.async; it lands while the window is staged ----
   uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
-  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
-  for (int i = tid * 4; i < nw; i += 1024) {
-    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
-                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
-    cp_async16(smem_u32(wsm + i), src, 16);
-  }
-  cp_async_commit();
+  thin_copy_weights(wsm, prm.wt_big, SPLIT ? prm.wt_small : nullptr, prm.w_words, g);
 
   // ---- depth: od = cd + sD*jd reads source plane jd + off0 - td*doff through tap td ----
   const PhaseDim qd = prm.ph[0][od % int(P.s[0])];
@@ -276,28 +270,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
             if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
             // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
             const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-#pragma unroll
-            for (int mt = 0; mt < MW; ++mt) {
-              uint32_t a[4];
-              ldmatrix_x4(a, a_addr + mt * 512);
-              if constexpr (SPLIT) {
-                uint32_t ab[4], as[4];
-#pragma unroll
-                for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
-                mma_tf32(blk[mt], ab, bb.x, bb.y);
-                mma_tf32(cor[mt], as, bb.x, bb.y);
-                mma_tf32(cor[mt], ab, bs.x, bs.y);
-              } else {
-                mma_tf32(acc[mt], a, bb.x, bb.y);
-              }
-            }
-            if (SPLIT && ++taps == kFlushTaps) {
-              taps = 0;
-#pragma unroll
-              for (int i = 0; i < MW; ++i)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
-            }
+            thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
           }
         }
       }
@@ -379,16 +352,10 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.win.rows = 8 + hi[1] - lo[1];
-  prm.win.cols = 16 * mw + hi[2] - lo[2];
-  prm.win.qc = prm.win.cols;
-  prm.win.mult = 1;
+  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1);
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  prm.win.cols_magic = fast_div_magic(uint32_t(prm.win.cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(prm.win.rows * prm.win.cols));
-  prm.win.mult_magic = fast_div_magic(1u);
   const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
                        int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;

@@ -119,11 +119,10 @@ struct DgradGemm {
 // consecutive window slots at every tap: column c = j*sW + rw*dW of position j sits in
 // slot (rw*dW % sW) * qc + j + rw*dW / sW (col_off[rw] + j).
 // Shared memory: B of all taps of group g ([tap][lane][2 words], B[k = co][n = ci] by
-// transform_weight_kernel; twice for 3xTF32), then the window.
+// transform_weight_kernel; twice for 3xTF32), then the window (kb72: 96 KB, two blocks an
+// SM, so the register cap is 128 and the window copy keeps 32 loads a thread in flight).
 // Precision as thin_fwd_kernel (forward.cu): TF32 mode rounds dy to nearest-even as it is
 // staged (B by the transform); fp16/bf16 are exact in TF32; fp32 strict is 3xTF32.
-constexpr int kThinMaxK = 32;  // most taps along w (col_off entries)
-
 struct ThinDgradParams {
   const void* dy;
   const uint32_t* wt_big;    // [G][kvol][32 lanes][2 words]
@@ -137,7 +136,7 @@ struct ThinDgradParams {
 };
 
 template <typename T, int MW, bool SPLIT>
-__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+__global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
@@ -157,13 +156,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
 
   // ---- B of group g by cp.async; it lands while the window is staged ----
   uint32_t* wsm = reinterpret_cast<uint32_t*>(smem);
-  const int nw = SPLIT ? 2 * prm.w_words : prm.w_words;
-  for (int i = tid * 4; i < nw; i += 1024) {
-    const uint32_t* src = i < prm.w_words ? prm.wt_big + int64_t(g) * prm.w_words + i
-                                          : prm.wt_small + int64_t(g) * prm.w_words + (i - prm.w_words);
-    cp_async16(smem_u32(wsm + i), src, 16);
-  }
-  cp_async_commit();
+  thin_copy_weights(wsm, prm.wt_big, SPLIT ? prm.wt_small : nullptr, prm.w_words, g);
 
   // ---- depth: tap rd reads dy plane od = id*sD - pD + rd*dD, where it exists ----
   if (tid == 0) {
@@ -180,7 +173,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   // ---- the window of dy: planes s_od, rows from ih0*sH - pH, columns from iw0*sW - pW ----
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.dy),
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.win, static_cast<const T*>(prm.dy),
                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -213,28 +206,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
         const int p0 = prow + prm.col_off[rw];
         // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
         const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-#pragma unroll
-        for (int mt = 0; mt < MW; ++mt) {
-          uint32_t a[4];
-          ldmatrix_x4(a, a_addr + mt * 512);
-          if constexpr (SPLIT) {
-            uint32_t ab[4], as[4];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
-            mma_tf32(blk[mt], ab, bb.x, bb.y);
-            mma_tf32(cor[mt], as, bb.x, bb.y);
-            mma_tf32(cor[mt], ab, bs.x, bs.y);
-          } else {
-            mma_tf32(acc[mt], a, bb.x, bb.y);
-          }
-        }
-        if (SPLIT && ++taps == kFlushTaps) {
-          taps = 0;
-#pragma unroll
-          for (int i = 0; i < MW; ++i)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
-        }
+        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
       }
     }
   }
@@ -290,51 +262,25 @@ static void dispatch_thin_dgrad(int mw, const ThinDgradParams& prm, int64_t bloc
 }
 
 // Thin groups (thin_dgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
-// GPU older than sm_80, more than kThinMaxTd depth or kThinMaxK width taps, or a window
-// too large for shared memory. Tile width: the widest (MW up to 4, no wider than dx) whose
-// block leaves room for two on an SM, else the narrowest that fits at all.
+// GPU older than sm_80, or no tile whose window fits (thin_back_plan, window_tc.cuh).
 template <typename T>
 static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                             bool tf32) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
-  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK)
-    return false;
+  if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
-  const int64_t w_words = P.kvol() * 64, wbytes = (split ? 2 : 1) * w_words * 4;
-  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
-  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at MW = 4
-  if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
-  auto window = [&](int64_t mw, int64_t& cols, int64_t& qc) {  // shared-memory bytes of a block
-    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-    qc = (cols + P.s[2] - 1) / P.s[2];
-    return wbytes + P.k[0] * rows * P.s[2] * qc * 32;
-  };
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
-  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
-  int mw = 0;
-  int64_t cols = 0, qc = 0, smem = 0;
-  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
-    const int64_t bytes = window(m, cols, qc);
-    if (bytes <= optin && (2 * bytes <= per_sm || m == 1)) { mw = int(m); smem = bytes; break; }
-  }
-  if (mw == 0) return false;
-  window(mw, cols, qc);
+  const int64_t w_words = P.kvol() * 64;
+  ThinBackPlan pl;
+  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, pl)) return false;
+  const int mw = pl.mw;
+  const int64_t smem = pl.smem;
 
   ThinDgradParams prm{};
   prm.P = P;
-  prm.win.rows = int(rows);
-  prm.win.cols = int(cols);
-  prm.win.qc = int(qc);
-  prm.win.mult = int(P.s[2]);
-  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
-  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
-  for (int rw = 0; rw < int(P.k[2]); ++rw) {
-    const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
-    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
-  }
-  prm.tiles_h = int((P.in[1] + 7) / 8);
-  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.win = pl.win;
+  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
+  prm.tiles_h = pl.tiles_h;
+  prm.tiles_w = pl.tiles_w;
   prm.w_words = int(w_words);
   const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");

@@ -1210,8 +1210,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 // the splits in order (deterministic). 3xTF32 needs three accumulator sets: fewer taps a
 // warp (kThinWgradTpwSplit), the taps split over `parts` blocks that stage the same tiles.
 // Precision as the other thin kernels: TF32 mode rounds x and dy to nearest-even as they
-// are staged; 16-bit values are exact in TF32; fp32 strict splits each fragment (big*big
-// restarted every row of a tile, <= 2*MW <= 8 k-steps, and added into a register sum).
+// are staged; fp32 strict splits each fragment (big*big restarted every row of a tile,
+// <= 2*MW <= 8 k-steps, and added into a register sum). fp32 only (grad_weight_thin says
+// why); 16-bit values would be exact in TF32 if it took them.
 constexpr int kThinWgradTpw = 16;       // taps a warp, one accumulator set
 constexpr int kThinWgradTpwSplit = 6;   // taps a warp, 3xTF32
 
@@ -1687,10 +1688,8 @@ bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cuda
 }
 
 // Thin groups (thin_wgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
-// GPU older than sm_80, more than kThinMaxTd depth or kThinMaxK width taps, or a window too
-// large for shared memory. CT3D_THIN_WGRAD=0 turns it off (A/B timing). Tile width: the
-// widest (MW up to 4, no wider than x) that leaves room for two blocks an SM, else the
-// narrowest that fits at all. grad bias:
+// GPU older than sm_80, or no tile whose window fits (thin_back_plan, window_tc.cuh).
+// CT3D_THIN_WGRAD=0 turns it off (A/B timing). grad bias:
 // grad_bias's own pass over dy (a dy element is in several tiles' windows, or in none
 // where output_padding or stride leave it untouched by x, so the windows cannot sum it).
 static bool thin_wgrad_enabled() {
@@ -1713,58 +1712,27 @@ static WgradThinKernel thin_wgrad_pick(int mw) {
   return thin_wgrad_instance<T, 4, TPW, SPLIT>();
 }
 
-template <typename T>
+// fp32 only (TF32 and 3xTF32): in fp16/bf16 the packing kernels ran kb72 faster (bf16 grad
+// weight 0.25 ms against 0.42 here, H200: this kernel's staging is latency-bound).
 static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                              const Problem& P, bool tf32) {
+  using T = float;
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dy.get_device());
-  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 ||
-      P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || P.G > 65535)
+  if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.G > 65535)
     return false;
-  const bool split = std::is_same<T, float>::value && !tf32;
-  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
-  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at MW = 4
-  if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
-  auto smem_for = [&](int64_t mw, int64_t& cols, int64_t& qc) {  // dy window + x tile
-    cols = (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
-    qc = (cols + P.s[2] - 1) / P.s[2];
-    return P.k[0] * rows * P.s[2] * qc * 32 + 8 * 16 * mw * 32;
-  };
-  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
-  int mw = 0;
-  int64_t cols = 0, qc = 0, smem = 0;
-  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
-    const int64_t bytes = smem_for(m, cols, qc);
-    if (bytes <= int64_t(prop->sharedMemPerBlockOptin) && (2 * bytes <= per_sm || m == 1)) {
-      mw = int(m);
-      smem = bytes;
-      break;
-    }
-  }
-  if (mw == 0) return false;
-  smem_for(mw, cols, qc);
+  const bool split = !tf32;
+  ThinBackPlan pl;
+  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, pl)) return false;  // + the x tile: 8 x 16*mw positions
+  const int mw = pl.mw;
+  const int64_t smem = pl.smem;
 
   ThinWgradParams prm{};
   prm.P = P;
-  prm.win.rows = int(rows);
-  prm.win.cols = int(cols);
-  prm.win.qc = int(qc);
-  prm.win.mult = int(P.s[2]);
-  prm.win.cols_magic = fast_div_magic(uint32_t(cols));
-  prm.win.plane_magic = fast_div_magic(uint32_t(rows * cols));
-  prm.win.mult_magic = fast_div_magic(uint32_t(P.s[2]));
-  prm.xwin.rows = 8;
-  prm.xwin.cols = 16 * mw;
-  prm.xwin.qc = 16 * mw;
-  prm.xwin.mult = 1;
-  prm.xwin.cols_magic = fast_div_magic(uint32_t(16 * mw));
-  prm.xwin.plane_magic = fast_div_magic(uint32_t(8 * 16 * mw));
-  prm.xwin.mult_magic = fast_div_magic(1u);
-  for (int rw = 0; rw < int(P.k[2]); ++rw) {
-    const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
-    prm.col_off[rw] = int(c % P.s[2] * qc + c / P.s[2]);
-  }
-  prm.tiles_h = int((P.in[1] + 7) / 8);
-  prm.tiles_w = int((P.in[2] + 16 * mw - 1) / (16 * mw));
+  prm.win = pl.win;
+  prm.xwin = make_thin_window(8, 16 * mw, 1);
+  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
+  prm.tiles_h = pl.tiles_h;
+  prm.tiles_w = pl.tiles_w;
   prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;
@@ -1803,7 +1771,9 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   const int dev = dy.get_device();
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(dev);
   if (dw.numel() == 0 || P.N * P.in_vol() == 0 || P.N > 65535) return false;
-  if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin<T>(dy, x, dw, db, P, tf32)) return true;
+  if constexpr (std::is_same<T, float>::value) {
+    if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin(dy, x, dw, db, P, tf32)) return true;
+  }
   constexpr bool k16 = !std::is_same<T, float>::value;
   WgradPlan pl;
   const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||

@@ -361,9 +361,11 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // taps) sit side by side. The two 16-byte halves of a position are swapped where bit 2 of
 // its index is set: the 8 consecutive positions an ldmatrix phase reads hit all 32 banks.
 // Positions are walked in source order (a warp's loads of a channel coalesce along the
-// row), kThinBatch a thread at once, so 8 * kThinBatch loads are in flight before the
-// first store (with one position at a time the copy was latency-bound; 4 at once spilled
-// under the kernels' register caps).
+// row), BATCH a thread at once, so 8 * BATCH loads are in flight before the first store
+// (with one position at a time the copy was latency-bound). BATCH is what the caller's
+// register cap leaves room for: kThinBatch (2) under 80 registers or beside grad weight's
+// accumulators (4 spilled there), kThinBatchWide (4) for thin_dgrad_kernel (128 registers;
+// 8 spilled).
 // Planes outside [0, D) are zero-filled (grad weight stages every depth tap's plane).
 struct ThinWindow {
   int rows, cols;          // window rows and columns (a plane)
@@ -371,20 +373,20 @@ struct ThinWindow {
   int mult;                // column multiplier (stride of the reads along w)
   uint32_t cols_magic, plane_magic, mult_magic;  // fast_div_magic of cols, rows * cols, mult
 };
-constexpr int kThinBatch = 2;
+constexpr int kThinBatch = 2, kThinBatchWide = 4;
 constexpr int kThinMaxTd = 16;  // most depth taps (window planes) of a thin kernel's block
 
-template <typename T, bool ROUND>
+template <typename T, bool ROUND, int BATCH = kThinBatch>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
                                                   int64_t base, int64_t sc, int64_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
                                                   int D, int H, int W) {
   const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
-  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * kThinBatch) {
-    float v[kThinBatch][8];
-    int slot[kThinBatch];
+  for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
+    float v[BATCH][8];
+    int slot[BATCH];
 #pragma unroll
-    for (int u = 0; u < kThinBatch; ++u) {
+    for (int u = 0; u < BATCH; ++u) {
       const int pos = p0 + u * 256;
       const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
       const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
@@ -401,7 +403,7 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       }
     }
 #pragma unroll
-    for (int u = 0; u < kThinBatch; ++u) {
+    for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
       float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
       const int swz = (slot[u] >> 2) & 1;
@@ -409,6 +411,111 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
+}
+
+// The thin kernels' B: group g's w_words of fragment-ordered weights (big, then small where
+// not null) into shared memory by 16-byte cp.async from all 256 threads, committed as one
+// group (it lands while the window is staged).
+__device__ __forceinline__ void thin_copy_weights(uint32_t* wsm, const uint32_t* big, const uint32_t* small,
+                                                  int w_words, int g) {
+  const int nw = small != nullptr ? 2 * w_words : w_words;
+  for (int i = threadIdx.x * 4; i < nw; i += 1024) {
+    const uint32_t* src = i < w_words ? big + int64_t(g) * w_words + i : small + int64_t(g) * w_words + (i - w_words);
+    cp_async16(smem_u32(wsm + i), src, 16);
+  }
+  cp_async_commit();
+}
+
+// One tap of the thin forward and grad input kernels: MW m16 tiles of A (ldmatrix.x4 at
+// a_addr, tiles 512 bytes apart) times this lane's B fragment bb (TF32) into acc; 3xTF32
+// (SPLIT): big*big into blk, big*small + small*big into cor (bs: B's small part), blk added
+// into acc every kFlushTaps taps (the tensor core truncates as it accumulates).
+template <int MW, bool SPLIT>
+__device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[MW][4], float (&cor)[MW][4],
+                                             int& taps, uint32_t a_addr, uint2 bb, uint2 bs) {
+#pragma unroll
+  for (int mt = 0; mt < MW; ++mt) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_addr + mt * 512);
+    if constexpr (SPLIT) {
+      uint32_t ab[4], as[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) split_tf32(a[e], ab[e], as[e]);
+      mma_tf32(blk[mt], ab, bb.x, bb.y);
+      mma_tf32(cor[mt], as, bb.x, bb.y);
+      mma_tf32(cor[mt], ab, bs.x, bs.y);
+    } else {
+      mma_tf32(acc[mt], a, bb.x, bb.y);
+    }
+  }
+  if (SPLIT && ++taps == kFlushTaps) {
+    taps = 0;
+#pragma unroll
+    for (int i = 0; i < MW; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
+  }
+}
+
+// A ThinWindow of rows x cols positions with columns stored by residue mod mult.
+inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
+  ThinWindow w;
+  w.rows = int(rows);
+  w.cols = int(cols);
+  w.mult = int(mult);
+  w.qc = int((cols + mult - 1) / mult);
+  w.cols_magic = fast_div_magic(uint32_t(cols));
+  w.plane_magic = fast_div_magic(uint32_t(rows * cols));
+  w.mult_magic = fast_div_magic(uint32_t(mult));
+  return w;
+}
+
+// The dy window of the thin backward kernels (grad_input.cu's, grad_weight.cu's), made on
+// the host: tiles of 8 rows x 16*mw columns of an input plane; the window the tile's taps
+// reach in each of kD dy planes (rows 7*sH + (kH-1)*dH + 1, columns (16*mw - 1)*sW +
+// (kW-1)*dW + 1, stored by residue mod sW), and col_off[rw], tap rw's slot for position
+// 0 of a row. mw: the widest (up to 4, no wider than the plane) whose block of
+// fixed + per_mw * mw + window bytes leaves room for two blocks an SM, else 1 if that fits
+// at all. False where none fits (or kD > kThinMaxTd, kW > kThinMaxK).
+constexpr int kThinMaxK = 32;  // most taps along w (col_off entries)
+struct ThinBackPlan {
+  int mw;
+  int64_t smem;
+  ThinWindow win;
+  int col_off[kThinMaxK];
+  int tiles_h, tiles_w;
+};
+inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t fixed, int64_t per_mw,
+                           ThinBackPlan& pl) {
+  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK) return false;
+  const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
+  const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at mw = 4
+  if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
+  auto cols_at = [&](int64_t mw) { return (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1; };
+  auto bytes_at = [&](int64_t mw) {
+    const int64_t qc = (cols_at(mw) + P.s[2] - 1) / P.s[2];
+    return fixed + per_mw * mw + P.k[0] * rows * P.s[2] * qc * 32;
+  };
+  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
+  pl.mw = 0;
+  for (int64_t m = std::min<int64_t>(4, std::max<int64_t>(1, (P.in[2] + 15) / 16)); m >= 1; --m) {
+    const int64_t b = bytes_at(m);
+    if (b <= optin && (2 * b <= per_sm || m == 1)) {
+      pl.mw = int(m);
+      pl.smem = b;
+      break;
+    }
+  }
+  if (pl.mw == 0) return false;
+  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2]);
+  for (int rw = 0; rw < int(P.k[2]); ++rw) {
+    const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
+    pl.col_off[rw] = int(c % P.s[2] * pl.win.qc + c / P.s[2]);
+  }
+  pl.tiles_h = int((P.in[1] + 7) / 8);
+  pl.tiles_w = int((P.in[2] + 16 * pl.mw - 1) / (16 * pl.mw));
+  return true;
 }
 
 // How pack_src splits each group's channels: chunks slices of chunk_ch channels, each
