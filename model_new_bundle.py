@@ -2521,10 +2521,8 @@ struct ThinDgradParams {
   const uint32_t* wt_small;
   void* dx;
   Problem P;
-  int tiles_h, tiles_w;
-  ThinWindow win;
+  ThinBackPlan pl;
   int w_words;
-  int col_off[kThinMaxK];
 };
 template <typename T, int MW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
@@ -2536,8 +2534,8 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   uint32_t b = blockIdx.x;
-  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
-  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int tw_i = int(b % uint32_t(prm.pl.tiles_w)); b /= uint32_t(prm.pl.tiles_w);
+  const int th_i = int(b % uint32_t(prm.pl.tiles_h)); b /= uint32_t(prm.pl.tiles_h);
   const int id = int(b % uint32_t(P.in[0])); b /= uint32_t(P.in[0]);
   const int g = int(b % uint32_t(P.G));
   const int64_t n = b / uint32_t(P.G);
@@ -2556,7 +2554,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const int nvt = s_nvt;
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.win, static_cast<const T*>(prm.dy),
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win, static_cast<const T*>(prm.dy),
                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -2567,7 +2565,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const uint32_t win_s = smem_u32(win);
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  const int row_slots = prm.win.mult * prm.win.qc;
+  const int row_slots = prm.pl.win.mult * prm.pl.win.qc;
   float acc[MW][4], blk[MW][4], cor[MW][4];
 #pragma unroll
   for (int i = 0; i < MW; ++i)
@@ -2577,13 +2575,13 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   for (int pi = 0; pi < nvt; ++pi) {
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
-      const int prow = (pi * prm.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      const int prow = (pi * prm.pl.win.rows + warp * sH + rh * dH) * row_slots + a_row;
       const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
       for (int rw = 0; rw < k2; ++rw, bw += 64) {
         const uint2 bb = *reinterpret_cast<const uint2*>(bw);
         uint2 bs = bb;
         if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-        const int p0 = prow + prm.col_off[rw];
+        const int p0 = prow + prm.pl.col_off[rw];
         const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
         thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
       }
@@ -2635,18 +2633,13 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
   const int64_t w_words = P.kvol() * 64;
-  ThinBackPlan pl;
-  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, pl)) return false;
-  const int mw = pl.mw;
-  const int64_t smem = pl.smem;
   ThinDgradParams prm{};
+  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, prm.pl)) return false;
+  const int mw = prm.pl.mw;
+  const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.win = pl.win;
-  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
-  prm.tiles_h = pl.tiles_h;
-  prm.tiles_w = pl.tiles_w;
   prm.w_words = int(w_words);
-  const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
+  const int64_t blocks = P.N * P.G * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t wt_numel = P.G * w_words;
@@ -3600,12 +3593,10 @@ struct ThinWgradParams {
   const void* dy;
   float* ws;
   Problem P;
-  int tiles_h, tiles_w;
+  ThinBackPlan pl;
   int64_t total_tiles, tiles_per_split;
   int taps_per_part;
-  ThinWindow win;
   ThinWindow xwin;
-  int col_off[kThinMaxK];
 };
 __device__ __forceinline__ int thin_word(int p, int c) { return ((((c >> 2) ^ (p >> 2)) & 1) << 2) | (c & 3); }
 template <typename T, int MW, int TPW, bool SPLIT>
@@ -3619,9 +3610,9 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
   const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.win.mult * prm.win.qc;
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.pl.win.mult * prm.pl.win.qc;
   unsigned char* win = smem;
-  unsigned char* xt = smem + int64_t(P.k[0]) * prm.win.rows * row_slots * 32;
+  unsigned char* xt = smem + int64_t(P.k[0]) * prm.pl.win.rows * row_slots * 32;
   const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
   const int tap0 = part * prm.taps_per_part;
@@ -3631,7 +3622,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   for (int i = 0; i < TPW; ++i) {
     const int tap = min(tap0 + warp + 8 * i, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.win.rows + rh * int(P.d[1])) * row_slots + prm.col_off[rw];
+    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * row_slots + prm.pl.col_off[rw];
   }
   float acc[TPW][4], blk[TPW][4], cor[TPW][4];
 #pragma unroll
@@ -3642,8 +3633,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   for (int64_t t = t_begin; t < t_end; ++t) {
     int64_t b = t;
-    const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
-    const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
+    const int tw_i = int(b % prm.pl.tiles_w); b /= prm.pl.tiles_w;
+    const int th_i = int(b % prm.pl.tiles_h); b /= prm.pl.tiles_h;
     const int id = int(b % P.in[0]);
     const int64_t n = b / P.in[0];
     const int ih0 = th_i * 8, iw0 = tw_i * RW;
@@ -3651,7 +3642,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
-    thin_stage_window<T, kRound>(win, prm.win, static_cast<const T*>(prm.dy),
+    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy),
                                  n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                  int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -4003,18 +3994,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.G > 65535)
     return false;
   const bool split = !tf32;
-  ThinBackPlan pl;
-  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, pl)) return false;
-  const int mw = pl.mw;
-  const int64_t smem = pl.smem;
   ThinWgradParams prm{};
+  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, prm.pl)) return false;
+  const int mw = prm.pl.mw;
+  const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.win = pl.win;
   prm.xwin = make_thin_window(8, 16 * mw, 1);
-  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
-  prm.tiles_h = pl.tiles_h;
-  prm.tiles_w = pl.tiles_w;
-  prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
+  prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;
   const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;

@@ -129,10 +129,8 @@ struct ThinDgradParams {
   const uint32_t* wt_small;  // same, 3xTF32 only
   void* dx;
   Problem P;
-  int tiles_h, tiles_w;      // tiles of an input plane: 8 rows, RW columns each
-  ThinWindow win;            // rows 7*sH + (kH-1)*dH + 1, columns stored by residue mod sW
+  ThinBackPlan pl;           // tiles, the dy window, col_off (thin_back_plan)
   int w_words;               // B words of one group: kvol * 64
-  int col_off[kThinMaxK];    // window slot of tap rw for position 0 of a tile
 };
 
 template <typename T, int MW, bool SPLIT>
@@ -147,8 +145,8 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 
   // ---- block -> (n, g, id, tile) ----
   uint32_t b = blockIdx.x;  // 32-bit divisions: the grid is below 2^31 blocks
-  const int tw_i = int(b % uint32_t(prm.tiles_w)); b /= uint32_t(prm.tiles_w);
-  const int th_i = int(b % uint32_t(prm.tiles_h)); b /= uint32_t(prm.tiles_h);
+  const int tw_i = int(b % uint32_t(prm.pl.tiles_w)); b /= uint32_t(prm.pl.tiles_w);
+  const int th_i = int(b % uint32_t(prm.pl.tiles_h)); b /= uint32_t(prm.pl.tiles_h);
   const int id = int(b % uint32_t(P.in[0])); b /= uint32_t(P.in[0]);
   const int g = int(b % uint32_t(P.G));
   const int64_t n = b / uint32_t(P.G);
@@ -173,7 +171,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   // ---- the window of dy: planes s_od, rows from ih0*sH - pH, columns from iw0*sW - pW ----
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.win, static_cast<const T*>(prm.dy),
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win, static_cast<const T*>(prm.dy),
                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -186,7 +184,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const uint32_t win_s = smem_u32(win);
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;  // ldmatrix.x4 rows
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  const int row_slots = prm.win.mult * prm.win.qc;
+  const int row_slots = prm.pl.win.mult * prm.pl.win.qc;
   float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
 #pragma unroll
   for (int i = 0; i < MW; ++i)
@@ -197,13 +195,13 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
       // This lane's ldmatrix row (position iw0 + a_row) in window row u*sH + rh*dH.
-      const int prow = (pi * prm.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      const int prow = (pi * prm.pl.win.rows + warp * sH + rh * dH) * row_slots + a_row;
       const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
       for (int rw = 0; rw < k2; ++rw, bw += 64) {
         const uint2 bb = *reinterpret_cast<const uint2*>(bw);
         uint2 bs = bb;
         if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-        const int p0 = prow + prm.col_off[rw];
+        const int p0 = prow + prm.pl.col_off[rw];
         // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
         const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
         thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
@@ -270,19 +268,13 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   if (prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
   const int64_t w_words = P.kvol() * 64;
-  ThinBackPlan pl;
-  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, pl)) return false;
-  const int mw = pl.mw;
-  const int64_t smem = pl.smem;
-
   ThinDgradParams prm{};
+  if (!thin_back_plan(P, prop, (split ? 2 : 1) * w_words * 4, 0, prm.pl)) return false;
+  const int mw = prm.pl.mw;
+  const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.win = pl.win;
-  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
-  prm.tiles_h = pl.tiles_h;
-  prm.tiles_w = pl.tiles_w;
   prm.w_words = int(w_words);
-  const int64_t blocks = P.N * P.G * P.in[0] * prm.tiles_h * prm.tiles_w;
+  const int64_t blocks = P.N * P.G * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
 
   auto stream = at::cuda::getCurrentCUDAStream();

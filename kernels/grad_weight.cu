@@ -1221,12 +1221,10 @@ struct ThinWgradParams {
   const void* dy;
   float* ws;                 // [splits][numel(dw)]
   Problem P;
-  int tiles_h, tiles_w;      // tiles of an input plane: 8 rows, RW columns each
+  ThinBackPlan pl;           // tiles, the dy window, col_off (thin_back_plan, as thin_dgrad_kernel)
   int64_t total_tiles, tiles_per_split;
   int taps_per_part;         // taps a block: 8 * TPW, the last part fewer
-  ThinWindow win;            // the dy window (thin_dgrad_kernel's)
   ThinWindow xwin;           // the x tile: 8 rows x RW columns, in order
-  int col_off[kThinMaxK];    // dy window slot of tap rw for position 0 of a row
 };
 
 // Word c (channel c) of window slot p: thin_stage_window swaps the 16-byte halves of a slot
@@ -1244,9 +1242,9 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
   const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.win.mult * prm.win.qc;
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.pl.win.mult * prm.pl.win.qc;
   unsigned char* win = smem;  // the dy window, then the x tile
-  unsigned char* xt = smem + int64_t(P.k[0]) * prm.win.rows * row_slots * 32;
+  unsigned char* xt = smem + int64_t(P.k[0]) * prm.pl.win.rows * row_slots * 32;
   const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
 
@@ -1258,7 +1256,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   for (int i = 0; i < TPW; ++i) {
     const int tap = min(tap0 + warp + 8 * i, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.win.rows + rh * int(P.d[1])) * row_slots + prm.col_off[rw];
+    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * row_slots + prm.pl.col_off[rw];
   }
   float acc[TPW][4], blk[TPW][4], cor[TPW][4];
 #pragma unroll
@@ -1271,8 +1269,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   for (int64_t t = t_begin; t < t_end; ++t) {
     // ---- tile -> (n, id, rows ih0.., columns iw0..) ----
     int64_t b = t;
-    const int tw_i = int(b % prm.tiles_w); b /= prm.tiles_w;
-    const int th_i = int(b % prm.tiles_h); b /= prm.tiles_h;
+    const int tw_i = int(b % prm.pl.tiles_w); b /= prm.pl.tiles_w;
+    const int th_i = int(b % prm.pl.tiles_h); b /= prm.pl.tiles_h;
     const int id = int(b % P.in[0]);
     const int64_t n = b / P.in[0];
     const int ih0 = th_i * 8, iw0 = tw_i * RW;
@@ -1280,7 +1278,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
-    thin_stage_window<T, kRound>(win, prm.win, static_cast<const T*>(prm.dy),
+    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy),
                                  n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                  int(P.out[0]), int(P.out[1]), int(P.out[2]));
@@ -1713,7 +1711,7 @@ static WgradThinKernel thin_wgrad_pick(int mw) {
 }
 
 // fp32 only (TF32 and 3xTF32): in fp16/bf16 the packing kernels ran kb72 faster (bf16 grad
-// weight 0.25 ms against 0.42 here, H200: this kernel's staging is latency-bound).
+// weight 0.25 ms against 0.42 here, H200: this kernel is issue-bound, NOTES.md).
 static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                              const Problem& P, bool tf32) {
   using T = float;
@@ -1721,19 +1719,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   if (!thin_wgrad_enabled() || prop->major < 8 || P.cin_g() > 8 || P.cout_g() > 8 || P.G > 65535)
     return false;
   const bool split = !tf32;
-  ThinBackPlan pl;
-  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, pl)) return false;  // + the x tile: 8 x 16*mw positions
-  const int mw = pl.mw;
-  const int64_t smem = pl.smem;
-
   ThinWgradParams prm{};
+  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, prm.pl)) return false;  // + the x tile: 8 x 16*mw positions
+  const int mw = prm.pl.mw;
+  const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.win = pl.win;
   prm.xwin = make_thin_window(8, 16 * mw, 1);
-  std::copy(pl.col_off, pl.col_off + kThinMaxK, prm.col_off);
-  prm.tiles_h = pl.tiles_h;
-  prm.tiles_w = pl.tiles_w;
-  prm.total_tiles = P.N * P.in[0] * prm.tiles_h * prm.tiles_w;
+  prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;
   const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;

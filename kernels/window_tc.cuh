@@ -353,7 +353,7 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 }
 
 // The source window of the thin-group kernels (forward.cu's thin_fwd_kernel, grad_input.cu's
-// thin_dgrad_kernel), staged by all 256 threads of a block: window position (plane pi, row
+// thin_dgrad_kernel, grad_weight.cu's thin_wgrad_kernel), staged by all 256 threads of a block: window position (plane pi, row
 // r, column c) holds src at (planes[pi], row0 + r, col0 + c), channels 0..7 (fp32, 32 bytes;
 // 0 outside src and past cg), rounded to TF32 (nearest-even) when ROUND. Columns are
 // stored by residue mod `mult` (1: in order), slot (c % mult) * qc + c / mult of a row of
@@ -361,11 +361,12 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 // taps) sit side by side. The two 16-byte halves of a position are swapped where bit 2 of
 // its index is set: the 8 consecutive positions an ldmatrix phase reads hit all 32 banks.
 // Positions are walked in source order (a warp's loads of a channel coalesce along the
-// row), BATCH a thread at once, so 8 * BATCH loads are in flight before the first store
-// (with one position at a time the copy was latency-bound). BATCH is what the caller's
-// register cap leaves room for: kThinBatch (2) under 80 registers or beside grad weight's
-// accumulators (4 spilled there), kThinBatchWide (4) for thin_dgrad_kernel (128 registers;
-// 8 spilled).
+// row), BATCH a thread at once, so 8 * BATCH loads are in flight before the first store.
+// BATCH is what the caller's register cap leaves room for: kThinBatch (2) under 80
+// registers or beside grad weight's accumulators (4 spilled there), kThinBatchWide (4) for
+// thin_dgrad_kernel (128 registers; 8 spilled). 2 -> 4 did not speed grad input up: ncu
+// finds these kernels issue-bound (the per-element address math and rounding here), not
+// waiting on memory (NOTES.md, "Thin-group backward").
 // Planes outside [0, D) are zero-filled (grad weight stages every depth tap's plane).
 struct ThinWindow {
   int rows, cols;          // window rows and columns (a plane)
@@ -479,11 +480,11 @@ inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
 // at all. False where none fits (or kD > kThinMaxTd, kW > kThinMaxK).
 constexpr int kThinMaxK = 32;  // most taps along w (col_off entries)
 struct ThinBackPlan {
-  int mw;
-  int64_t smem;
-  ThinWindow win;
-  int col_off[kThinMaxK];
-  int tiles_h, tiles_w;
+  int mw;                  // tile width in m16 tiles: 16*mw columns
+  int64_t smem;            // shared-memory bytes of a block
+  ThinWindow win;          // the dy window, columns stored by residue mod sW
+  int col_off[kThinMaxK];  // window slot of tap rw for position 0 of a tile row
+  int tiles_h, tiles_w;    // tiles of an input plane: 8 rows, 16*mw columns each
 };
 inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t fixed, int64_t per_mw,
                            ThinBackPlan& pl) {

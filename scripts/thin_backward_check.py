@@ -50,6 +50,22 @@ def host_plan(P, mw):
     return rows, cols, qc, col_off
 
 
+def stage_window(dyg, planes, rows, cols, qc, mult, row0, col0):
+    """The window as thin_stage_window fills it, slot-indexed: dy of one (n, g) ([cout_g,
+    D, H, W]) at planes[pi], rows row0.., columns col0.. stored by residue mod mult; zero
+    outside dy, NaN in slots it never writes."""
+    out = dyg.shape[1:]
+    row_slots = mult * qc
+    win = np.full((len(planes) * rows * row_slots, dyg.shape[0]), np.nan)
+    for pi, od in enumerate(planes):
+        for r, c in itertools.product(range(rows), range(cols)):
+            slot = (pi * rows + r) * row_slots + (c % mult) * qc + c // mult
+            oh, ow = row0 + r, col0 + c
+            inside = 0 <= od < out[0] and 0 <= oh < out[1] and 0 <= ow < out[2]
+            win[slot] = dyg[:, od, oh, ow] if inside else 0.0
+    return win
+
+
 def model_dgrad(dy, w, P, mw):
     N, Cin, G = P["N"], P["Cin"], P["G"]
     cin_g, cout_g = Cin // G, dy.shape[1] // G
@@ -65,15 +81,8 @@ def model_dgrad(dy, w, P, mw):
         ih0, iw0 = th * 8, tw * RW
         taps = [(rd, id_ * s[0] - p[0] + rd * d[0]) for rd in range(k[0])]
         taps = [(rd, od) for rd, od in taps if 0 <= od < out[0]]
-        # the window, slot-indexed, as thin_stage_window fills it (positions in source order)
-        win = np.full((len(taps) * rows * row_slots, cout_g), np.nan)
-        row0, col0 = ih0 * s[1] - p[1], iw0 * s[2] - p[2]
-        for pi, (_, od) in enumerate(taps):
-            for r, c in itertools.product(range(rows), range(cols)):
-                slot = (pi * rows + r) * row_slots + (c % s[2]) * qc + c // s[2]
-                oh, ow = row0 + r, col0 + c
-                inside = 0 <= oh < out[1] and 0 <= ow < out[2]
-                win[slot] = dy[n, g * cout_g:(g + 1) * cout_g, od, oh, ow] if inside else 0.0
+        win = stage_window(dy[n, g * cout_g:(g + 1) * cout_g], [od for _, od in taps], rows, cols, qc, s[2],
+                           ih0 * s[1] - p[1], iw0 * s[2] - p[2])
         for u in range(8):
             ih = ih0 + u
             if ih >= H:
@@ -128,15 +137,9 @@ def model_wgrad(dy, x, P, mw):
     tiles_h, tiles_w = (H + 7) // 8, (W + RW - 1) // RW
     for n, g, id_, th, tw in itertools.product(range(N), range(G), range(D), range(tiles_h), range(tiles_w)):
         ih0, iw0 = th * 8, tw * RW
-        win = np.full((k[0] * rows * row_slots, cout_g), np.nan)
-        row0, col0 = ih0 * s[1] - p[1], iw0 * s[2] - p[2]
-        for rd in range(k[0]):
-            od = id_ * s[0] - p[0] + rd * d[0]
-            for r, c in itertools.product(range(rows), range(cols)):
-                slot = (rd * rows + r) * row_slots + (c % s[2]) * qc + c // s[2]
-                oh, ow = row0 + r, col0 + c
-                inside = 0 <= od < out[0] and 0 <= oh < out[1] and 0 <= ow < out[2]
-                win[slot] = dy[n, g * cout_g:(g + 1) * cout_g, od, oh, ow] if inside else 0.0
+        # every kD plane, zero where od is outside dy
+        win = stage_window(dy[n, g * cout_g:(g + 1) * cout_g], [id_ * s[0] - p[0] + rd * d[0] for rd in range(k[0])],
+                           rows, cols, qc, s[2], ih0 * s[1] - p[1], iw0 * s[2] - p[2])
         xt = np.zeros((8, RW, cin_g))
         for u, j in itertools.product(range(8), range(RW)):
             if ih0 + u < H and iw0 + j < W:
