@@ -105,11 +105,20 @@ __host__ __device__ inline PhaseDim phase_dim(int c, int k, int s, int p, int d,
   ph.doff = d / g;
   return ph;
 }
-__device__ __forceinline__ float round_tf32(float v) {
+__device__ __forceinline__ float round_tf32_int(float v) {
   uint32_t u = __float_as_uint(v);
   if ((u & 0x7f800000u) == 0x7f800000u) return v;
   u += 0xfffu + ((u >> 13) & 1u);
   return __uint_as_float(u & 0xffffe000u);
+}
+__device__ __forceinline__ float round_tf32(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint32_t r;
+  asm("cvt.rn.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+  return __uint_as_float(r);
+#else
+  return round_tf32_int(v);
+#endif
 }
 __device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
   big = v & 0xffffe000u;
@@ -530,16 +539,41 @@ struct ThinWindow {
   int rows, cols;
   int qc;
   int mult;
+  int pitch;
+  int half;
   uint32_t cols_magic, plane_magic, mult_magic;
 };
 constexpr int kThinBatch = 2, kThinBatchWide = 4;
 constexpr int kThinMaxTd = 16;
+__host__ __device__ __forceinline__ int thin_byte(const ThinWindow& w, int p, int c) {
+  return (c >> 2) * w.half + p * 16 + (c & 3) * 4;
+}
+template <typename T>
+__device__ __forceinline__ float thin_load(uint64_t a) {
+  if constexpr (std::is_same<T, float>::value) {
+    float v;
+    asm("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(a));
+    return v;
+  } else {
+    unsigned short h;
+    asm("ld.global.nc.b16 %0, [%1];" : "=h"(h) : "l"(a));
+    if constexpr (std::is_same<T, at::BFloat16>::value) return __uint_as_float(uint32_t(h) << 16);
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+    return v;
+  }
+}
 template <typename T, bool ROUND, int BATCH = kThinBatch>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
-                                                  int64_t base, int64_t sc, int64_t sv, int cg,
+                                                  uint32_t sc, uint32_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
                                                   int D, int H, int W) {
-  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
+  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos;
+  uint64_t gsrc;
+  asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
+  uint32_t chan[8];
+#pragma unroll
+  for (int ci = 0; ci < 8; ++ci) chan[ci] = uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -549,26 +583,31 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
       const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
       const int q = fast_div(c, tw.mult_magic), res = c - q * tw.mult;
-      slot[u] = pos < npos ? (pi * tw.rows + r) * row_slots + res * tw.qc + q : -1;
-      const int ih = row0 + r, iw = col0 + c;
-      const bool in = pos < npos && unsigned(planes[pi]) < unsigned(D) &&
-                      unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-      const int64_t off = in ? base + ((int64_t(planes[pi]) * H + ih) * W + iw) * sv : 0;
+      slot[u] = pos < npos ? (pi * tw.rows + r) * tw.pitch + res * tw.qc + q : -1;
+      const int id = pos < npos ? planes[pi] : -1, ih = row0 + r, iw = col0 + c;
+      const bool in = unsigned(id) < unsigned(D) && unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const uint32_t off = in ? ((uint32_t(id) * H + ih) * W + iw) * sv : 0u;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = (in && ci < cg) ? float(src[off + ci * sc]) : 0.f;
-        v[u][ci] = ROUND ? round_tf32(e) : e;
+        const float e = thin_load<T>(gsrc + uint64_t(off + chan[ci]) * sizeof(T));
+        const float z = (in && ci < cg) ? e : 0.f;
+        v[u][ci] = ROUND ? round_tf32(z) : z;
       }
     }
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
-      float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
-      const int swz = (slot[u] >> 2) & 1;
-      dst[swz] = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
-      dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+      unsigned char* dst = win + slot[u] * 16;
+      *reinterpret_cast<float4*>(dst) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      *reinterpret_cast<float4*>(dst + tw.half) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
+}
+inline bool thin_offsets_fit(const Problem& P) {
+  const int64_t lim = int64_t(1) << 31;
+  if (P.N * P.Cin * P.in_vol() == 0 || P.Cout * P.out_vol() == 0) return false;
+  return (P.Cin - 1) * P.xl.c + (P.in_vol() - 1) * P.xl.v < lim &&
+         (P.Cout - 1) * P.yl.c + (P.out_vol() - 1) * P.yl.v < lim;
 }
 __device__ __forceinline__ void thin_copy_weights(uint32_t* wsm, const uint32_t* big, const uint32_t* small,
                                                   int w_words, int g) {
@@ -585,7 +624,7 @@ __device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[M
 #pragma unroll
   for (int mt = 0; mt < MW; ++mt) {
     uint32_t a[4];
-    ldmatrix_x4(a, a_addr + mt * 512);
+    ldmatrix_x4(a, a_addr + mt * 256);
     if constexpr (SPLIT) {
       uint32_t ab[4], as[4];
 #pragma unroll
@@ -605,17 +644,20 @@ __device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[M
       for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
   }
 }
-inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
+inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult, int64_t planes) {
   ThinWindow w;
   w.rows = int(rows);
   w.cols = int(cols);
   w.mult = int(mult);
   w.qc = int((cols + mult - 1) / mult);
+  w.pitch = int(mult) * w.qc;
+  w.half = int((planes * rows * w.pitch * 16 + 127) / 128 * 128 + 64);
   w.cols_magic = fast_div_magic(uint32_t(cols));
   w.plane_magic = fast_div_magic(uint32_t(rows * cols));
   w.mult_magic = fast_div_magic(uint32_t(mult));
   return w;
 }
+inline int64_t thin_window_bytes(const ThinWindow& w) { return 2 * int64_t(w.half); }
 constexpr int kThinMaxK = 32;
 struct ThinBackPlan {
   int mw;
@@ -626,14 +668,13 @@ struct ThinBackPlan {
 };
 inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t fixed, int64_t per_mw,
                            ThinBackPlan& pl) {
-  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK) return false;
+  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || !thin_offsets_fit(P)) return false;
   const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
   const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;
   if (rows > 4096 || cols_max > 16384) return false;
   auto cols_at = [&](int64_t mw) { return (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1; };
   auto bytes_at = [&](int64_t mw) {
-    const int64_t qc = (cols_at(mw) + P.s[2] - 1) / P.s[2];
-    return fixed + per_mw * mw + P.k[0] * rows * P.s[2] * qc * 32;
+    return fixed + per_mw * mw + thin_window_bytes(make_thin_window(rows, cols_at(mw), P.s[2], P.k[0]));
   };
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;
@@ -647,7 +688,7 @@ inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t
     }
   }
   if (pl.mw == 0) return false;
-  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2]);
+  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2], P.k[0]);
   for (int rw = 0; rw < int(P.k[2]); ++rw) {
     const int64_t c = rw * P.d[2];
     pl.col_off[rw] = int(c % P.s[2] * pl.win.qc + c / P.s[2]);
@@ -2277,13 +2318,13 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   const int nvt = s_nvt;
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x),
-                                n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, nvt,
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
+                                uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, nvt,
                                 jh0 + prm.lo_h, jw0 + prm.lo_w, int(P.in[0]), int(P.in[1]), int(P.in[2]));
   cp_async_wait(0);
   __syncthreads();
-  const uint32_t win_s = smem_u32(win);
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
+  const uint32_t a_lane = smem_u32(win) + a_half * prm.win.half + a_row * 16;
   const int sH = int(P.s[1]), sW = int(P.s[2]), k1 = int(P.k[1]), k2 = int(P.k[2]);
   const int cout_g = int(P.cout_g());
   const int co0 = 2 * (lane % 4);
@@ -2311,13 +2352,13 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
       for (int pi = 0; pi < nvt; ++pi) {
         const int rd = qd.r0 + s_td[pi] * qd.rs;
         for (int th = 0; th < qh.T; ++th) {
-          int p0 = (pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.cols + qw.off0 - prm.lo_w + a_row;
+          uint32_t a_addr = a_lane + ((pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.pitch +
+                                      qw.off0 - prm.lo_w) * 16;
           const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
-          for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
+          for (int tw = 0; tw < qw.T; ++tw, a_addr -= qw.doff * 16, bw += qw.rs * 64) {
             const uint2 bb = *reinterpret_cast<const uint2*>(bw);
             uint2 bs = bb;
             if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-            const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
             thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
           }
         }
@@ -2362,7 +2403,7 @@ template <typename T>
 bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                   const Problem& P, bool tf32) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
-  if (prop->major < 8 || !thin_fits(P)) return false;
+  if (prop->major < 8 || !thin_fits(P) || !thin_offsets_fit(P)) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
   if (P.s[0] > kThinMaxS || P.s[1] > kThinMaxS || P.s[2] > kThinMaxS) return false;
   ThinParams prm{};
@@ -2386,12 +2427,11 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1);
+  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1, std::max(td_max, 1));
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
-                       int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
+  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 + thin_window_bytes(prm.win);
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
   const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
@@ -2554,18 +2594,18 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const int nvt = s_nvt;
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win, static_cast<const T*>(prm.dy),
-                                n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win,
+                                static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
+                                uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
   cp_async_wait(0);
   __syncthreads();
   const int ih = ih0 + warp;
   if (ih >= int(P.in[1])) return;
-  const uint32_t win_s = smem_u32(win);
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
+  const uint32_t a_lane = smem_u32(win) + a_half * prm.pl.win.half + a_row * 16;
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  const int row_slots = prm.pl.win.mult * prm.pl.win.qc;
   float acc[MW][4], blk[MW][4], cor[MW][4];
 #pragma unroll
   for (int i = 0; i < MW; ++i)
@@ -2575,15 +2615,13 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   for (int pi = 0; pi < nvt; ++pi) {
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
-      const int prow = (pi * prm.pl.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
       for (int rw = 0; rw < k2; ++rw, bw += 64) {
         const uint2 bb = *reinterpret_cast<const uint2*>(bw);
         uint2 bs = bb;
         if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-        const int p0 = prow + prm.pl.col_off[rw];
-        const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
+        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
       }
     }
   }
@@ -3598,7 +3636,6 @@ struct ThinWgradParams {
   int taps_per_part;
   ThinWindow xwin;
 };
-__device__ __forceinline__ int thin_word(int p, int c) { return ((((c >> 2) ^ (p >> 2)) & 1) << 2) | (c & 3); }
 template <typename T, int MW, int TPW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -3610,11 +3647,11 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
   const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.pl.win.mult * prm.pl.win.qc;
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), pitch = prm.pl.win.pitch;
   unsigned char* win = smem;
-  unsigned char* xt = smem + int64_t(P.k[0]) * prm.pl.win.rows * row_slots * 32;
-  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
-  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
+  unsigned char* xt = smem + 2 * prm.pl.win.half;
+  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win + thin_byte(prm.pl.win, 0, gq));
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
   const int tap0 = part * prm.taps_per_part;
   const int tap_end = min(kvol, tap0 + prm.taps_per_part);
   int toff[TPW];
@@ -3622,7 +3659,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   for (int i = 0; i < TPW; ++i) {
     const int tap = min(tap0 + warp + 8 * i, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * row_slots + prm.pl.col_off[rw];
+    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
   float acc[TPW][4], blk[TPW][4], cor[TPW][4];
 #pragma unroll
@@ -3642,23 +3679,23 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
-    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy),
-                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
+    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
+                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                  int(P.out[0]), int(P.out[1]), int(P.out[2]));
-    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x),
-                                 n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, 1,
+    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
+                                 uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, 1,
                                  ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
     __syncthreads();
     for (int u = 0; u < 8; ++u) {
       if (ih0 + u >= int(P.in[1])) break;
-      const int urow = u * int(P.s[1]) * row_slots;
+      const int urow = u * int(P.s[1]) * pitch;
 #pragma unroll
       for (int ks = 0; ks < 2 * MW; ++ks) {
-        const int xs0 = u * RW + ks * 8 + tq, xs1 = xs0 + 4;
+        const int xs = u * RW + ks * 8 + tq;
         uint32_t a[4];
-        a[0] = xw[xs0 * 8 + thin_word(xs0, gq)];
-        a[2] = xw[xs1 * 8 + thin_word(xs1, gq)];
+        a[0] = xw[xs * 4];
+        a[2] = xw[xs * 4 + 16];
         a[1] = a[3] = 0u;
         uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
         if constexpr (SPLIT) {
@@ -3668,8 +3705,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;
-          const int p0 = toff[i] + urow + ks * 8 + tq, p1 = p0 + 4;
-          const uint32_t b0 = ww[p0 * 8 + thin_word(p0, gq)], b1 = ww[p1 * 8 + thin_word(p1, gq)];
+          const int p0 = toff[i] + urow + ks * 8 + tq;
+          const uint32_t b0 = ww[p0 * 4], b1 = ww[p0 * 4 + 16];
           if constexpr (SPLIT) {
             uint32_t bb0, bs0, bb1, bs1;
             split_tf32(b0, bb0, bs0);
@@ -3995,11 +4032,11 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
     return false;
   const bool split = !tf32;
   ThinWgradParams prm{};
-  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, prm.pl)) return false;
+  if (!thin_back_plan(P, prop, 128, 8 * 16 * 32, prm.pl)) return false;
   const int mw = prm.pl.mw;
   const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.xwin = make_thin_window(8, 16 * mw, 1);
+  prm.xwin = make_thin_window(8, 16 * mw, 1, 1);
   prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;

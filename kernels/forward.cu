@@ -157,9 +157,9 @@ struct FwdGemm {
 // K = 8 (Cin/G, zero-padded) per tap; one m16n8k8 TF32 MMA per 16 positions and tap.
 // Shared memory: B of all taps of group g ([tap][lane][2 words], fragment order, from
 // transform_weight_kernel; twice for 3xTF32), then the input window: the valid depth planes
-// of od x (8 + span) rows x (RW + span) columns, 32 bytes (8 channels, fp32) a position,
-// the two 16-byte halves swapped where bit 2 of the position is set, so the 8 consecutive
-// positions an ldmatrix phase reads hit all 32 banks.
+// of od x (8 + span) rows x (RW + span) columns, 8 channels (fp32) a position, as two
+// half planes of 16 bytes a position (thin_stage_window, window_tc.cuh): the 8
+// consecutive positions an ldmatrix phase reads are 128 contiguous bytes.
 // Precision: the window holds fp32. TF32 mode rounds x to nearest-even as it is staged
 // (B by the transform): what cuDNN does. fp16/bf16 values are exact in TF32, so one TF32
 // MMA on them is exact products with fp32 accumulation, as m16n8k16 would be (the shape is
@@ -222,15 +222,16 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   // jw0 + lo_w + c), channels 0..7 (0 outside x and past Cin/G) ----
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x),
-                                n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, nvt,
+  thin_stage_window<T, kRoundA>(win, prm.win, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
+                                uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, nvt,
                                 jh0 + prm.lo_h, jw0 + prm.lo_w, int(P.in[0]), int(P.in[1]), int(P.in[2]));
   cp_async_wait(0);
   __syncthreads();
 
   // ---- MMAs: warp u, phase row jh0 + u of each (h, w) phase ----
-  const uint32_t win_s = smem_u32(win);
-  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;  // ldmatrix.x4 rows
+  // This lane's ldmatrix row (position jw0 + a_row) and half (channels 0..3 or 4..7).
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
+  const uint32_t a_lane = smem_u32(win) + a_half * prm.win.half + a_row * 16;
   const int sH = int(P.s[1]), sW = int(P.s[2]), k1 = int(P.k[1]), k2 = int(P.k[2]);
   const int cout_g = int(P.cout_g());
   // Epilogue constants of this lane: its two output channels co0, co0 + 1 (n8 fragment
@@ -260,16 +261,15 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
       for (int pi = 0; pi < nvt; ++pi) {
         const int rd = qd.r0 + s_td[pi] * qd.rs;
         for (int th = 0; th < qh.T; ++th) {
-          // Gather rule: tap t of a phase reads source position j + off0 - t*doff. p0: this
-          // lane's ldmatrix row (position jw0 + a_row) at tap tw = 0; bw: its B fragment.
-          int p0 = (pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.cols + qw.off0 - prm.lo_w + a_row;
+          // Gather rule: tap t of a phase reads source position j + off0 - t*doff. a_addr:
+          // this lane's ldmatrix row at tap tw = 0, 16 bytes a slot; bw: its B fragment.
+          uint32_t a_addr = a_lane + ((pi * prm.win.rows + u + qh.off0 - th * qh.doff - prm.lo_h) * prm.win.pitch +
+                                      qw.off0 - prm.lo_w) * 16;
           const uint32_t* bw = wsm + ((rd * k1 + qh.r0 + th * qh.rs) * k2 + qw.r0) * 64 + lane * 2;
-          for (int tw = 0; tw < qw.T; ++tw, p0 -= qw.doff, bw += qw.rs * 64) {
+          for (int tw = 0; tw < qw.T; ++tw, a_addr -= qw.doff * 16, bw += qw.rs * 64) {
             const uint2 bb = *reinterpret_cast<const uint2*>(bw);
             uint2 bs = bb;
             if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-            // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
-            const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
             thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
           }
         }
@@ -326,7 +326,7 @@ template <typename T>
 bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                   const Problem& P, bool tf32) {
   const cudaDeviceProp* prop = at::cuda::getDeviceProperties(x.get_device());
-  if (prop->major < 8 || !thin_fits(P)) return false;
+  if (prop->major < 8 || !thin_fits(P) || !thin_offsets_fit(P)) return false;
   const bool split = std::is_same<T, float>::value && !tf32;
   // Window extent per dimension: over the phases with taps, the lowest first-tap offset
   // (off0 - (T-1)*doff) and the highest off0; depth: the most taps of a phase.
@@ -352,12 +352,11 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   prm.P = P;
   prm.lo_h = lo[1];
   prm.lo_w = lo[2];
-  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1);
+  prm.win = make_thin_window(8 + hi[1] - lo[1], 16 * mw + hi[2] - lo[2], 1, std::max(td_max, 1));
   prm.tiles_h = (pmax[1] + 7) / 8;
   prm.tiles_w = (pmax[2] + 16 * mw - 1) / (16 * mw);
   prm.w_words = int(P.kvol() * 64);
-  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 +
-                       int64_t(std::max(td_max, 1)) * prm.win.rows * prm.win.cols * 32;
+  const int64_t smem = (split ? 2 : 1) * int64_t(prm.w_words) * 4 + thin_window_bytes(prm.win);
   if (smem > int64_t(prop->sharedMemPerBlockOptin)) return false;
   const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");

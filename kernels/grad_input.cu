@@ -171,8 +171,9 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   // ---- the window of dy: planes s_od, rows from ih0*sH - pH, columns from iw0*sW - pW ----
   unsigned char* win = smem + (SPLIT ? 2 : 1) * prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win, static_cast<const T*>(prm.dy),
-                                n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od, nvt,
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win,
+                                static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
+                                uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
   cp_async_wait(0);
@@ -181,10 +182,10 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   // ---- MMAs: warp u, input row ih0 + u, every tap ----
   const int ih = ih0 + warp;
   if (ih >= int(P.in[1])) return;  // no barrier follows
-  const uint32_t win_s = smem_u32(win);
-  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;  // ldmatrix.x4 rows
+  // This lane's ldmatrix row (position iw0 + a_row) and half (channels 0..3 or 4..7).
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
+  const uint32_t a_lane = smem_u32(win) + a_half * prm.pl.win.half + a_row * 16;
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  const int row_slots = prm.pl.win.mult * prm.pl.win.qc;
   float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
 #pragma unroll
   for (int i = 0; i < MW; ++i)
@@ -194,17 +195,14 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   for (int pi = 0; pi < nvt; ++pi) {
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
-      // This lane's ldmatrix row (position iw0 + a_row) in window row u*sH + rh*dH.
-      const int prow = (pi * prm.pl.win.rows + warp * sH + rh * dH) * row_slots + a_row;
+      // Window row u*sH + rh*dH of plane pi; tap rw adds its slot col_off[rw].
+      const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const uint32_t* bw = wsm + (rd * k1 + rh) * k2 * 64 + lane * 2;
       for (int rw = 0; rw < k2; ++rw, bw += 64) {
         const uint2 bb = *reinterpret_cast<const uint2*>(bw);
         uint2 bs = bb;
         if (SPLIT) bs = *reinterpret_cast<const uint2*>(bw + prm.w_words);
-        const int p0 = prow + prm.pl.col_off[rw];
-        // The MW tiles are 16 positions apart: the same swizzle bit, 512 bytes apart.
-        const uint32_t a_addr = win_s + p0 * 32 + ((a_half ^ ((p0 >> 2) & 1)) << 4);
-        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_addr, bb, bs);
+        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
       }
     }
   }

@@ -1196,16 +1196,17 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 // took ~15x its memory floor. Here block (split, part, g) walks tiles split * tiles_per_split
 // onwards, a tile being 8 rows x RW = 16*MW columns of one input depth plane id of one batch
 // item n (grad_input.cu's thin_dgrad_kernel tiles), and for each stages
-//   - the x tile, [row][RW positions][8 ci] (thin_stage_window, plane id);
+//   - the x tile, 8 rows x RW positions of 8 ci (thin_stage_window, plane id);
 //   - the dy window every tap of the tile reaches, as thin_dgrad_kernel stages it but with
 //     all kD planes od = id*sD - pD + rd*dD (zero where od is outside dy), so tap r's
-//     window slot for position (u, j) is a fixed offset: toff(r) + u*sH*row_slots + j.
+//     window slot for position (u, j) is a fixed offset: toff(r) + u*sH*pitch + j.
 // GEMM view per tap r: M = ci (8 of 16 rows used), N = co (8), K = the tile's positions,
 // 8 a k-step (one row u, columns j0 .. j0 + 7); one m16n8k8 TF32 MMA per tap and k-step.
 // Warp w owns taps w, w + 8, ... of the block's part (TPW at most): the A fragment (x, two
 // 4-byte loads: rows 8..15 are zero) is loaded once a k-step for all of them, B (dy at the
-// tap's shift, two 4-byte loads, conflict-free at any shift: four consecutive positions
-// are 128 contiguous bytes) once a tap. The sums stay in registers across the block's
+// tap's shift, two 4-byte loads, conflict-free at any shift: channels gq < 4 of four
+// consecutive slots are 64 contiguous bytes, and channels 4..7 sit in the other half, 64
+// bytes past a multiple of 128 on) once a tap. The sums stay in registers across the block's
 // tiles; each block writes its fp32 partial dw to ws[split] and sum_splits_kernel adds
 // the splits in order (deterministic). 3xTF32 needs three accumulator sets: fewer taps a
 // warp (kThinWgradTpwSplit), the taps split over `parts` blocks that stage the same tiles.
@@ -1227,10 +1228,6 @@ struct ThinWgradParams {
   ThinWindow xwin;           // the x tile: 8 rows x RW columns, in order
 };
 
-// Word c (channel c) of window slot p: thin_stage_window swaps the 16-byte halves of a slot
-// where bit 2 of p is set.
-__device__ __forceinline__ int thin_word(int p, int c) { return ((((c >> 2) ^ (p >> 2)) & 1) << 2) | (c & 3); }
-
 template <typename T, int MW, int TPW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -1242,11 +1239,12 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, gq = lane >> 2, tq = lane & 3;
   const int split = blockIdx.x, part = blockIdx.y, g = blockIdx.z;
   const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int k1 = int(P.k[1]), k2 = int(P.k[2]), row_slots = prm.pl.win.mult * prm.pl.win.qc;
+  const int k1 = int(P.k[1]), k2 = int(P.k[2]), pitch = prm.pl.win.pitch;
   unsigned char* win = smem;  // the dy window, then the x tile
-  unsigned char* xt = smem + int64_t(P.k[0]) * prm.pl.win.rows * row_slots * 32;
-  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win);
-  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt);
+  unsigned char* xt = smem + 2 * prm.pl.win.half;
+  // Word gq (this lane's channel) of slot 0 of the dy window (B) and of the x tile (A).
+  const uint32_t* ww = reinterpret_cast<const uint32_t*>(win + thin_byte(prm.pl.win, 0, gq));
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
 
   // This warp's taps: tap0 + warp + 8 i, i < TPW; toff: the tap's window slot at (0, 0).
   const int tap0 = part * prm.taps_per_part;
@@ -1256,7 +1254,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   for (int i = 0; i < TPW; ++i) {
     const int tap = min(tap0 + warp + 8 * i, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * row_slots + prm.pl.col_off[rw];
+    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
   float acc[TPW][4], blk[TPW][4], cor[TPW][4];
 #pragma unroll
@@ -1278,12 +1276,12 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
-    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy),
-                                 n * P.yl.n + int64_t(g) * cout_g * P.yl.c, P.yl.c, P.yl.v, cout_g, s_od,
+    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
+                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                  int(P.out[0]), int(P.out[1]), int(P.out[2]));
-    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x),
-                                 n * P.xl.n + int64_t(g) * cin_g * P.xl.c, P.xl.c, P.xl.v, cin_g, s_id, 1,
+    thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
+                                 uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, 1,
                                  ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
     __syncthreads();
 
@@ -1292,13 +1290,14 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     // B[k = position][n = co] = dy window at the tap's slot: b0 = (tq, gq), b1 = (tq + 4, gq).
     for (int u = 0; u < 8; ++u) {
       if (ih0 + u >= int(P.in[1])) break;  // x rows past the plane are zero: nothing to add
-      const int urow = u * int(P.s[1]) * row_slots;
+      const int urow = u * int(P.s[1]) * pitch;
 #pragma unroll
       for (int ks = 0; ks < 2 * MW; ++ks) {
-        const int xs0 = u * RW + ks * 8 + tq, xs1 = xs0 + 4;
+        // Slots xs and xs + 4 (16 words on); channel gq of each (xw, ww: 4 words a slot).
+        const int xs = u * RW + ks * 8 + tq;
         uint32_t a[4];
-        a[0] = xw[xs0 * 8 + thin_word(xs0, gq)];
-        a[2] = xw[xs1 * 8 + thin_word(xs1, gq)];
+        a[0] = xw[xs * 4];
+        a[2] = xw[xs * 4 + 16];
         a[1] = a[3] = 0u;
         uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
         if constexpr (SPLIT) {
@@ -1308,8 +1307,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
-          const int p0 = toff[i] + urow + ks * 8 + tq, p1 = p0 + 4;
-          const uint32_t b0 = ww[p0 * 8 + thin_word(p0, gq)], b1 = ww[p1 * 8 + thin_word(p1, gq)];
+          const int p0 = toff[i] + urow + ks * 8 + tq;
+          const uint32_t b0 = ww[p0 * 4], b1 = ww[p0 * 4 + 16];
           if constexpr (SPLIT) {
             uint32_t bb0, bs0, bb1, bs1;
             split_tf32(b0, bb0, bs0);
@@ -1720,11 +1719,12 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
     return false;
   const bool split = !tf32;
   ThinWgradParams prm{};
-  if (!thin_back_plan(P, prop, 0, 8 * 16 * 32, prm.pl)) return false;  // + the x tile: 8 x 16*mw positions
+  // + the x tile: 8 x 16*mw positions, 32 bytes each, and its halves' 64-byte pads
+  if (!thin_back_plan(P, prop, 128, 8 * 16 * 32, prm.pl)) return false;
   const int mw = prm.pl.mw;
   const int64_t smem = prm.pl.smem;
   prm.P = P;
-  prm.xwin = make_thin_window(8, 16 * mw, 1);
+  prm.xwin = make_thin_window(8, 16 * mw, 1, 1);
   prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
   prm.taps_per_part = 8 * tpw;

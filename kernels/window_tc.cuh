@@ -353,36 +353,77 @@ __device__ __forceinline__ void cp_async_wait(int n) {
 }
 
 // The source window of the thin-group kernels (forward.cu's thin_fwd_kernel, grad_input.cu's
-// thin_dgrad_kernel, grad_weight.cu's thin_wgrad_kernel), staged by all 256 threads of a block: window position (plane pi, row
-// r, column c) holds src at (planes[pi], row0 + r, col0 + c), channels 0..7 (fp32, 32 bytes;
-// 0 outside src and past cg), rounded to TF32 (nearest-even) when ROUND. Columns are
-// stored by residue mod `mult` (1: in order), slot (c % mult) * qc + c / mult of a row of
-// mult * qc slots, so that positions read `mult` columns apart (a strided convolution's
-// taps) sit side by side. The two 16-byte halves of a position are swapped where bit 2 of
-// its index is set: the 8 consecutive positions an ldmatrix phase reads hit all 32 banks.
-// Positions are walked in source order (a warp's loads of a channel coalesce along the
-// row), BATCH a thread at once, so 8 * BATCH loads are in flight before the first store.
+// thin_dgrad_kernel, grad_weight.cu's thin_wgrad_kernel), staged by all 256 threads of a
+// block: window position (plane pi, row r, column c) holds src at (planes[pi], row0 + r,
+// col0 + c), channels 0..7 (fp32; 0 outside src and past cg), rounded to TF32
+// (nearest-even) when ROUND. Columns are stored by residue mod `mult` (1: in order), slot
+// (c % mult) * qc + c / mult of a row of pitch = mult * qc slots, so that positions read
+// `mult` columns apart (a strided convolution's taps) sit side by side.
+// Layout: two half planes, channels 0..3 of every slot (16 bytes a slot), then channels
+// 4..7 `half` bytes on. An ldmatrix phase (8 consecutive slots of one half) reads 128
+// contiguous bytes, so any slot is conflict-free and a tap's address is the row's plus
+// 16 bytes a slot: one add (the old layout swapped the halves of every other group of four
+// slots, and each tap recomputed the swizzle). half is 64 bytes past a multiple of 128, so
+// a warp's 4-byte loads of channel c and c + 4 at 4 consecutive slots (grad weight's B and
+// A) hit the two halves' different banks.
+// The copy: positions walked in source order (a warp's loads of a channel coalesce along
+// the row), BATCH a thread at once, so 8 * BATCH loads are in flight before the first
+// store. Offsets are 32-bit from the sample's base (src: at (n, the group's first
+// channel)); thin_offsets_fit checks on the host that a sample's offsets fit. A position
+// outside src, or a channel past cg, loads a valid element (offset 0, channel cg - 1) and
+// stores 0 instead: no branch a channel. ncu found the old copy (64-bit offsets and a
+// branch a channel) issue-bound, ~220 instructions a position (NOTES.md, "Thin-group
+// backward").
 // BATCH is what the caller's register cap leaves room for: kThinBatch (2) under 80
-// registers or beside grad weight's accumulators (4 spilled there), kThinBatchWide (4) for
-// thin_dgrad_kernel (128 registers; 8 spilled). 2 -> 4 did not speed grad input up: ncu
-// finds these kernels issue-bound (the per-element address math and rounding here), not
-// waiting on memory (NOTES.md, "Thin-group backward").
-// Planes outside [0, D) are zero-filled (grad weight stages every depth tap's plane).
+// registers or beside grad weight's accumulators, kThinBatchWide (4) for thin_dgrad_kernel
+// (128 registers). Planes outside [0, D) are zero-filled (grad weight stages every depth
+// tap's plane).
 struct ThinWindow {
   int rows, cols;          // window rows and columns (a plane)
   int qc;                  // slots of one residue class: ceil(cols / mult)
   int mult;                // column multiplier (stride of the reads along w)
+  int pitch;               // slots a window row: mult * qc
+  int half;                // bytes from channel 0..3 of a slot to its channels 4..7
   uint32_t cols_magic, plane_magic, mult_magic;  // fast_div_magic of cols, rows * cols, mult
 };
 constexpr int kThinBatch = 2, kThinBatchWide = 4;
 constexpr int kThinMaxTd = 16;  // most depth taps (window planes) of a thin kernel's block
 
+// Byte offset of channel c of window slot p (4-byte words: / 4).
+__host__ __device__ __forceinline__ int thin_byte(const ThinWindow& w, int p, int c) {
+  return (c >> 2) * w.half + p * 16 + (c & 3) * 4;
+}
+
+// One element of src at global address a (read-only path), as fp32.
+template <typename T>
+__device__ __forceinline__ float thin_load(uint64_t a) {
+  if constexpr (std::is_same<T, float>::value) {
+    float v;
+    asm("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(a));
+    return v;
+  } else {
+    unsigned short h;
+    asm("ld.global.nc.b16 %0, [%1];" : "=h"(h) : "l"(a));
+    if constexpr (std::is_same<T, at::BFloat16>::value) return __uint_as_float(uint32_t(h) << 16);
+    float v;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(v) : "h"(h));
+    return v;
+  }
+}
+
 template <typename T, bool ROUND, int BATCH = kThinBatch>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
-                                                  int64_t base, int64_t sc, int64_t sv, int cg,
+                                                  uint32_t sc, uint32_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
                                                   int D, int H, int W) {
-  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos, row_slots = tw.mult * tw.qc;
+  const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos;
+  // One 64-bit global base in a register, opaque to the compiler: otherwise it folds the
+  // caller's 64-bit sample offset into every load's address (4 instructions a load, not 1).
+  uint64_t gsrc;
+  asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
+  uint32_t chan[8];  // channel ci's offset; past cg: channel cg - 1's (stored as 0)
+#pragma unroll
+  for (int ci = 0; ci < 8; ++ci) chan[ci] = uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -392,26 +433,35 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       const int pi = fast_div(pos, tw.plane_magic), rem = pos - pi * plane_pos;
       const int r = fast_div(rem, tw.cols_magic), c = rem - r * tw.cols;
       const int q = fast_div(c, tw.mult_magic), res = c - q * tw.mult;
-      slot[u] = pos < npos ? (pi * tw.rows + r) * row_slots + res * tw.qc + q : -1;
-      const int ih = row0 + r, iw = col0 + c;
-      const bool in = pos < npos && unsigned(planes[pi]) < unsigned(D) &&
-                      unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
-      const int64_t off = in ? base + ((int64_t(planes[pi]) * H + ih) * W + iw) * sv : 0;
+      slot[u] = pos < npos ? (pi * tw.rows + r) * tw.pitch + res * tw.qc + q : -1;
+      const int id = pos < npos ? planes[pi] : -1, ih = row0 + r, iw = col0 + c;
+      const bool in = unsigned(id) < unsigned(D) && unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
+      const uint32_t off = in ? ((uint32_t(id) * H + ih) * W + iw) * sv : 0u;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = (in && ci < cg) ? float(src[off + ci * sc]) : 0.f;
-        v[u][ci] = ROUND ? round_tf32(e) : e;
+        const float e = thin_load<T>(gsrc + uint64_t(off + chan[ci]) * sizeof(T));
+        const float z = (in && ci < cg) ? e : 0.f;
+        v[u][ci] = ROUND ? round_tf32(z) : z;
       }
     }
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
-      float4* dst = reinterpret_cast<float4*>(win + slot[u] * 32);
-      const int swz = (slot[u] >> 2) & 1;
-      dst[swz] = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
-      dst[swz ^ 1] = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+      unsigned char* dst = win + slot[u] * 16;
+      *reinterpret_cast<float4*>(dst) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      *reinterpret_cast<float4*>(dst + tw.half) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
+}
+
+// Whether every offset thin_stage_window takes from a sample's base fits its 32 bits:
+// (C - 1) * c + (vol - 1) * v of both x (Cin channels) and dy (Cout), below 2^31; and
+// both hold elements (the copy's loads of positions outside src read element 0).
+inline bool thin_offsets_fit(const Problem& P) {
+  const int64_t lim = int64_t(1) << 31;
+  if (P.N * P.Cin * P.in_vol() == 0 || P.Cout * P.out_vol() == 0) return false;
+  return (P.Cin - 1) * P.xl.c + (P.in_vol() - 1) * P.xl.v < lim &&
+         (P.Cout - 1) * P.yl.c + (P.out_vol() - 1) * P.yl.v < lim;
 }
 
 // The thin kernels' B: group g's w_words of fragment-ordered weights (big, then small where
@@ -428,7 +478,7 @@ __device__ __forceinline__ void thin_copy_weights(uint32_t* wsm, const uint32_t*
 }
 
 // One tap of the thin forward and grad input kernels: MW m16 tiles of A (ldmatrix.x4 at
-// a_addr, tiles 512 bytes apart) times this lane's B fragment bb (TF32) into acc; 3xTF32
+// a_addr, tiles 16 slots = 256 bytes apart) times this lane's B fragment bb (TF32) into acc; 3xTF32
 // (SPLIT): big*big into blk, big*small + small*big into cor (bs: B's small part), blk added
 // into acc every kFlushTaps taps (the tensor core truncates as it accumulates).
 template <int MW, bool SPLIT>
@@ -437,7 +487,7 @@ __device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[M
 #pragma unroll
   for (int mt = 0; mt < MW; ++mt) {
     uint32_t a[4];
-    ldmatrix_x4(a, a_addr + mt * 512);
+    ldmatrix_x4(a, a_addr + mt * 256);
     if constexpr (SPLIT) {
       uint32_t ab[4], as[4];
 #pragma unroll
@@ -458,18 +508,22 @@ __device__ __forceinline__ void thin_tap_mma(float (&acc)[MW][4], float (&blk)[M
   }
 }
 
-// A ThinWindow of rows x cols positions with columns stored by residue mod mult.
-inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
+// A ThinWindow of `planes` planes of rows x cols positions, columns stored by residue mod
+// mult; its bytes: 2 * half.
+inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult, int64_t planes) {
   ThinWindow w;
   w.rows = int(rows);
   w.cols = int(cols);
   w.mult = int(mult);
   w.qc = int((cols + mult - 1) / mult);
+  w.pitch = int(mult) * w.qc;
+  w.half = int((planes * rows * w.pitch * 16 + 127) / 128 * 128 + 64);
   w.cols_magic = fast_div_magic(uint32_t(cols));
   w.plane_magic = fast_div_magic(uint32_t(rows * cols));
   w.mult_magic = fast_div_magic(uint32_t(mult));
   return w;
 }
+inline int64_t thin_window_bytes(const ThinWindow& w) { return 2 * int64_t(w.half); }
 
 // The dy window of the thin backward kernels (grad_input.cu's, grad_weight.cu's), made on
 // the host: tiles of 8 rows x 16*mw columns of an input plane; the window the tile's taps
@@ -477,7 +531,8 @@ inline ThinWindow make_thin_window(int64_t rows, int64_t cols, int64_t mult) {
 // (kW-1)*dW + 1, stored by residue mod sW), and col_off[rw], tap rw's slot for position
 // 0 of a row. mw: the widest (up to 4, no wider than the plane) whose block of
 // fixed + per_mw * mw + window bytes leaves room for two blocks an SM, else 1 if that fits
-// at all. False where none fits (or kD > kThinMaxTd, kW > kThinMaxK).
+// at all. False where none fits (or kD > kThinMaxTd, kW > kThinMaxK, or a sample's offsets
+// pass 32 bits: thin_offsets_fit).
 constexpr int kThinMaxK = 32;  // most taps along w (col_off entries)
 struct ThinBackPlan {
   int mw;                  // tile width in m16 tiles: 16*mw columns
@@ -488,14 +543,13 @@ struct ThinBackPlan {
 };
 inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t fixed, int64_t per_mw,
                            ThinBackPlan& pl) {
-  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK) return false;
+  if (P.k[0] > kThinMaxTd || P.k[2] > kThinMaxK || !thin_offsets_fit(P)) return false;
   const int64_t rows = 7 * P.s[1] + (P.k[1] - 1) * P.d[1] + 1;
   const int64_t cols_max = 63 * P.s[2] + (P.k[2] - 1) * P.d[2] + 1;  // at mw = 4
   if (rows > 4096 || cols_max > 16384) return false;  // far past shared memory; no overflow below
   auto cols_at = [&](int64_t mw) { return (16 * mw - 1) * P.s[2] + (P.k[2] - 1) * P.d[2] + 1; };
   auto bytes_at = [&](int64_t mw) {
-    const int64_t qc = (cols_at(mw) + P.s[2] - 1) / P.s[2];
-    return fixed + per_mw * mw + P.k[0] * rows * P.s[2] * qc * 32;
+    return fixed + per_mw * mw + thin_window_bytes(make_thin_window(rows, cols_at(mw), P.s[2], P.k[0]));
   };
   const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
   const int64_t per_sm = int64_t(prop->sharedMemPerMultiprocessor) - 2048;  // minus the driver's reserve
@@ -509,7 +563,7 @@ inline bool thin_back_plan(const Problem& P, const cudaDeviceProp* prop, int64_t
     }
   }
   if (pl.mw == 0) return false;
-  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2]);
+  pl.win = make_thin_window(rows, cols_at(pl.mw), P.s[2], P.k[0]);
   for (int rw = 0; rw < int(P.k[2]); ++rw) {
     const int64_t c = rw * P.d[2];  // window column of tap rw for position 0
     pl.col_off[rw] = int(c % P.s[2] * pl.win.qc + c / P.s[2]);

@@ -5,7 +5,7 @@ directly from rule (1), o = i*s - p + r*d. Runs on the CPU, no GPU needed.
 It models what the kernel does per block and warp: the dy window (planes od of the valid
 depth taps, rows from ih0*sH - pH, columns from iw0*sW - pW, columns stored by residue mod
 sW as thin_stage_window stores them), and each warp's reads at slot
-(pi*rows + u*sH + rh*dH) * row_slots + col_off[rw] + j for position j of its tile, with the
+(pi*rows + u*sH + rh*dH) * pitch + col_off[rw] + j for position j of its tile, with the
 host's window sizes and col_off; and thin_wgrad_kernel's tap offsets toff(r) into a
 window of all kD planes (zero where od is outside dy) against its x tile. Exact (float64) sums: what is checked is which dy element
 each (position, tap) reads, not rounding.
@@ -55,11 +55,11 @@ def stage_window(dyg, planes, rows, cols, qc, mult, row0, col0):
     D, H, W]) at planes[pi], rows row0.., columns col0.. stored by residue mod mult; zero
     outside dy, NaN in slots it never writes."""
     out = dyg.shape[1:]
-    row_slots = mult * qc
-    win = np.full((len(planes) * rows * row_slots, dyg.shape[0]), np.nan)
+    pitch = mult * qc
+    win = np.full((len(planes) * rows * pitch, dyg.shape[0]), np.nan)
     for pi, od in enumerate(planes):
         for r, c in itertools.product(range(rows), range(cols)):
-            slot = (pi * rows + r) * row_slots + (c % mult) * qc + c // mult
+            slot = (pi * rows + r) * pitch + (c % mult) * qc + c // mult
             oh, ow = row0 + r, col0 + c
             inside = 0 <= od < out[0] and 0 <= oh < out[1] and 0 <= ow < out[2]
             win[slot] = dyg[:, od, oh, ow] if inside else 0.0
@@ -73,7 +73,7 @@ def model_dgrad(dy, w, P, mw):
     s, p, d, k = P["s"], P["p"], P["d"], P["k"]
     out = dy.shape[2:]
     rows, cols, qc, col_off = host_plan(P, mw)
-    row_slots = s[2] * qc
+    pitch = s[2] * qc
     RW = 16 * mw
     dx = np.full((N, Cin, D, H, W), np.nan)
     tiles_h, tiles_w = (H + 7) // 8, (W + RW - 1) // RW
@@ -90,7 +90,7 @@ def model_dgrad(dy, w, P, mw):
             acc = np.zeros((RW, cin_g))
             for pi, (rd, _) in enumerate(taps):
                 for rh in range(k[1]):
-                    prow = (pi * rows + u * s[1] + rh * d[1]) * row_slots
+                    prow = (pi * rows + u * s[1] + rh * d[1]) * pitch
                     for rw in range(k[2]):
                         a = win[prow + col_off[rw] + np.arange(RW)]  # [RW, cout_g]; NaN = unstaged
                         acc += a @ w[g * cin_g:(g + 1) * cin_g, :, rd, rh, rw].T
@@ -126,13 +126,13 @@ def model_wgrad(dy, x, P, mw):
     s, p, d, k = P["s"], P["p"], P["d"], P["k"]
     out = dy.shape[2:]
     rows, cols, qc, col_off = host_plan(P, mw)
-    row_slots = s[2] * qc
+    pitch = s[2] * qc
     RW = 16 * mw
     kvol = k[0] * k[1] * k[2]
     toff = []
     for tap in range(kvol):
         rw, rh, rd = tap % k[2], (tap // k[2]) % k[1], tap // (k[1] * k[2])
-        toff.append((rd * rows + rh * d[1]) * row_slots + col_off[rw])
+        toff.append((rd * rows + rh * d[1]) * pitch + col_off[rw])
     dw = np.zeros((Cin, cout_g, kvol))
     tiles_h, tiles_w = (H + 7) // 8, (W + RW - 1) // RW
     for n, g, id_, th, tw in itertools.product(range(N), range(G), range(D), range(tiles_h), range(tiles_w)):
@@ -148,7 +148,7 @@ def model_wgrad(dy, x, P, mw):
             if ih0 + u >= H:
                 break
             for tap in range(kvol):
-                b = win[toff[tap] + u * s[1] * row_slots + np.arange(RW)]  # [RW, cout_g]
+                b = win[toff[tap] + u * s[1] * pitch + np.arange(RW)]  # [RW, cout_g]
                 dw[g * cin_g:(g + 1) * cin_g, :, tap] += xt[u].T @ b
     return dw.reshape(Cin, cout_g, *k)
 
