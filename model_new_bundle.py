@@ -2565,12 +2565,13 @@ struct ThinDgradParams {
   int w_words;
 };
 template <typename T, int MW, bool SPLIT>
-__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+__global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
   constexpr int RW = 16 * MW;
   constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;
+  constexpr bool kBGlobal = SPLIT;
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   uint32_t b = blockIdx.x;
@@ -2582,6 +2583,8 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   const int ih0 = th_i * 8, iw0 = tw_i * RW;
   const uint32_t* wg_big = prm.wt_big + int64_t(g) * prm.w_words + lane * 2;
   const uint32_t* wg_small = SPLIT ? prm.wt_small + int64_t(g) * prm.w_words + lane * 2 : wg_big;
+  const uint32_t* wsm = reinterpret_cast<const uint32_t*>(smem) + lane * 2;
+  if constexpr (!kBGlobal) thin_copy_weights(reinterpret_cast<uint32_t*>(smem), prm.wt_big, nullptr, prm.w_words, g);
   if (tid == 0) {
     int nvt = 0;
     for (int rd = 0; rd < int(P.k[0]); ++rd) {
@@ -2592,13 +2595,14 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   }
   __syncthreads();
   const int nvt = s_nvt;
-  unsigned char* win = smem;
+  unsigned char* win = kBGlobal ? smem : smem + prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, SPLIT ? kThinBatchWide : kThinBatch>(win, prm.pl.win,
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win,
                                 static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+  if constexpr (!kBGlobal) cp_async_wait(0);
   __syncthreads();
   const int ih = ih0 + warp;
   if (ih >= int(P.in[1])) return;
@@ -2617,7 +2621,8 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
       const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const int b_off = (rd * k1 + rh) * k2 * 64;
       for (int rw = 0; rw < k2; ++rw) {
-        const uint2 bb = __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64));
+        const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
+                                  : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
         uint2 bs = bb;
         if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
         thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
@@ -2671,7 +2676,7 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   const bool split = std::is_same<T, float>::value && !tf32;
   const int64_t w_words = P.kvol() * 64;
   ThinDgradParams prm{};
-  if (!thin_back_plan(P, prop, 0, 0, prm.pl)) return false;
+  if (!thin_back_plan(P, prop, split ? 0 : w_words * 4, 0, prm.pl)) return false;
   const int mw = prm.pl.mw;
   const int64_t smem = prm.pl.smem;
   prm.P = P;

@@ -119,9 +119,13 @@ struct DgradGemm {
 // consecutive window slots at every tap: column c = j*sW + rw*dW of position j sits in
 // slot (rw*dW % sW) * qc + j + rw*dW / sW (col_off[rw] + j).
 // B of all taps of group g ([tap][lane][2 words], B[k = co][n = ci] by
-// transform_weight_kernel; twice for 3xTF32) is read from global memory (L1: kb72's 27 KB
-// a group, read by every block of the group), so shared memory holds only the window
-// (kb72: 69 KB, three blocks an SM: 85 registers, BATCH 2; 3xTF32 two, BATCH 4).
+// transform_weight_kernel; twice for 3xTF32) sits in shared memory before the window
+// (kb72: 27 + 69 KB, two blocks an SM, so the register cap is 128 and the copy keeps 32
+// loads a thread in flight), except in 3xTF32, which reads its two B parts from global
+// memory (L1: every block of the group reads them): in shared memory they made its block
+// 123 KB, one an SM (0.440 ms on kb72 against 0.302 from global). In TF32 and 16-bit, B
+// from global with three 69 KB blocks an SM (85 registers, copy batch 2) measured slower
+// (0.225 / 0.216 ms against 0.205 / 0.193): NOTES.md, "Thin kernels: the copy".
 // Precision as thin_fwd_kernel (forward.cu): TF32 mode rounds dy to nearest-even as it is
 // staged (B by the transform); fp16/bf16 are exact in TF32; fp32 strict is 3xTF32.
 struct ThinDgradParams {
@@ -135,12 +139,13 @@ struct ThinDgradParams {
 };
 
 template <typename T, int MW, bool SPLIT>
-__global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const ThinDgradParams prm) {
+__global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_rd[kThinMaxTd], s_od[kThinMaxTd], s_nvt;
   constexpr int RW = 16 * MW;
   constexpr bool kRoundA = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
+  constexpr bool kBGlobal = SPLIT;  // B read from global memory (see above)
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
@@ -153,9 +158,12 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   const int64_t n = b / uint32_t(P.G);
   const int ih0 = th_i * 8, iw0 = tw_i * RW;
 
-  // ---- B of group g stays in global memory (L1-resident: every block of g reads it) ----
+  // ---- B of group g: this lane's words, in global memory (L1-resident: every block of g
+  // reads them) or copied to shared memory by cp.async (it lands while the window is staged) ----
   const uint32_t* wg_big = prm.wt_big + int64_t(g) * prm.w_words + lane * 2;
   const uint32_t* wg_small = SPLIT ? prm.wt_small + int64_t(g) * prm.w_words + lane * 2 : wg_big;
+  const uint32_t* wsm = reinterpret_cast<const uint32_t*>(smem) + lane * 2;
+  if constexpr (!kBGlobal) thin_copy_weights(reinterpret_cast<uint32_t*>(smem), prm.wt_big, nullptr, prm.w_words, g);
 
   // ---- depth: tap rd reads dy plane od = id*sD - pD + rd*dD, where it exists ----
   if (tid == 0) {
@@ -170,13 +178,14 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
   const int nvt = s_nvt;
 
   // ---- the window of dy: planes s_od, rows from ih0*sH - pH, columns from iw0*sW - pW ----
-  unsigned char* win = smem;
+  unsigned char* win = kBGlobal ? smem : smem + prm.w_words * 4;
   const int cout_g = int(P.cout_g()), cin_g = int(P.cin_g());
-  thin_stage_window<T, kRoundA, SPLIT ? kThinBatchWide : kThinBatch>(win, prm.pl.win,
+  thin_stage_window<T, kRoundA, kThinBatchWide>(win, prm.pl.win,
                                 static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od, nvt,
                                 ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+  if constexpr (!kBGlobal) cp_async_wait(0);
   __syncthreads();
 
   // ---- MMAs: warp u, input row ih0 + u, every tap ----
@@ -199,7 +208,8 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_dgrad_kernel(const Th
       const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const int b_off = (rd * k1 + rh) * k2 * 64;
       for (int rw = 0; rw < k2; ++rw) {
-        const uint2 bb = __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64));
+        const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
+                                  : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
         uint2 bs = bb;
         if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
         thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
@@ -267,7 +277,8 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   const bool split = std::is_same<T, float>::value && !tf32;
   const int64_t w_words = P.kvol() * 64;
   ThinDgradParams prm{};
-  if (!thin_back_plan(P, prop, 0, 0, prm.pl)) return false;
+  // B in shared memory except for 3xTF32 (the kernel's kBGlobal)
+  if (!thin_back_plan(P, prop, split ? 0 : w_words * 4, 0, prm.pl)) return false;
   const int mw = prm.pl.mw;
   const int64_t smem = prm.pl.smem;
   prm.P = P;
