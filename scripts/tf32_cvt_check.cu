@@ -2,7 +2,9 @@
 // (round_tf32_int, what sm_80..sm_89 run) against sm_90's cvt.rn.tf32.f32 (what round_tf32
 // runs there), over all 2^32 fp32 bit patterns. NaN results match any NaN.
 // Build and run on an sm_90 card (about a second):
-//   nvcc -arch=sm_90a -I kernels -o /tmp/tf32_cvt_check scripts/tf32_cvt_check.cu && /tmp/tf32_cvt_check
+//   nvcc -arch=sm_90a -o /tmp/tf32_cvt_check scripts/tf32_cvt_check.cu && /tmp/tf32_cvt_check
+// The two functions are copies of common.cuh's (which needs ATen's headers to compile):
+// keep them in step.
 #include <cstdio>
 #include <cstdint>
 #include <cuda_runtime.h>
