@@ -597,9 +597,8 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
-      unsigned char* dst = win + slot[u] * 16;
-      *reinterpret_cast<float4*>(dst) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
-      *reinterpret_cast<float4*>(dst + tw.half) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+      *reinterpret_cast<float4*>(win + thin_byte(tw, slot[u], 0)) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      *reinterpret_cast<float4*>(win + thin_byte(tw, slot[u], 4)) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
 }
@@ -2324,7 +2323,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   cp_async_wait(0);
   __syncthreads();
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
-  const uint32_t a_lane = smem_u32(win) + a_half * prm.win.half + a_row * 16;
+  const uint32_t a_lane = smem_u32(win) + thin_byte(prm.win, a_row, 4 * a_half);
   const int sH = int(P.s[1]), sW = int(P.s[2]), k1 = int(P.k[1]), k2 = int(P.k[2]);
   const int cout_g = int(P.cout_g());
   const int co0 = 2 * (lane % 4);
@@ -2607,7 +2606,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const int ih = ih0 + warp;
   if (ih >= int(P.in[1])) return;
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
-  const uint32_t a_lane = smem_u32(win) + a_half * prm.pl.win.half + a_row * 16;
+  const uint32_t a_lane = smem_u32(win) + thin_byte(prm.pl.win, a_row, 4 * a_half);
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
   float acc[MW][4], blk[MW][4], cor[MW][4];
 #pragma unroll

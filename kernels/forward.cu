@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   // ---- MMAs: warp u, phase row jh0 + u of each (h, w) phase ----
   // This lane's ldmatrix row (position jw0 + a_row) and half (channels 0..3 or 4..7).
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
-  const uint32_t a_lane = smem_u32(win) + a_half * prm.win.half + a_row * 16;
+  const uint32_t a_lane = smem_u32(win) + thin_byte(prm.win, a_row, 4 * a_half);
   const int sH = int(P.s[1]), sW = int(P.s[2]), k1 = int(P.k[1]), k2 = int(P.k[2]);
   const int cout_g = int(P.cout_g());
   // Epilogue constants of this lane: its two output channels co0, co0 + 1 (n8 fragment

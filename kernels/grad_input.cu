@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   if (ih >= int(P.in[1])) return;  // no barrier follows
   // This lane's ldmatrix row (position iw0 + a_row) and half (channels 0..3 or 4..7).
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
-  const uint32_t a_lane = smem_u32(win) + a_half * prm.pl.win.half + a_row * 16;
+  const uint32_t a_lane = smem_u32(win) + thin_byte(prm.pl.win, a_row, 4 * a_half);
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
   float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
 #pragma unroll

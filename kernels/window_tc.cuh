@@ -447,9 +447,8 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       if (slot[u] < 0) continue;
-      unsigned char* dst = win + slot[u] * 16;
-      *reinterpret_cast<float4*>(dst) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
-      *reinterpret_cast<float4*>(dst + tw.half) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
+      *reinterpret_cast<float4*>(win + thin_byte(tw, slot[u], 0)) = make_float4(v[u][0], v[u][1], v[u][2], v[u][3]);
+      *reinterpret_cast<float4*>(win + thin_byte(tw, slot[u], 4)) = make_float4(v[u][4], v[u][5], v[u][6], v[u][7]);
     }
   }
 }
