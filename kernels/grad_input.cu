@@ -138,7 +138,7 @@ struct ThinDgradParams {
   int w_words;               // B words of one group: kvol * 64
 };
 
-template <typename T, int MW, bool SPLIT>
+template <typename T, int MW, bool SPLIT, int NSET>
 __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
@@ -195,24 +195,33 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
   const uint32_t a_lane = smem_u32(win) + thin_byte(prm.pl.win, a_row, 4 * a_half);
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  float acc[MW][4], blk[MW][4], cor[MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
+  // NSET accumulator sets: tap rw adds into set rw % NSET, so a warp with one m16 tile
+  // (MW = 1) has NSET independent MMA chains instead of one; the sets are added at the end.
+  float acc[NSET][MW][4], blk[NSET][MW][4], cor[NSET][MW][4];  // 3xTF32: acc += blk every kFlushTaps taps
 #pragma unroll
-  for (int i = 0; i < MW; ++i)
+  for (int s = 0; s < NSET; ++s)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
-  int taps = 0;
+    for (int i = 0; i < MW; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[s][i][e] = blk[s][i][e] = cor[s][i][e] = 0.f;
+  int taps[NSET] = {};
   for (int pi = 0; pi < nvt; ++pi) {
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
       // Window row u*sH + rh*dH of plane pi; tap rw adds its slot col_off[rw].
       const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const int b_off = (rd * k1 + rh) * k2 * 64;
-      for (int rw = 0; rw < k2; ++rw) {
-        const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
-                                  : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
-        uint2 bs = bb;
-        if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
-        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
+      for (int rw0 = 0; rw0 < k2; rw0 += NSET) {
+#pragma unroll
+        for (int s = 0; s < NSET; ++s) {
+          const int rw = rw0 + s;
+          if (s > 0 && rw >= k2) break;  // uniform in the block
+          const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
+                                    : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
+          uint2 bs = bb;
+          if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
+          thin_tap_mma<MW, SPLIT>(acc[s], blk[s], cor[s], taps[s], a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
+        }
       }
     }
   }
@@ -230,10 +239,15 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf, q += 8 * xsv) {
-      float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
-      if (SPLIT) {
-        v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
-        v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
+      float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+      for (int s = 0; s < NSET; ++s) {
+        v0 += acc[s][mt][2 * hf];
+        v1 += acc[s][mt][2 * hf + 1];
+        if (SPLIT) {
+          v0 += blk[s][mt][2 * hf] + cor[s][mt][2 * hf];
+          v1 += blk[s][mt][2 * hf + 1] + cor[s][mt][2 * hf + 1];
+        }
       }
       if (iw_l + 16 * mt + 8 * hf < int(P.in[2])) {
         if (st0) q[0] = T(v0);
@@ -250,18 +264,25 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 static std::atomic<int64_t> g_thin_dgrad_launches{0};
 int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
 
-template <typename T, int MW, bool SPLIT>
+template <typename T, int MW, bool SPLIT, int NSET = 1>
 static void launch_thin_dgrad(const ThinDgradParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
-  auto kernel = thin_dgrad_kernel<T, MW, SPLIT>;
+  auto kernel = thin_dgrad_kernel<T, MW, SPLIT, NSET>;
   set_smem_limit(kernel, smem);
   kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Accumulator sets of the one-tile (MW = 1) kernel: CT3D_THIN_DGRAD_SETS (1 or 2; A/B timing).
+static int thin_dgrad_sets() {
+  static const int v = env_int("CT3D_THIN_DGRAD_SETS", 2);
+  return v == 1 ? 1 : 2;
+}
+
 template <typename T, bool SPLIT>
 static void dispatch_thin_dgrad(int mw, const ThinDgradParams& prm, int64_t blocks, int64_t smem,
                                 cudaStream_t stream) {
-  if (mw == 1) launch_thin_dgrad<T, 1, SPLIT>(prm, blocks, smem, stream);
+  if (mw == 1 && thin_dgrad_sets() == 2) launch_thin_dgrad<T, 1, SPLIT, 2>(prm, blocks, smem, stream);
+  else if (mw == 1) launch_thin_dgrad<T, 1, SPLIT>(prm, blocks, smem, stream);
   else if (mw == 2) launch_thin_dgrad<T, 2, SPLIT>(prm, blocks, smem, stream);
   else if (mw == 3) launch_thin_dgrad<T, 3, SPLIT>(prm, blocks, smem, stream);
   else launch_thin_dgrad<T, 4, SPLIT>(prm, blocks, smem, stream);
