@@ -2563,7 +2563,7 @@ struct ThinDgradParams {
   ThinBackPlan pl;
   int w_words;
 };
-template <typename T, int MW, bool SPLIT>
+template <typename T, int MW, bool SPLIT, int NSET>
 __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
@@ -2608,23 +2608,30 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_half = lane >> 4;
   const uint32_t a_lane = smem_u32(win) + thin_byte(prm.pl.win, a_row, 4 * a_half);
   const int k1 = int(P.k[1]), k2 = int(P.k[2]), sH = int(P.s[1]), dH = int(P.d[1]);
-  float acc[MW][4], blk[MW][4], cor[MW][4];
+  float acc[NSET][MW][4], blk[NSET][MW][4], cor[NSET][MW][4];
 #pragma unroll
-  for (int i = 0; i < MW; ++i)
+  for (int s = 0; s < NSET; ++s)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
-  int taps = 0;
+    for (int i = 0; i < MW; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[s][i][e] = blk[s][i][e] = cor[s][i][e] = 0.f;
+  int taps[NSET] = {};
   for (int pi = 0; pi < nvt; ++pi) {
     const int rd = s_rd[pi];
     for (int rh = 0; rh < k1; ++rh) {
       const uint32_t a_row_addr = a_lane + (pi * prm.pl.win.rows + warp * sH + rh * dH) * prm.pl.win.pitch * 16;
       const int b_off = (rd * k1 + rh) * k2 * 64;
-      for (int rw = 0; rw < k2; ++rw) {
-        const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
-                                  : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
-        uint2 bs = bb;
-        if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
-        thin_tap_mma<MW, SPLIT>(acc, blk, cor, taps, a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
+      for (int rw0 = 0; rw0 < k2; rw0 += NSET) {
+#pragma unroll
+        for (int s = 0; s < NSET; ++s) {
+          const int rw = rw0 + s;
+          if (s > 0 && rw >= k2) break;
+          const uint2 bb = kBGlobal ? __ldg(reinterpret_cast<const uint2*>(wg_big + b_off + rw * 64))
+                                    : *reinterpret_cast<const uint2*>(wsm + b_off + rw * 64);
+          uint2 bs = bb;
+          if (SPLIT) bs = __ldg(reinterpret_cast<const uint2*>(wg_small + b_off + rw * 64));
+          thin_tap_mma<MW, SPLIT>(acc[s], blk[s], cor[s], taps[s], a_row_addr + prm.pl.col_off[rw] * 16, bb, bs);
+        }
       }
     }
   }
@@ -2638,10 +2645,15 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
   for (int mt = 0; mt < MW; ++mt)
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf, q += 8 * xsv) {
-      float v0 = acc[mt][2 * hf], v1 = acc[mt][2 * hf + 1];
-      if (SPLIT) {
-        v0 += blk[mt][2 * hf] + cor[mt][2 * hf];
-        v1 += blk[mt][2 * hf + 1] + cor[mt][2 * hf + 1];
+      float v0 = 0.f, v1 = 0.f;
+#pragma unroll
+      for (int s = 0; s < NSET; ++s) {
+        v0 += acc[s][mt][2 * hf];
+        v1 += acc[s][mt][2 * hf + 1];
+        if (SPLIT) {
+          v0 += blk[s][mt][2 * hf] + cor[s][mt][2 * hf];
+          v1 += blk[s][mt][2 * hf + 1] + cor[s][mt][2 * hf + 1];
+        }
       }
       if (iw_l + 16 * mt + 8 * hf < int(P.in[2])) {
         if (st0) q[0] = T(v0);
@@ -2652,16 +2664,23 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 }
 static std::atomic<int64_t> g_thin_dgrad_launches{0};
 int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
-template <typename T, int MW, bool SPLIT>
+template <typename T, int MW, bool SPLIT, int NSET = 1>
 static void launch_thin_dgrad(const ThinDgradParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
-  auto kernel = thin_dgrad_kernel<T, MW, SPLIT>;
+  auto kernel = thin_dgrad_kernel<T, MW, SPLIT, NSET>;
   set_smem_limit(kernel, smem);
   kernel<<<unsigned(blocks), 256, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+static int thin_dgrad_sets() {
+  static const int v = env_int("CT3D_THIN_DGRAD_SETS", 2);
+  return v == 1 ? 1 : 2;
+}
 template <typename T, bool SPLIT>
 static void dispatch_thin_dgrad(int mw, const ThinDgradParams& prm, int64_t blocks, int64_t smem,
                                 cudaStream_t stream) {
+  if constexpr (!SPLIT) {
+    if (mw == 1 && thin_dgrad_sets() == 2) return launch_thin_dgrad<T, 1, SPLIT, 2>(prm, blocks, smem, stream);
+  }
   if (mw == 1) launch_thin_dgrad<T, 1, SPLIT>(prm, blocks, smem, stream);
   else if (mw == 2) launch_thin_dgrad<T, 2, SPLIT>(prm, blocks, smem, stream);
   else if (mw == 3) launch_thin_dgrad<T, 3, SPLIT>(prm, blocks, smem, stream);
@@ -3628,7 +3647,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 #endif
 }
 constexpr int kThinWgradTpw = 16;
-constexpr int kThinWgradTpwSplit = 6;
+constexpr int kThinWgradTpwSplit = 8;
 struct ThinWgradParams {
   const void* x;
   const void* dy;
@@ -3664,11 +3683,11 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
     toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
-  float acc[TPW][4], blk[TPW][4], cor[TPW][4];
+  float acc[TPW][4], cor[TPW][4];
 #pragma unroll
   for (int i = 0; i < TPW; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+    for (int e = 0; e < 4; ++e) acc[i][e] = cor[i][e] = 0.f;
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   for (int64_t t = t_begin; t < t_end; ++t) {
@@ -3693,6 +3712,38 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     for (int u = 0; u < 8; ++u) {
       if (ih0 + u >= int(P.in[1])) break;
       const int urow = u * int(P.s[1]) * pitch;
+      if constexpr (SPLIT) {
+        constexpr int KC = MW <= 2 ? 2 * MW : 2;
+#pragma unroll
+        for (int c0 = 0; c0 < 2 * MW; c0 += KC) {
+          uint32_t ab[KC][2], as[KC][2];
+#pragma unroll
+          for (int kk = 0; kk < KC; ++kk) {
+            const int xs = u * RW + (c0 + kk) * 8 + tq;
+            split_tf32(xw[xs * 4], ab[kk][0], as[kk][0]);
+            split_tf32(xw[xs * 4 + 16], ab[kk][1], as[kk][1]);
+          }
+#pragma unroll
+          for (int i = 0; i < TPW; ++i) {
+            if (tap0 + warp + 8 * i >= tap_end) break;
+            float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int kk = 0; kk < KC; ++kk) {
+              const int p0 = toff[i] + urow + (c0 + kk) * 8 + tq;
+              uint32_t bb0, bs0, bb1, bs1;
+              split_tf32(ww[p0 * 4], bb0, bs0);
+              split_tf32(ww[p0 * 4 + 16], bb1, bs1);
+              const uint32_t fb[4] = {ab[kk][0], 0u, ab[kk][1], 0u}, fs[4] = {as[kk][0], 0u, as[kk][1], 0u};
+              mma_tf32(t, fb, bb0, bb1);
+              mma_tf32(cor[i], fs, bb0, bb1);
+              mma_tf32(cor[i], fb, bs0, bs1);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][e] += t[e];
+          }
+        }
+        continue;
+      }
 #pragma unroll
       for (int ks = 0; ks < 2 * MW; ++ks) {
         const int xs = u * RW + ks * 8 + tq;
@@ -3700,33 +3751,12 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
         a[0] = xw[xs * 4];
         a[2] = xw[xs * 4 + 16];
         a[1] = a[3] = 0u;
-        uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
-        if constexpr (SPLIT) {
-          split_tf32(a[0], ab[0], as[0]);
-          split_tf32(a[2], ab[2], as[2]);
-        }
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;
           const int p0 = toff[i] + urow + ks * 8 + tq;
-          const uint32_t b0 = ww[p0 * 4], b1 = ww[p0 * 4 + 16];
-          if constexpr (SPLIT) {
-            uint32_t bb0, bs0, bb1, bs1;
-            split_tf32(b0, bb0, bs0);
-            split_tf32(b1, bb1, bs1);
-            mma_tf32(blk[i], ab, bb0, bb1);
-            mma_tf32(cor[i], as, bb0, bb1);
-            mma_tf32(cor[i], ab, bs0, bs1);
-          } else {
-            mma_tf32(acc[i], a, b0, b1);
-          }
+          mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
         }
-      }
-      if constexpr (SPLIT) {
-#pragma unroll
-        for (int i = 0; i < TPW; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
       }
     }
   }
@@ -4019,13 +4049,22 @@ static std::atomic<int64_t> g_thin_wgrad_launches{0};
 int64_t thin_wgrad_launches() { return g_thin_wgrad_launches.load(); }
 template <typename T, int MW, int TPW, bool SPLIT>
 static WgradThinKernel thin_wgrad_instance() { return thin_wgrad_kernel<T, MW, TPW, SPLIT>; }
-template <typename T, bool SPLIT>
-static WgradThinKernel thin_wgrad_pick(int mw) {
-  constexpr int TPW = SPLIT ? kThinWgradTpwSplit : kThinWgradTpw;
+static int thin_wgrad_tpw(bool split) {
+  static const int v = env_int("CT3D_THIN_WGRAD_TPW", kThinWgradTpwSplit);
+  return split ? (v == 6 ? 6 : kThinWgradTpwSplit) : kThinWgradTpw;
+}
+template <typename T, int TPW, bool SPLIT>
+static WgradThinKernel thin_wgrad_pick_mw(int mw) {
   if (mw == 1) return thin_wgrad_instance<T, 1, TPW, SPLIT>();
   if (mw == 2) return thin_wgrad_instance<T, 2, TPW, SPLIT>();
   if (mw == 3) return thin_wgrad_instance<T, 3, TPW, SPLIT>();
   return thin_wgrad_instance<T, 4, TPW, SPLIT>();
+}
+template <typename T>
+static WgradThinKernel thin_wgrad_pick(bool split, int tpw, int mw) {
+  if (!split) return thin_wgrad_pick_mw<T, kThinWgradTpw, false>(mw);
+  if (tpw == 6) return thin_wgrad_pick_mw<T, 6, true>(mw);
+  return thin_wgrad_pick_mw<T, kThinWgradTpwSplit, true>(mw);
 }
 static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                              const Problem& P, bool tf32) {
@@ -4041,11 +4080,11 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   prm.P = P;
   prm.xwin = make_thin_window(8, 16 * mw, 1, 1);
   prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
-  const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
+  const int tpw = thin_wgrad_tpw(split);
   prm.taps_per_part = 8 * tpw;
   const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;
   if (parts > 65535) return false;
-  const WgradThinKernel kernel = split ? thin_wgrad_pick<T, true>(mw) : thin_wgrad_pick<T, false>(mw);
+  const WgradThinKernel kernel = thin_wgrad_pick<T>(split, tpw, mw);
   set_smem_limit(kernel, smem);
   const int64_t resident = int64_t(std::max(blocks_per_sm(kernel, 256, smem), 1)) * prop->multiProcessorCount;
   int64_t splits = std::min<int64_t>({kMaxSplits, prm.total_tiles, std::max<int64_t>(1, resident / (parts * P.G))});

@@ -1208,14 +1208,15 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 // consecutive slots are 64 contiguous bytes, and channels 4..7 sit in the other half, 64
 // bytes past a multiple of 128 on) once a tap. The sums stay in registers across the block's
 // tiles; each block writes its fp32 partial dw to ws[split] and sum_splits_kernel adds
-// the splits in order (deterministic). 3xTF32 needs three accumulator sets: fewer taps a
-// warp (kThinWgradTpwSplit), the taps split over `parts` blocks that stage the same tiles.
+// the splits in order (deterministic). 3xTF32 needs two accumulator sets a tap (acc, cor)
+// and runs taps outer in a row (below): fewer taps a warp (kThinWgradTpwSplit), the taps
+// split over `parts` blocks that stage the same tiles.
 // Precision as the other thin kernels: TF32 mode rounds x and dy to nearest-even as they
-// are staged; fp32 strict splits each fragment (big*big restarted every row of a tile,
-// <= 2*MW <= 8 k-steps, and added into a register sum). fp32 only (grad_weight_thin says
-// why); 16-bit values would be exact in TF32 if it took them.
+// are staged; fp32 strict splits each fragment (big*big summed over <= 4 k-steps of a row
+// on the tensor core, then added into a register sum). fp32 only
+// (grad_weight_thin says why); 16-bit values would be exact in TF32 if it took them.
 constexpr int kThinWgradTpw = 16;       // taps a warp, one accumulator set
-constexpr int kThinWgradTpwSplit = 6;   // taps a warp, 3xTF32
+constexpr int kThinWgradTpwSplit = 8;   // taps a warp, 3xTF32 (CT3D_THIN_WGRAD_TPW=6: 6, A/B)
 
 struct ThinWgradParams {
   const void* x;
@@ -1256,11 +1257,11 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
     toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
-  float acc[TPW][4], blk[TPW][4], cor[TPW][4];
+  float acc[TPW][4], cor[TPW][4];  // cor: 3xTF32's big*small + small*big
 #pragma unroll
   for (int i = 0; i < TPW; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[i][e] = blk[i][e] = cor[i][e] = 0.f;
+    for (int e = 0; e < 4; ++e) acc[i][e] = cor[i][e] = 0.f;
 
   const int64_t t_begin = split * prm.tiles_per_split;
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
@@ -1291,6 +1292,43 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     for (int u = 0; u < 8; ++u) {
       if (ih0 + u >= int(P.in[1])) break;  // x rows past the plane are zero: nothing to add
       const int urow = u * int(P.s[1]) * pitch;
+      if constexpr (SPLIT) {
+        // 3xTF32, taps outer: KC k-steps' A fragments split once (big ab, small as), then
+        // per tap big*big summed over those k-steps in a temporary t (KC <= 4 chained MMAs)
+        // and added into acc, big*small + small*big into cor. One temporary instead of a
+        // big*big set a tap is what lets a warp hold TPW = 8 taps; KC = 2 past MW = 2 keeps
+        // the fragments in registers (all 2*MW of them spilled at MW = 3, 4).
+        constexpr int KC = MW <= 2 ? 2 * MW : 2;
+#pragma unroll
+        for (int c0 = 0; c0 < 2 * MW; c0 += KC) {
+          uint32_t ab[KC][2], as[KC][2];
+#pragma unroll
+          for (int kk = 0; kk < KC; ++kk) {
+            const int xs = u * RW + (c0 + kk) * 8 + tq;
+            split_tf32(xw[xs * 4], ab[kk][0], as[kk][0]);
+            split_tf32(xw[xs * 4 + 16], ab[kk][1], as[kk][1]);
+          }
+#pragma unroll
+          for (int i = 0; i < TPW; ++i) {
+            if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
+            float t[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int kk = 0; kk < KC; ++kk) {
+              const int p0 = toff[i] + urow + (c0 + kk) * 8 + tq;
+              uint32_t bb0, bs0, bb1, bs1;
+              split_tf32(ww[p0 * 4], bb0, bs0);
+              split_tf32(ww[p0 * 4 + 16], bb1, bs1);
+              const uint32_t fb[4] = {ab[kk][0], 0u, ab[kk][1], 0u}, fs[4] = {as[kk][0], 0u, as[kk][1], 0u};
+              mma_tf32(t, fb, bb0, bb1);
+              mma_tf32(cor[i], fs, bb0, bb1);
+              mma_tf32(cor[i], fb, bs0, bs1);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][e] += t[e];
+          }
+        }
+        continue;
+      }
 #pragma unroll
       for (int ks = 0; ks < 2 * MW; ++ks) {
         // Slots xs and xs + 4 (16 words on); channel gq of each (xw, ww: 4 words a slot).
@@ -1299,33 +1337,12 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
         a[0] = xw[xs * 4];
         a[2] = xw[xs * 4 + 16];
         a[1] = a[3] = 0u;
-        uint32_t ab[4] = {a[0], 0u, a[2], 0u}, as[4] = {0u, 0u, 0u, 0u};
-        if constexpr (SPLIT) {
-          split_tf32(a[0], ab[0], as[0]);
-          split_tf32(a[2], ab[2], as[2]);
-        }
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
           const int p0 = toff[i] + urow + ks * 8 + tq;
-          const uint32_t b0 = ww[p0 * 4], b1 = ww[p0 * 4 + 16];
-          if constexpr (SPLIT) {
-            uint32_t bb0, bs0, bb1, bs1;
-            split_tf32(b0, bb0, bs0);
-            split_tf32(b1, bb1, bs1);
-            mma_tf32(blk[i], ab, bb0, bb1);
-            mma_tf32(cor[i], as, bb0, bb1);
-            mma_tf32(cor[i], ab, bs0, bs1);
-          } else {
-            mma_tf32(acc[i], a, b0, b1);
-          }
+          mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
         }
-      }
-      if constexpr (SPLIT) {
-#pragma unroll
-        for (int i = 0; i < TPW; ++i)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) { acc[i][e] += blk[i][e]; blk[i][e] = 0.f; }
       }
     }
   }
@@ -1700,13 +1717,25 @@ int64_t thin_wgrad_launches() { return g_thin_wgrad_launches.load(); }
 template <typename T, int MW, int TPW, bool SPLIT>
 static WgradThinKernel thin_wgrad_instance() { return thin_wgrad_kernel<T, MW, TPW, SPLIT>; }
 
-template <typename T, bool SPLIT>
-static WgradThinKernel thin_wgrad_pick(int mw) {
-  constexpr int TPW = SPLIT ? kThinWgradTpwSplit : kThinWgradTpw;
+// 3xTF32's taps a warp: kThinWgradTpwSplit, or 6 under CT3D_THIN_WGRAD_TPW=6 (A/B timing).
+static int thin_wgrad_tpw(bool split) {
+  static const int v = env_int("CT3D_THIN_WGRAD_TPW", kThinWgradTpwSplit);
+  return split ? (v == 6 ? 6 : kThinWgradTpwSplit) : kThinWgradTpw;
+}
+
+template <typename T, int TPW, bool SPLIT>
+static WgradThinKernel thin_wgrad_pick_mw(int mw) {
   if (mw == 1) return thin_wgrad_instance<T, 1, TPW, SPLIT>();
   if (mw == 2) return thin_wgrad_instance<T, 2, TPW, SPLIT>();
   if (mw == 3) return thin_wgrad_instance<T, 3, TPW, SPLIT>();
   return thin_wgrad_instance<T, 4, TPW, SPLIT>();
+}
+
+template <typename T>
+static WgradThinKernel thin_wgrad_pick(bool split, int tpw, int mw) {
+  if (!split) return thin_wgrad_pick_mw<T, kThinWgradTpw, false>(mw);
+  if (tpw == 6) return thin_wgrad_pick_mw<T, 6, true>(mw);
+  return thin_wgrad_pick_mw<T, kThinWgradTpwSplit, true>(mw);
 }
 
 // fp32 only (TF32 and 3xTF32): in fp16/bf16 the packing kernels ran kb72 faster (bf16 grad
@@ -1726,12 +1755,12 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   prm.P = P;
   prm.xwin = make_thin_window(8, 16 * mw, 1, 1);
   prm.total_tiles = P.N * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
-  const int tpw = split ? kThinWgradTpwSplit : kThinWgradTpw;
+  const int tpw = thin_wgrad_tpw(split);
   prm.taps_per_part = 8 * tpw;
   const int64_t parts = (P.kvol() + prm.taps_per_part - 1) / prm.taps_per_part;
   if (parts > 65535) return false;
 
-  const WgradThinKernel kernel = split ? thin_wgrad_pick<T, true>(mw) : thin_wgrad_pick<T, false>(mw);
+  const WgradThinKernel kernel = thin_wgrad_pick<T>(split, tpw, mw);
   set_smem_limit(kernel, smem);
   const int64_t resident = int64_t(std::max(blocks_per_sm(kernel, 256, smem), 1)) * prop->multiProcessorCount;
   int64_t splits = std::min<int64_t>({kMaxSplits, prm.total_tiles, std::max<int64_t>(1, resident / (parts * P.G))});
