@@ -110,7 +110,9 @@ struct DgradGemm {
 // one (n, g) and a tile of 8 rows x RW = 16*MW columns of dx; warp u takes row ih0 + u.
 // GEMM view per row: M = RW positions iw, N = 8 (Cin/G, zero-padded), K = 8 (Cout/G,
 // zero-padded) per tap; one m16n8k8 TF32 MMA per 16 positions and tap, every tap of the
-// kernel (no phases: each (i, r) lands on one dy voxel, or outside dy).
+// kernel (no phases: each (i, r) lands on one dy voxel, or outside dy). With one m16 tile a
+// warp (MW = 1) in TF32 and 16-bit, taps alternate between two accumulator sets (NSET), so
+// the MMAs form two dependency chains, not one (thin_dgrad_sets says what it measured).
 // Gather rule (1): tap r of input voxel i reads dy at o = i*s - p + r*d. So the block reads
 // the dy planes od = id*sD - pD + rd*dD that exist, and in each of them the rows
 // ih0*sH - pH + [0, 7*sH + (kH-1)*dH] and the columns iw0*sW - pW + [0, (RW-1)*sW +
