@@ -28,4 +28,8 @@ wait
 echo "== group 1"; tail -8 "$OUT/pytest1.log"; echo "== group 2"; tail -8 "$OUT/pytest2.log"
 echo "| reference | dtype | check | reference ms | ours ms | speedup |"; cat "$CT3D_HARNESS_REPORT"
 [ -z "${BENCH:-}" ] || timeout 300 python3 bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+# Both groups' summary lines again, last: a caller that keeps only the tail still sees them
+# (a device call returns 8 files at most, so pytest2.log can be left behind).
+echo "== summary: group 1: $(tail -1 "$OUT/pytest1.log")"
+echo "== summary: group 2: $(tail -1 "$OUT/pytest2.log")"
 echo "total: $(( $(date +%s) - t0 ))s"
