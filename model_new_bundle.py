@@ -3657,12 +3657,19 @@ struct ThinWgradParams {
   int64_t total_tiles, tiles_per_split;
   int taps_per_part;
   ThinWindow xwin;
+  double* bias_ws;
 };
+__device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
+  const int64_t lo = i0 == 0 ? 0 : std::min(std::max(i0 * s - p, int64_t(0)), out);
+  const int64_t hi = i1 >= in ? out : std::min(std::max(i1 * s - p, int64_t(0)), out);
+  return make_int2(int(lo), int(hi));
+}
 template <typename T, int MW, int TPW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_od[kThinMaxTd], s_id[1];
+  __shared__ double s_bias[8];
   constexpr int RW = 16 * MW;
   constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;
   const Problem& P = prm.P;
@@ -3674,6 +3681,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   unsigned char* xt = smem + 2 * prm.pl.win.half;
   const uint32_t* ww = reinterpret_cast<const uint32_t*>(win + thin_byte(prm.pl.win, 0, gq));
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
+  const bool bias_warp = prm.bias_ws != nullptr && part == 0 && warp < cout_g;
+  if (bias_warp && lane == 0) s_bias[warp] = 0.0;
   const int tap0 = part * prm.taps_per_part;
   const int tap_end = min(kvol, tap0 + prm.taps_per_part);
   int toff[TPW];
@@ -3701,6 +3710,26 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
+    if (bias_warp) {
+      const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+      const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
+      const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
+      const T* src = static_cast<const T*>(prm.dy) + n * P.yl.n;
+      const uint32_t sv = uint32_t(P.yl.v), o1 = uint32_t(P.out[1]), o2 = uint32_t(P.out[2]);
+      const uint32_t c_off = (uint32_t(g) * cout_g + warp) * uint32_t(P.yl.c);
+      double sum = 0.0;
+#pragma unroll 1
+      for (int od = bd.x; od < bd.y; ++od)
+#pragma unroll 1
+        for (int oh = bh.x; oh < bh.y; ++oh) {
+          const uint32_t row = c_off + (uint32_t(od) * o1 + uint32_t(oh)) * o2 * sv;
+#pragma unroll 1
+          for (int ow = bw.x + lane; ow < bw.y; ow += 32) sum += double(src[row + uint32_t(ow) * sv]);
+        }
+#pragma unroll
+      for (int m = 16; m > 0; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+      if (lane == 0) s_bias[warp] += sum;
+    }
     thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
                                  uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
@@ -3771,6 +3800,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
     if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
   }
+  if (bias_warp && lane == 0)
+    prm.bias_ws[(int64_t(g) * cout_g + warp) * gridDim.x + split] = s_bias[warp];
 #endif
 }
 template <typename T>
@@ -4045,6 +4076,10 @@ static bool thin_wgrad_enabled() {
   static const int v = env_int("CT3D_THIN_WGRAD", 1);
   return v != 0;
 }
+static bool thin_wgrad_bias_enabled() {
+  static const int v = env_int("CT3D_THIN_WGRAD_BIAS", 1);
+  return v != 0;
+}
 static std::atomic<int64_t> g_thin_wgrad_launches{0};
 int64_t thin_wgrad_launches() { return g_thin_wgrad_launches.load(); }
 template <typename T, int MW, int TPW, bool SPLIT>
@@ -4093,6 +4128,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   auto stream = at::cuda::getCurrentCUDAStream();
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
+  at::Tensor bias_ws;
+  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled();
+  if (fuse_bias) {
+    bias_ws = at::empty({P.Cout * splits}, dy.options().dtype(at::kDouble));
+    if (poison_enabled()) bias_ws.fill_(std::numeric_limits<double>::quiet_NaN());
+    prm.bias_ws = bias_ws.data_ptr<double>();
+  }
   prm.x = x.data_ptr();
   prm.dy = dy.data_ptr();
   prm.ws = ws.data_ptr<float>();
@@ -4102,7 +4144,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   const int64_t blocks = std::min<int64_t>((dw.numel() + 255) / 256, 65535);
   sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(), dw.numel(), int(splits));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (db != nullptr) grad_bias<T>(dy, *db, P);
+  if (fuse_bias) {
+    grad_bias_parts_kernel<T><<<unsigned((P.Cout + 255) / 256), 256, 0, stream>>>(
+        prm.bias_ws, db->data_ptr<T>(), P.Cout, int(splits));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (db != nullptr) {
+    grad_bias<T>(dy, *db, P);
+  }
   return true;
 }
 template <typename T>

@@ -575,7 +575,7 @@ def test_backward_is_deterministic(mode, shape):
     """Backward twice on the same inputs gives bitwise-equal gradients (fixed-order
     split-K reduction, no float atomics), on shapes whose grad weight splits K: a dense one
     (the packing kernels) and a grouped strided one with 8 channels a group (kb72's kind:
-    the thin-group kernels, grad bias by its own pass)."""
+    the thin-group kernels, grad bias summed in the thin grad-weight kernel in fp32)."""
     dtype, allow = MODES[mode]
     torch.manual_seed(0)
     if shape == "dense":

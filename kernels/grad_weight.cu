@@ -40,8 +40,10 @@
 //
 // grad bias: with the kernels that pack dy (wgrad_wg, wgrad_tc), from the per-channel sums
 // that the pack takes as it copies dy (fp64, fixed order: pack_src_kernel,
-// pack_bias_kernel); else (thin groups, FFMA) blocks of parts of each channel sum dy in a
-// fixed order (grad_bias_kernel, fp64), then the parts are added in order.
+// pack_bias_kernel); with thin_wgrad_kernel, from each block's sums over the dy its tiles
+// own (fp64, fixed order: thin_bias_range says which dy a tile owns); else (FFMA, or only
+// grad bias asked) blocks of parts of each channel sum dy in a fixed order
+// (grad_bias_kernel, fp64). The parts are then added in order (grad_bias_parts_kernel).
 //
 // Sections: the FFMA Gemm, the tensor-core kernels, the thin-group kernel, reduction
 // kernels, launchers.
@@ -1208,7 +1210,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 // consecutive slots are 64 contiguous bytes, and channels 4..7 sit in the other half, 64
 // bytes past a multiple of 128 on) once a tap. The sums stay in registers across the block's
 // tiles; each block writes its fp32 partial dw to ws[split] and sum_splits_kernel adds
-// the splits in order (deterministic). 3xTF32 needs two accumulator sets a tap (acc, cor)
+// the splits in order (deterministic). Grad bias, where asked: in the blocks of part 0,
+// warp w sums dy channel w over the box of dy each tile owns (thin_bias_range), in fp64
+// and a fixed order, into bias_ws[channel][split], added in order by grad_bias_parts_kernel. 3xTF32 needs two accumulator sets a tap (acc, cor)
 // and runs taps outer in a row (below): fewer taps a warp (kThinWgradTpwSplit), the taps
 // split over `parts` blocks that stage the same tiles.
 // Precision as the other thin kernels: TF32 mode rounds x and dy to nearest-even as they
@@ -1227,13 +1231,26 @@ struct ThinWgradParams {
   int64_t total_tiles, tiles_per_split;
   int taps_per_part;         // taps a block: 8 * TPW, the last part fewer
   ThinWindow xwin;           // the x tile: 8 rows x RW columns, in order
+  double* bias_ws;           // [Cout][splits]: grad bias parts; null where not asked
 };
+
+// Grad bias in thin_wgrad_kernel: along one dimension, the dy indices that x indices [i0,
+// i1) own: from i0*s - p (0 where i0 = 0) to i1*s - p (the end of dy where i1 = in),
+// clamped to [0, out). The bounds grow with i and the tiles meet end to end, so the tiles'
+// boxes partition dy, including the dy elements that no tap of any x reaches (padding,
+// output_padding), which the tiles' windows would miss or count twice.
+__device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
+  const int64_t lo = i0 == 0 ? 0 : std::min(std::max(i0 * s - p, int64_t(0)), out);
+  const int64_t hi = i1 >= in ? out : std::min(std::max(i1 * s - p, int64_t(0)), out);
+  return make_int2(int(lo), int(hi));
+}
 
 template <typename T, int MW, int TPW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_od[kThinMaxTd], s_id[1];
+  __shared__ double s_bias[8];  // grad bias: warp w's sum of channel w (only its lane 0 touches it)
   constexpr int RW = 16 * MW;
   constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
   const Problem& P = prm.P;
@@ -1248,6 +1265,10 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
 
   // This warp's taps: tap0 + warp + 8 i, i < TPW; toff: the tap's window slot at (0, 0).
+  // Grad bias: the blocks of part 0 sum, warp w for channel w of the group, the dy their
+  // tiles own (thin_bias_range), in a fixed order.
+  const bool bias_warp = prm.bias_ws != nullptr && part == 0 && warp < cout_g;
+  if (bias_warp && lane == 0) s_bias[warp] = 0.0;
   const int tap0 = part * prm.taps_per_part;
   const int tap_end = min(kvol, tap0 + prm.taps_per_part);
   int toff[TPW];
@@ -1277,6 +1298,30 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
     __syncthreads();
+    // ---- grad bias: this tile's box of dy channel g*cout_g + warp, from global memory (the
+    // staging below reads it again from L2) ----
+    if (bias_warp) {
+      const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+      const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
+      const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
+      // 32-bit offsets from the sample's base, as thin_stage_window's (thin_offsets_fit)
+      const T* src = static_cast<const T*>(prm.dy) + n * P.yl.n;
+      const uint32_t sv = uint32_t(P.yl.v), o1 = uint32_t(P.out[1]), o2 = uint32_t(P.out[2]);
+      const uint32_t c_off = (uint32_t(g) * cout_g + warp) * uint32_t(P.yl.c);
+      double sum = 0.0;
+      // (not unrolled: the loop runs beside the 64 + TPW-word MMA state of the tile loop)
+#pragma unroll 1
+      for (int od = bd.x; od < bd.y; ++od)
+#pragma unroll 1
+        for (int oh = bh.x; oh < bh.y; ++oh) {
+          const uint32_t row = c_off + (uint32_t(od) * o1 + uint32_t(oh)) * o2 * sv;
+#pragma unroll 1
+          for (int ow = bw.x + lane; ow < bw.y; ow += 32) sum += double(src[row + uint32_t(ow) * sv]);
+        }
+#pragma unroll
+      for (int m = 16; m > 0; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+      if (lane == 0) s_bias[warp] += sum;
+    }
     thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
                                  uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
                                  int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
@@ -1359,6 +1404,8 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
     if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
   }
+  if (bias_warp && lane == 0)
+    prm.bias_ws[(int64_t(g) * cout_g + warp) * gridDim.x + split] = s_bias[warp];
 #endif
 }
 
@@ -1703,11 +1750,17 @@ bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cuda
 
 // Thin groups (thin_wgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
 // GPU older than sm_80, or no tile whose window fits (thin_back_plan, window_tc.cuh).
-// CT3D_THIN_WGRAD=0 turns it off (A/B timing). grad bias:
-// grad_bias's own pass over dy (a dy element is in several tiles' windows, or in none
-// where output_padding or stride leave it untouched by x, so the windows cannot sum it).
+// CT3D_THIN_WGRAD=0 turns it off (A/B timing). Grad bias, where asked, in the same kernel
+// (each tile's blocks of part 0 sum the dy box it owns: thin_bias_range), then its parts
+// in order (grad_bias_parts_kernel).
 static bool thin_wgrad_enabled() {
   static const int v = env_int("CT3D_THIN_WGRAD", 1);
+  return v != 0;
+}
+
+// CT3D_THIN_WGRAD_BIAS=0: grad bias by grad_bias's own pass instead (A/B timing, debugging).
+static bool thin_wgrad_bias_enabled() {
+  static const int v = env_int("CT3D_THIN_WGRAD_BIAS", 1);
   return v != 0;
 }
 
@@ -1770,6 +1823,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   auto stream = at::cuda::getCurrentCUDAStream();
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
+  at::Tensor bias_ws;
+  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled();
+  if (fuse_bias) {
+    bias_ws = at::empty({P.Cout * splits}, dy.options().dtype(at::kDouble));
+    if (poison_enabled()) bias_ws.fill_(std::numeric_limits<double>::quiet_NaN());
+    prm.bias_ws = bias_ws.data_ptr<double>();
+  }
   prm.x = x.data_ptr();
   prm.dy = dy.data_ptr();
   prm.ws = ws.data_ptr<float>();
@@ -1779,7 +1839,13 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   const int64_t blocks = std::min<int64_t>((dw.numel() + 255) / 256, 65535);
   sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(), dw.numel(), int(splits));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (db != nullptr) grad_bias<T>(dy, *db, P);
+  if (fuse_bias) {
+    grad_bias_parts_kernel<T><<<unsigned((P.Cout + 255) / 256), 256, 0, stream>>>(
+        prm.bias_ws, db->data_ptr<T>(), P.Cout, int(splits));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else if (db != nullptr) {
+    grad_bias<T>(dy, *db, P);
+  }
   return true;
 }
 

@@ -4,7 +4,8 @@
 # bundle / harness / compile group, and the rest). test_cuda_extension_compiles is left to
 # CI, which runs it on every submission (a third full build here would not fit).
 # Then, with BENCH=1, bench.py (to $OUT/bench.json, bench.log). Logs to $OUT; the harness
-# table to $OUT/harness.md.   BENCH=1 bash scripts/gpu_suite.sh
+# table to $OUT/harness.md. EXTRA: a command run last on the warm build (A/B timings,
+# probes), its output to $OUT/extra.log.   BENCH=1 bash scripts/gpu_suite.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1 CT3D_PTXAS_VERBOSE=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -28,6 +29,7 @@ wait
 echo "== group 1"; tail -8 "$OUT/pytest1.log"; echo "== group 2"; tail -8 "$OUT/pytest2.log"
 echo "| reference | dtype | check | reference ms | ours ms | speedup |"; cat "$CT3D_HARNESS_REPORT"
 [ -z "${BENCH:-}" ] || timeout 300 python3 bench.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+[ -z "${EXTRA:-}" ] || { echo "== extra: $EXTRA"; timeout "${EXTRA_TIMEOUT:-150}" bash -c "$EXTRA" 2>&1 | tee "$OUT/extra.log"; }
 # Both groups' summary lines again, last: a caller that keeps only the tail still sees them
 # (a device call returns 8 files at most, so pytest2.log can be left behind).
 echo "== summary: group 1: $(tail -1 "$OUT/pytest1.log")"

@@ -3,13 +3,19 @@ bench-style time of one call (events around it, synchronized), the host time to 
 (no synchronization inside), and the sum of its kernels (torch.profiler). A call whose
 enqueue time nears its synchronized time is host-bound.
 
-    python scripts/host_probe.py [--problem kb72] [--mode bf16] [--cpu-table]
+    python scripts/host_probe.py [--problem kb72] [--mode bf16] [--cpu-table] [--cprofile]
+
+--cpu-table prints torch.profiler's CPU table of the forward and of forward+backward;
+--cprofile, the Python functions of forward+backward by their own time (cProfile).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -47,7 +53,8 @@ def main() -> int:
     ap.add_argument("--problem", choices=list(ref.PROBLEMS), action="append")
     ap.add_argument("--mode", choices=list(bench.MODES), action="append")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--cpu-table", action="store_true", help="torch.profiler's CPU table of one forward")
+    ap.add_argument("--cpu-table", action="store_true", help="torch.profiler's CPU tables (forward, forward+backward)")
+    ap.add_argument("--cprofile", action="store_true", help="cProfile of forward+backward, by own time")
     args = ap.parse_args()
     print("problem mode pass | synced us | enqueue us | kernels us (n)")
     for name in args.problem or list(ref.PROBLEMS):
@@ -97,14 +104,29 @@ def main() -> int:
                     kus, kn = kernel_us(fn, 5)
                     print(f"{name} {mode:6s} {tag} | {synced:9.1f} | {enq:9.1f} | {kus:9.1f} ({kn})", flush=True)
                 if args.cpu_table:
-                    fwd()
-                    torch.cuda.synchronize()
-                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
-                        for _ in range(5):
-                            fwd()
+                    for tag, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
+                        fn()
                         torch.cuda.synchronize()
-                    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18))
+                        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+                            for _ in range(5):
+                                fn()
+                            torch.cuda.synchronize()
+                        print(f"-- {name} {mode} {tag}, 5 calls")
+                        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+                if args.cprofile:
+                    fwd_bwd()
+                    torch.cuda.synchronize()
+                    pr = cProfile.Profile()
+                    pr.enable()
+                    for _ in range(20):
+                        fwd_bwd()
+                    torch.cuda.synchronize()
+                    pr.disable()
+                    buf = io.StringIO()
+                    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(30)
+                    print(f"-- {name} {mode} forward+backward, 20 calls, cProfile by own time")
+                    print(buf.getvalue())
             del m, x, xg, dy
             torch.cuda.empty_cache()
     return 0

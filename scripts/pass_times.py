@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--passes", default="fwd,dgrad,wgrad")
     ap.add_argument("--algo", default="auto", choices=list(mn._ALGOS), help="kernel family (model_new._ALGOS)")
+    ap.add_argument("--bias", action="store_true", help="build the problems with bias=True (grad bias in wgrad)")
     ap.add_argument("--kernels", action="store_true", help="also each pass's kernels and their times (torch.profiler)")
     args = ap.parse_args()
     ext = mn._extension()
@@ -58,7 +59,7 @@ def main() -> int:
     a = mn._ALGOS[args.algo]
     passes = args.passes.split(",")
     for name in args.problem or list(ref.PROBLEMS):
-        p = ref.PROBLEMS[name]
+        p = dict(ref.PROBLEMS[name], **({"bias": True} if args.bias else {}))
         flops = bench.useful_flops(p, p["batch"])
         for mode in args.mode or list(bench.MODES):
             dtype, allow = bench.MODES[mode]
