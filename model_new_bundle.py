@@ -563,17 +563,19 @@ __device__ __forceinline__ float thin_load(uint64_t a) {
     return v;
   }
 }
-template <typename T, bool ROUND, int BATCH = kThinBatch>
+struct ThinBiasBox {
+  uint32_t planes = 0u;
+  uint32_t rows = 0u, cols = 0u;
+};
+template <typename T, bool ROUND, int BATCH = kThinBatch, bool BIAS = false>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
                                                   uint32_t sc, uint32_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
-                                                  int D, int H, int W) {
+                                                  int D, int H, int W, const ThinBiasBox& box = {},
+                                                  float* bsum = nullptr) {
   const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos;
   uint64_t gsrc;
   asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
-  uint32_t chan[8];
-#pragma unroll
-  for (int ci = 0; ci < 8; ++ci) chan[ci] = uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -587,11 +589,23 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       const int id = pos < npos ? planes[pi] : -1, ih = row0 + r, iw = col0 + c;
       const bool in = unsigned(id) < unsigned(D) && unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
       const uint32_t off = in ? ((uint32_t(id) * H + ih) * W + iw) * sv : 0u;
+      uint32_t o = off;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = thin_load<T>(gsrc + uint64_t(off + chan[ci]) * sizeof(T));
-        const float z = (in && ci < cg) ? e : 0.f;
-        v[u][ci] = ROUND ? round_tf32(z) : z;
+        const float e = thin_load<T>(gsrc + uint64_t(o) * sizeof(T));
+        v[u][ci] = (in && ci < cg) ? e : 0.f;
+        if (ci + 1 < cg) o += sc;
+      }
+      if (BIAS) {
+        const bool own = in && ((box.planes >> pi) & 1u) &&
+                         uint32_t(r - int(box.rows & 0xffffu)) < (box.rows >> 16) &&
+                         uint32_t(c - int(box.cols & 0xffffu)) < (box.cols >> 16);
+#pragma unroll
+        for (int ci = 0; ci < 8; ++ci) bsum[ci] += own ? v[u][ci] : 0.f;
+      }
+      if (ROUND) {
+#pragma unroll
+        for (int ci = 0; ci < 8; ++ci) v[u][ci] = round_tf32(v[u][ci]);
       }
     }
 #pragma unroll
@@ -3659,17 +3673,35 @@ struct ThinWgradParams {
   ThinWindow xwin;
   double* bias_ws;
 };
-__device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
+__host__ __device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
   const int64_t lo = i0 == 0 ? 0 : std::min(std::max(i0 * s - p, int64_t(0)), out);
   const int64_t hi = i1 >= in ? out : std::min(std::max(i1 * s - p, int64_t(0)), out);
   return make_int2(int(lo), int(hi));
+}
+inline bool thin_bias_covered(const Problem& P, const ThinBackPlan& pl, int rw) {
+  for (int64_t id = 0; id < P.in[0]; ++id) {
+    const int2 b = thin_bias_range(int(id), int(id) + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+    for (int64_t od = b.x; od < b.y; ++od) {
+      const int64_t t = od - (id * P.s[0] - P.p[0]);
+      if (t < 0 || t % P.d[0] != 0 || t / P.d[0] >= P.k[0]) return false;
+    }
+  }
+  auto fits = [&](int64_t in, int64_t tiles, int64_t len, int64_t s, int64_t p, int64_t out, int64_t span) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t i0 = t * len, start = i0 * s - p;
+      const int2 b = thin_bias_range(int(i0), int(std::min(i0 + len, in)), in, s, p, out);
+      if (b.y > b.x && (b.x < start || b.y > start + span)) return false;
+    }
+    return true;
+  };
+  return fits(P.in[1], pl.tiles_h, 8, P.s[1], P.p[1], P.out[1], pl.win.rows) &&
+         fits(P.in[2], pl.tiles_w, rw, P.s[2], P.p[2], P.out[2], pl.win.cols);
 }
 template <typename T, int MW, int TPW, bool SPLIT>
 __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParams prm) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_od[kThinMaxTd], s_id[1];
-  __shared__ double s_bias[8];
   constexpr int RW = 16 * MW;
   constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;
   const Problem& P = prm.P;
@@ -3681,16 +3713,17 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   unsigned char* xt = smem + 2 * prm.pl.win.half;
   const uint32_t* ww = reinterpret_cast<const uint32_t*>(win + thin_byte(prm.pl.win, 0, gq));
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
-  const bool bias_warp = prm.bias_ws != nullptr && part == 0 && warp < cout_g;
-  if (bias_warp && lane == 0) s_bias[warp] = 0.0;
+  const bool bias_blk = prm.bias_ws != nullptr && part == 0;
+  __shared__ double s_bacc[8][8];
+  __shared__ ThinBiasBox s_box;
+  if (tq == 0) s_bacc[warp][gq] = 0.0;
   const int tap0 = part * prm.taps_per_part;
   const int tap_end = min(kvol, tap0 + prm.taps_per_part);
-  int toff[TPW];
-#pragma unroll
-  for (int i = 0; i < TPW; ++i) {
-    const int tap = min(tap0 + warp + 8 * i, kvol - 1);
+  __shared__ int s_toff[8][TPW];
+  if (lane < TPW) {
+    const int tap = min(tap0 + warp + 8 * lane, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
+    s_toff[warp][lane] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
   float acc[TPW][4], cor[TPW][4];
 #pragma unroll
@@ -3709,31 +3742,50 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     __syncthreads();
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
-    __syncthreads();
-    if (bias_warp) {
-      const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
-      const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
-      const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
-      const T* src = static_cast<const T*>(prm.dy) + n * P.yl.n;
-      const uint32_t sv = uint32_t(P.yl.v), o1 = uint32_t(P.out[1]), o2 = uint32_t(P.out[2]);
-      const uint32_t c_off = (uint32_t(g) * cout_g + warp) * uint32_t(P.yl.c);
-      double sum = 0.0;
-#pragma unroll 1
-      for (int od = bd.x; od < bd.y; ++od)
-#pragma unroll 1
-        for (int oh = bh.x; oh < bh.y; ++oh) {
-          const uint32_t row = c_off + (uint32_t(od) * o1 + uint32_t(oh)) * o2 * sv;
-#pragma unroll 1
-          for (int ow = bw.x + lane; ow < bw.y; ow += 32) sum += double(src[row + uint32_t(ow) * sv]);
+    if (tid == 32) {
+      ThinBiasBox box{};
+      if (bias_blk) {
+        const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+        const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
+        const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
+        for (int kd = 0; kd < int(P.k[0]); ++kd) {
+          const int od = id * int(P.s[0]) - int(P.p[0]) + kd * int(P.d[0]);
+          if (od >= bd.x && od < bd.y) box.planes |= 1u << kd;
         }
-#pragma unroll
-      for (int m = 16; m > 0; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-      if (lane == 0) s_bias[warp] += sum;
+        const int r0 = bh.x - (ih0 * int(P.s[1]) - int(P.p[1])), c0 = bw.x - (iw0 * int(P.s[2]) - int(P.p[2]));
+        box.rows = bh.y > bh.x ? uint32_t(r0) | uint32_t(bh.y - bh.x) << 16 : 0u;
+        box.cols = bw.y > bw.x ? uint32_t(c0) | uint32_t(bw.y - bw.x) << 16 : 0u;
+      }
+      s_box = box;
     }
-    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
-                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
-                                 int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
-                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    __syncthreads();
+    const T* dyg = static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c;
+    const int wr0 = ih0 * int(P.s[1]) - int(P.p[1]), wc0 = iw0 * int(P.s[2]) - int(P.p[2]);
+    if (!bias_blk) {
+      thin_stage_window<T, kRound>(win, prm.pl.win, dyg, uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
+                                   int(P.k[0]), wr0, wc0, int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    } else {
+      constexpr int kBiasBatch = TPW > 8 ? 1 : kThinBatch;
+      float bsum[8];
+#pragma unroll
+      for (int c = 0; c < 8; ++c) bsum[c] = 0.f;
+      thin_stage_window<T, kRound, kBiasBatch, true>(win, prm.pl.win, dyg, uint32_t(P.yl.c), uint32_t(P.yl.v),
+                                                     cout_g, s_od, int(P.k[0]), wr0, wc0, int(P.out[0]),
+                                                     int(P.out[1]), int(P.out[2]), s_box, bsum);
+#pragma unroll
+      for (int m = 16, h = 4; m >= 4; m >>= 1, h >>= 1) {
+        const bool hi = (lane & m) != 0;
+#pragma unroll
+        for (int c = 0; c < h; ++c) {
+          const float keep = hi ? bsum[c + h] : bsum[c], send = hi ? bsum[c] : bsum[c + h];
+          bsum[c] = keep + __shfl_xor_sync(0xffffffffu, send, m);
+        }
+      }
+      float s = bsum[0];
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      if (tq == 0) s_bacc[warp][gq] += double(s);
+    }
     thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
                                  uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, 1,
                                  ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
@@ -3758,7 +3810,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
             float t[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int kk = 0; kk < KC; ++kk) {
-              const int p0 = toff[i] + urow + (c0 + kk) * 8 + tq;
+              const int p0 = s_toff[warp][i] + urow + (c0 + kk) * 8 + tq;
               uint32_t bb0, bs0, bb1, bs1;
               split_tf32(ww[p0 * 4], bb0, bs0);
               split_tf32(ww[p0 * 4 + 16], bb1, bs1);
@@ -3783,7 +3835,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;
-          const int p0 = toff[i] + urow + ks * 8 + tq;
+          const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
           mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
         }
       }
@@ -3800,8 +3852,14 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
     if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
   }
-  if (bias_warp && lane == 0)
-    prm.bias_ws[(int64_t(g) * cout_g + warp) * gridDim.x + split] = s_bias[warp];
+  if (bias_blk) {
+    __syncthreads();
+    if (tid < cout_g) {
+      double b = 0.0;
+      for (int w = 0; w < 8; ++w) b += s_bacc[w][tid];
+      prm.bias_ws[(int64_t(g) * cout_g + tid) * gridDim.x + split] = b;
+    }
+  }
 #endif
 }
 template <typename T>
@@ -4129,7 +4187,7 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   at::Tensor bias_ws;
-  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled();
+  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled() && thin_bias_covered(P, prm.pl, 16 * mw);
   if (fuse_bias) {
     bias_ws = at::empty({P.Cout * splits}, dy.options().dtype(at::kDouble));
     if (poison_enabled()) bias_ws.fill_(std::numeric_limits<double>::quiet_NaN());

@@ -40,9 +40,10 @@
 //
 // grad bias: with the kernels that pack dy (wgrad_wg, wgrad_tc), from the per-channel sums
 // that the pack takes as it copies dy (fp64, fixed order: pack_src_kernel,
-// pack_bias_kernel); with thin_wgrad_kernel, from each block's sums over the dy its tiles
-// own (fp64, fixed order: thin_bias_range says which dy a tile owns); else (FFMA, or only
-// grad bias asked) blocks of parts of each channel sum dy in a fixed order
+// pack_bias_kernel); with thin_wgrad_kernel, from the dy values its staging loads anyway,
+// each tile summing the dy it owns (thin_bias_range; fp32 within a tile, fp64 across
+// tiles, fixed order) where the windows hold it (thin_bias_covered); else (FFMA, only
+// grad bias asked, or windows that miss dy) blocks of parts of each channel sum dy in a fixed order
 // (grad_bias_kernel, fp64). The parts are then added in order (grad_bias_parts_kernel).
 //
 // Sections: the FFMA Gemm, the tensor-core kernels, the thin-group kernel, reduction
@@ -1210,9 +1211,14 @@ __global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams pr
 // consecutive slots are 64 contiguous bytes, and channels 4..7 sit in the other half, 64
 // bytes past a multiple of 128 on) once a tap. The sums stay in registers across the block's
 // tiles; each block writes its fp32 partial dw to ws[split] and sum_splits_kernel adds
-// the splits in order (deterministic). Grad bias, where asked: in the blocks of part 0,
-// warp w sums dy channel w over the box of dy each tile owns (thin_bias_range), in fp64
-// and a fixed order, into bias_ws[channel][split], added in order by grad_bias_parts_kernel. 3xTF32 needs two accumulator sets a tap (acc, cor)
+// the splits in order (deterministic). Grad bias, where asked: the blocks of part 0 add,
+// as they stage dy, the unrounded values of the box of dy each tile owns
+// (thin_bias_range) into per-thread fp32 sums of 8 channels; a warp reduces them by
+// shuffles (lane l: channel (l >> 2) & 7) into an fp64 sum across tiles, and the 8 warps'
+// sums go, in warp order, to bias_ws[channel][split], added in order by
+// grad_bias_parts_kernel (deterministic). A dy element's load serves both: measured on
+// kb72, a separate read of the box from global memory cost more than the pass it saved.
+// 3xTF32 needs two accumulator sets a tap (acc, cor)
 // and runs taps outer in a row (below): fewer taps a warp (kThinWgradTpwSplit), the taps
 // split over `parts` blocks that stage the same tiles.
 // Precision as the other thin kernels: TF32 mode rounds x and dy to nearest-even as they
@@ -1239,10 +1245,35 @@ struct ThinWgradParams {
 // clamped to [0, out). The bounds grow with i and the tiles meet end to end, so the tiles'
 // boxes partition dy, including the dy elements that no tap of any x reaches (padding,
 // output_padding), which the tiles' windows would miss or count twice.
-__device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
+__host__ __device__ __forceinline__ int2 thin_bias_range(int i0, int i1, int64_t in, int64_t s, int64_t p, int64_t out) {
   const int64_t lo = i0 == 0 ? 0 : std::min(std::max(i0 * s - p, int64_t(0)), out);
   const int64_t hi = i1 >= in ? out : std::min(std::max(i1 * s - p, int64_t(0)), out);
   return make_int2(int(lo), int(hi));
+}
+
+// Whether every tile's window holds the dy box it owns, so the staging can sum grad bias:
+// along depth each owned od is one of the tile's planes id*sD - pD + kd*dD (kd < kD), along
+// h and w the owned range lies within the window's rows (columns). Not so where the stride
+// passes the dilated kernel (dy the taps skip) or output_padding passes what the last
+// tile's window reaches; grad bias then takes its own pass.
+inline bool thin_bias_covered(const Problem& P, const ThinBackPlan& pl, int rw) {
+  for (int64_t id = 0; id < P.in[0]; ++id) {
+    const int2 b = thin_bias_range(int(id), int(id) + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+    for (int64_t od = b.x; od < b.y; ++od) {
+      const int64_t t = od - (id * P.s[0] - P.p[0]);
+      if (t < 0 || t % P.d[0] != 0 || t / P.d[0] >= P.k[0]) return false;
+    }
+  }
+  auto fits = [&](int64_t in, int64_t tiles, int64_t len, int64_t s, int64_t p, int64_t out, int64_t span) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t i0 = t * len, start = i0 * s - p;
+      const int2 b = thin_bias_range(int(i0), int(std::min(i0 + len, in)), in, s, p, out);
+      if (b.y > b.x && (b.x < start || b.y > start + span)) return false;
+    }
+    return true;
+  };
+  return fits(P.in[1], pl.tiles_h, 8, P.s[1], P.p[1], P.out[1], pl.win.rows) &&
+         fits(P.in[2], pl.tiles_w, rw, P.s[2], P.p[2], P.out[2], pl.win.cols);
 }
 
 template <typename T, int MW, int TPW, bool SPLIT>
@@ -1250,7 +1281,6 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int s_od[kThinMaxTd], s_id[1];
-  __shared__ double s_bias[8];  // grad bias: warp w's sum of channel w (only its lane 0 touches it)
   constexpr int RW = 16 * MW;
   constexpr bool kRound = std::is_same<T, float>::value && !SPLIT;  // TF32 mode
   const Problem& P = prm.P;
@@ -1264,19 +1294,23 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
   const uint32_t* ww = reinterpret_cast<const uint32_t*>(win + thin_byte(prm.pl.win, 0, gq));
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xt + thin_byte(prm.xwin, 0, gq));
 
-  // This warp's taps: tap0 + warp + 8 i, i < TPW; toff: the tap's window slot at (0, 0).
-  // Grad bias: the blocks of part 0 sum, warp w for channel w of the group, the dy their
-  // tiles own (thin_bias_range), in a fixed order.
-  const bool bias_warp = prm.bias_ws != nullptr && part == 0 && warp < cout_g;
-  if (bias_warp && lane == 0) s_bias[warp] = 0.0;
+  // This warp's taps: tap0 + warp + 8 i, i < TPW; s_toff: the tap's window slot at (0, 0).
+  // Grad bias: the blocks of part 0 sum the dy their tiles own (thin_bias_range) as they
+  // stage it; s_bacc[w][c]: warp w's sum of channel c over the block's tiles (fp64, one
+  // writing lane each; in shared memory, as the registers are all taken).
+  const bool bias_blk = prm.bias_ws != nullptr && part == 0;
+  __shared__ double s_bacc[8][8];
+  __shared__ ThinBiasBox s_box;
+  if (tq == 0) s_bacc[warp][gq] = 0.0;
   const int tap0 = part * prm.taps_per_part;
   const int tap_end = min(kvol, tap0 + prm.taps_per_part);
-  int toff[TPW];
-#pragma unroll
-  for (int i = 0; i < TPW; ++i) {
-    const int tap = min(tap0 + warp + 8 * i, kvol - 1);
+  // toff lives in shared memory, read once a tile after staging: in registers it took 16
+  // of the 128 that the staging (and grad bias's sums) need beside the accumulators.
+  __shared__ int s_toff[8][TPW];
+  if (lane < TPW) {
+    const int tap = min(tap0 + warp + 8 * lane, kvol - 1);
     const int rw = tap % k2, rh = (tap / k2) % k1, rd = tap / (k1 * k2);
-    toff[i] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
+    s_toff[warp][lane] = (rd * prm.pl.win.rows + rh * int(P.d[1])) * pitch + prm.pl.col_off[rw];
   }
   float acc[TPW][4], cor[TPW][4];  // cor: 3xTF32's big*small + small*big
 #pragma unroll
@@ -1297,35 +1331,59 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     __syncthreads();  // the previous tile's window and x tile have been read
     if (tid < int(P.k[0])) s_od[tid] = id * int(P.s[0]) - int(P.p[0]) + tid * int(P.d[0]);
     if (tid == 0) s_id[0] = id;
-    __syncthreads();
-    // ---- grad bias: this tile's box of dy channel g*cout_g + warp, from global memory (the
-    // staging below reads it again from L2) ----
-    if (bias_warp) {
-      const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
-      const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
-      const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
-      // 32-bit offsets from the sample's base, as thin_stage_window's (thin_offsets_fit)
-      const T* src = static_cast<const T*>(prm.dy) + n * P.yl.n;
-      const uint32_t sv = uint32_t(P.yl.v), o1 = uint32_t(P.out[1]), o2 = uint32_t(P.out[2]);
-      const uint32_t c_off = (uint32_t(g) * cout_g + warp) * uint32_t(P.yl.c);
-      double sum = 0.0;
-      // (not unrolled: the loop runs beside the 64 + TPW-word MMA state of the tile loop)
-#pragma unroll 1
-      for (int od = bd.x; od < bd.y; ++od)
-#pragma unroll 1
-        for (int oh = bh.x; oh < bh.y; ++oh) {
-          const uint32_t row = c_off + (uint32_t(od) * o1 + uint32_t(oh)) * o2 * sv;
-#pragma unroll 1
-          for (int ow = bw.x + lane; ow < bw.y; ow += 32) sum += double(src[row + uint32_t(ow) * sv]);
+    if (tid == 32) {
+      // ---- grad bias: the box of dy this tile owns (thin_bias_range) as window planes (bit
+      // kd), rows and columns; the staging sums it from the values it loads anyway. In
+      // shared memory: beside the accumulators its 3 registers spilled. ----
+      ThinBiasBox box{};
+      if (bias_blk) {
+        const int2 bd = thin_bias_range(id, id + 1, P.in[0], P.s[0], P.p[0], P.out[0]);
+        const int2 bh = thin_bias_range(ih0, ih0 + 8, P.in[1], P.s[1], P.p[1], P.out[1]);
+        const int2 bw = thin_bias_range(iw0, iw0 + RW, P.in[2], P.s[2], P.p[2], P.out[2]);
+        for (int kd = 0; kd < int(P.k[0]); ++kd) {
+          const int od = id * int(P.s[0]) - int(P.p[0]) + kd * int(P.d[0]);
+          if (od >= bd.x && od < bd.y) box.planes |= 1u << kd;
         }
-#pragma unroll
-      for (int m = 16; m > 0; m >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-      if (lane == 0) s_bias[warp] += sum;
+        // >= 0 where the box is not empty (thin_bias_covered)
+        const int r0 = bh.x - (ih0 * int(P.s[1]) - int(P.p[1])), c0 = bw.x - (iw0 * int(P.s[2]) - int(P.p[2]));
+        box.rows = bh.y > bh.x ? uint32_t(r0) | uint32_t(bh.y - bh.x) << 16 : 0u;
+        box.cols = bw.y > bw.x ? uint32_t(c0) | uint32_t(bw.y - bw.x) << 16 : 0u;
+      }
+      s_box = box;
     }
-    thin_stage_window<T, kRound>(win, prm.pl.win, static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c,
-                                 uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
-                                 int(P.k[0]), ih0 * int(P.s[1]) - int(P.p[1]), iw0 * int(P.s[2]) - int(P.p[2]),
-                                 int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    __syncthreads();
+    const T* dyg = static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * cout_g * P.yl.c;
+    const int wr0 = ih0 * int(P.s[1]) - int(P.p[1]), wc0 = iw0 * int(P.s[2]) - int(P.p[2]);
+    if (!bias_blk) {
+      thin_stage_window<T, kRound>(win, prm.pl.win, dyg, uint32_t(P.yl.c), uint32_t(P.yl.v), cout_g, s_od,
+                                   int(P.k[0]), wr0, wc0, int(P.out[0]), int(P.out[1]), int(P.out[2]));
+    } else {
+      // With grad bias the staging takes one position at a time where TF32's 16 taps a warp
+      // hold 64 accumulators: two at a time, the 8 sums (bsum) spilled 8 bytes.
+      constexpr int kBiasBatch = TPW > 8 ? 1 : kThinBatch;
+      float bsum[8];  // this thread's sums of the 8 channels over the box
+#pragma unroll
+      for (int c = 0; c < 8; ++c) bsum[c] = 0.f;
+      thin_stage_window<T, kRound, kBiasBatch, true>(win, prm.pl.win, dyg, uint32_t(P.yl.c), uint32_t(P.yl.v),
+                                                     cout_g, s_od, int(P.k[0]), wr0, wc0, int(P.out[0]),
+                                                     int(P.out[1]), int(P.out[2]), s_box, bsum);
+      // The warp's 8 channel sums, halved by lane bit 16, 8, 4 (each lane keeps the half its
+      // bit picks and sends the other), then summed over lane bits 2, 1: lane l ends with
+      // the warp's sum of channel (l >> 2) & 7.
+#pragma unroll
+      for (int m = 16, h = 4; m >= 4; m >>= 1, h >>= 1) {
+        const bool hi = (lane & m) != 0;
+#pragma unroll
+        for (int c = 0; c < h; ++c) {
+          const float keep = hi ? bsum[c + h] : bsum[c], send = hi ? bsum[c] : bsum[c + h];
+          bsum[c] = keep + __shfl_xor_sync(0xffffffffu, send, m);
+        }
+      }
+      float s = bsum[0];
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      if (tq == 0) s_bacc[warp][gq] += double(s);
+    }
     thin_stage_window<T, kRound>(xt, prm.xwin, static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c,
                                  uint32_t(P.xl.c), uint32_t(P.xl.v), cin_g, s_id, 1,
                                  ih0, iw0, int(P.in[0]), int(P.in[1]), int(P.in[2]));
@@ -1359,7 +1417,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
             float t[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int kk = 0; kk < KC; ++kk) {
-              const int p0 = toff[i] + urow + (c0 + kk) * 8 + tq;
+              const int p0 = s_toff[warp][i] + urow + (c0 + kk) * 8 + tq;
               uint32_t bb0, bs0, bb1, bs1;
               split_tf32(ww[p0 * 4], bb0, bs0);
               split_tf32(ww[p0 * 4 + 16], bb1, bs1);
@@ -1385,7 +1443,7 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
 #pragma unroll
         for (int i = 0; i < TPW; ++i) {
           if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
-          const int p0 = toff[i] + urow + ks * 8 + tq;
+          const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
           mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
         }
       }
@@ -1404,8 +1462,14 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
     if (2 * tq < cout_g) wsp[int64_t(2 * tq) * kvol + tap] = v0;
     if (2 * tq + 1 < cout_g) wsp[int64_t(2 * tq + 1) * kvol + tap] = v1;
   }
-  if (bias_warp && lane == 0)
-    prm.bias_ws[(int64_t(g) * cout_g + warp) * gridDim.x + split] = s_bias[warp];
+  if (bias_blk) {  // the 8 warps' sums of each channel, added in warp order
+    __syncthreads();
+    if (tid < cout_g) {
+      double b = 0.0;
+      for (int w = 0; w < 8; ++w) b += s_bacc[w][tid];
+      prm.bias_ws[(int64_t(g) * cout_g + tid) * gridDim.x + split] = b;
+    }
+  }
 #endif
 }
 
@@ -1751,8 +1815,8 @@ bool plan_wgrad_mma(const at::Tensor& x, const Problem& P, bool tf32, const cuda
 // Thin groups (thin_wgrad_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
 // GPU older than sm_80, or no tile whose window fits (thin_back_plan, window_tc.cuh).
 // CT3D_THIN_WGRAD=0 turns it off (A/B timing). Grad bias, where asked, in the same kernel
-// (each tile's blocks of part 0 sum the dy box it owns: thin_bias_range), then its parts
-// in order (grad_bias_parts_kernel).
+// where every tile's window holds the dy it owns (thin_bias_covered; the blocks of part 0
+// sum it while staging), then its parts in order (grad_bias_parts_kernel); else its own pass.
 static bool thin_wgrad_enabled() {
   static const int v = env_int("CT3D_THIN_WGRAD", 1);
   return v != 0;
@@ -1824,7 +1888,7 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   at::Tensor bias_ws;
-  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled();
+  const bool fuse_bias = db != nullptr && thin_wgrad_bias_enabled() && thin_bias_covered(P, prm.pl, 16 * mw);
   if (fuse_bias) {
     bias_ws = at::empty({P.Cout * splits}, dy.options().dtype(at::kDouble));
     if (poison_enabled()) bias_ws.fill_(std::numeric_limits<double>::quiet_NaN());

@@ -411,19 +411,28 @@ __device__ __forceinline__ float thin_load(uint64_t a) {
   }
 }
 
-template <typename T, bool ROUND, int BATCH = kThinBatch>
+// Grad bias while staging (thin_wgrad_kernel): the box of window positions whose dy
+// elements this tile owns (thin_bias_range): window planes by bit (none: nothing summed),
+// rows [r0, r0 + nr) and columns [c0, c0 + nc), each pair packed lo | hi << 16 (windows
+// are under 2^16 rows and columns: thin_back_plan), so the box takes 3 registers beside
+// grad weight's 64 + 16 of MMA state.
+struct ThinBiasBox {
+  uint32_t planes = 0u;
+  uint32_t rows = 0u, cols = 0u;  // r0 | nr << 16, c0 | nc << 16
+};
+
+// BIAS: also add each owned position's unrounded values, channel ci into bsum[ci].
+template <typename T, bool ROUND, int BATCH = kThinBatch, bool BIAS = false>
 __device__ __forceinline__ void thin_stage_window(unsigned char* win, const ThinWindow& tw, const T* src,
                                                   uint32_t sc, uint32_t sv, int cg,
                                                   const int* planes, int nplanes, int row0, int col0,
-                                                  int D, int H, int W) {
+                                                  int D, int H, int W, const ThinBiasBox& box = {},
+                                                  float* bsum = nullptr) {
   const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos;
   // One 64-bit global base in a register, opaque to the compiler: otherwise it folds the
   // caller's 64-bit sample offset into every load's address (4 instructions a load, not 1).
   uint64_t gsrc;
   asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
-  uint32_t chan[8];  // channel ci's offset; past cg: channel cg - 1's (stored as 0)
-#pragma unroll
-  for (int ci = 0; ci < 8; ++ci) chan[ci] = uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -437,11 +446,26 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       const int id = pos < npos ? planes[pi] : -1, ih = row0 + r, iw = col0 + c;
       const bool in = unsigned(id) < unsigned(D) && unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
       const uint32_t off = in ? ((uint32_t(id) * H + ih) * W + iw) * sv : 0u;
+      // Channel ci's offset: off + ci * sc, stepped one channel a load; past cg it stays at
+      // channel cg - 1's (stored as 0). One register for all 8 (a table of the 8 offsets
+      // spilled beside grad weight's accumulators).
+      uint32_t o = off;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = thin_load<T>(gsrc + uint64_t(off + chan[ci]) * sizeof(T));
-        const float z = (in && ci < cg) ? e : 0.f;
-        v[u][ci] = ROUND ? round_tf32(z) : z;
+        const float e = thin_load<T>(gsrc + uint64_t(o) * sizeof(T));
+        v[u][ci] = (in && ci < cg) ? e : 0.f;
+        if (ci + 1 < cg) o += sc;
+      }
+      if (BIAS) {
+        const bool own = in && ((box.planes >> pi) & 1u) &&
+                         uint32_t(r - int(box.rows & 0xffffu)) < (box.rows >> 16) &&
+                         uint32_t(c - int(box.cols & 0xffffu)) < (box.cols >> 16);
+#pragma unroll
+        for (int ci = 0; ci < 8; ++ci) bsum[ci] += own ? v[u][ci] : 0.f;
+      }
+      if (ROUND) {
+#pragma unroll
+        for (int ci = 0; ci < 8; ++ci) v[u][ci] = round_tf32(v[u][ci]);
       }
     }
 #pragma unroll
