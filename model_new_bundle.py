@@ -576,6 +576,9 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
   const int plane_pos = tw.rows * tw.cols, npos = nplanes * plane_pos;
   uint64_t gsrc;
   asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
+  uint32_t chan[8];
+#pragma unroll
+  for (int ci = 0; ci < 8; ++ci) chan[ci] = BIAS ? 0u : uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -592,9 +595,9 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       uint32_t o = off;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = thin_load<T>(gsrc + uint64_t(o) * sizeof(T));
+        const float e = thin_load<T>(gsrc + uint64_t(BIAS ? o : off + chan[ci]) * sizeof(T));
         v[u][ci] = (in && ci < cg) ? e : 0.f;
-        if (ci + 1 < cg) o += sc;
+        if (BIAS && ci + 1 < cg) o += sc;
       }
       if (BIAS) {
         const bool own = in && ((box.planes >> pi) & 1u) &&

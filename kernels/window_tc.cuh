@@ -433,6 +433,12 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
   // caller's 64-bit sample offset into every load's address (4 instructions a load, not 1).
   uint64_t gsrc;
   asm("cvta.to.global.u64 %0, %1;" : "=l"(gsrc) : "l"(src));
+  // Channel ci's offset from the position's: chan[ci], past cg channel cg - 1's (stored as
+  // 0). With BIAS the offset is stepped in one register instead (o below): beside grad
+  // weight's accumulators and the 8 sums the table spilled.
+  uint32_t chan[8];
+#pragma unroll
+  for (int ci = 0; ci < 8; ++ci) chan[ci] = BIAS ? 0u : uint32_t(min(ci, cg - 1)) * sc;
   for (int p0 = threadIdx.x; p0 < npos; p0 += 256 * BATCH) {
     float v[BATCH][8];
     int slot[BATCH];
@@ -446,15 +452,12 @@ __device__ __forceinline__ void thin_stage_window(unsigned char* win, const Thin
       const int id = pos < npos ? planes[pi] : -1, ih = row0 + r, iw = col0 + c;
       const bool in = unsigned(id) < unsigned(D) && unsigned(ih) < unsigned(H) && unsigned(iw) < unsigned(W);
       const uint32_t off = in ? ((uint32_t(id) * H + ih) * W + iw) * sv : 0u;
-      // Channel ci's offset: off + ci * sc, stepped one channel a load; past cg it stays at
-      // channel cg - 1's (stored as 0). One register for all 8 (a table of the 8 offsets
-      // spilled beside grad weight's accumulators).
       uint32_t o = off;
 #pragma unroll
       for (int ci = 0; ci < 8; ++ci) {
-        const float e = thin_load<T>(gsrc + uint64_t(o) * sizeof(T));
+        const float e = thin_load<T>(gsrc + uint64_t(BIAS ? o : off + chan[ci]) * sizeof(T));
         v[u][ci] = (in && ci < cg) ? e : 0.f;
-        if (ci + 1 < cg) o += sc;
+        if (BIAS && ci + 1 < cg) o += sc;
       }
       if (BIAS) {
         const bool own = in && ((box.planes >> pi) & 1u) &&
