@@ -23,6 +23,7 @@ int64_t wgrad_ss_launches();
 int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
+int64_t wgrad_cin_block_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -36,6 +37,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
   m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
+  m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
+        "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -4214,6 +4217,12 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   }
   return true;
 }
+inline int wgrad_cin_blocks_env() {
+  static const int v = env_int("CT3D_WGRAD_CIN_BLOCKS", 1);
+  return v;
+}
+static std::atomic<int64_t> g_wgrad_cin_block_launches{0};
+int64_t wgrad_cin_block_launches() { return g_wgrad_cin_block_launches.load(); }
 template <typename T>
 bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, at::Tensor* db,
                     const Problem& P, bool tf32, int64_t algo) {
@@ -4224,25 +4233,32 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin(dy, x, dw, db, P, tf32)) return true;
   }
   constexpr bool k16 = !std::is_same<T, float>::value;
+  const int64_t cin_g = P.cin_g(), cout_g = P.cout_g(), kvol = P.kvol();
+  const int64_t nb = (cin_g + 63) / 64, cb = (cin_g + nb - 1) / nb;
+  if (nb > 1 && wgrad_cin_blocks_env() == 0) return false;
+  Problem Pb = P;
+  if (nb > 1) {
+    Pb.G = 1;
+    Pb.Cin = cb;
+    Pb.Cout = cout_g;
+  }
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
-                                            plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl))) ||
-                       plan_wgrad_mma<T>(x, P, tf32, prop, pl);
+  const bool planned = (algo != kTcMma && ((nb == 1 && plan_wgrad_xw<T>(x, Pb, tf32, dev, prop, pl)) ||
+                                            plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl))) ||
+                       plan_wgrad_mma<T>(x, Pb, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
   const int per_sm = blocks_per_sm(pl.kernel, 256, pl.smem);
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
+  const int64_t chunks = (cout_g + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
   const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
   const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
   const at::Tensor dyp =
-      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
+      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, cout_g, cg_pad, !k16 && tf32, stream, db,
                      pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
   WgradTcParams prm{};
-  prm.x = x.data_ptr<T>();
-  prm.dyp = dyp.data_ptr<T>();
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
@@ -4250,8 +4266,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.slice8 = out_vol * 8;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
-  prm.P = P;
-  pl.geo.fill(prm, P);
+  prm.P = Pb;
+  pl.geo.fill(prm, Pb);
   if (pl.xw) {
     prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
     prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
@@ -4268,25 +4284,33 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.ch = int(pl.chunk_ch);
   prm.rs = int(pl.rs);
   prm.xt_bytes = int(pl.xt_bytes);
-  const int64_t base = chunks * P.G * prm.tap_groups;
+  const int64_t base = chunks * Pb.G * prm.tap_groups;
   int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
                                 std::min<int64_t>(prm.total_tiles, kMaxSplits));
   prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
   splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
-  TORCH_CHECK(chunks <= 65535 && P.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
-  auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
+  TORCH_CHECK(chunks <= 65535 && Pb.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
+  auto ws = at::empty({splits, Pb.Cin * cout_g * kvol}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
-  const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (pl.ss) ++g_wgrad_ss_launches;
-  if (pl.xw) ++g_wgrad_xw_launches;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
-  sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
-                                                       dw.numel(), int(splits));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(Pb.G * prm.tap_groups)};
+  const int64_t launches = nb > 1 ? P.G * nb : 1;
+  for (int64_t j = 0; j < launches; ++j) {
+    const int64_t g = nb > 1 ? j / nb : 0, c0 = nb > 1 ? j % nb * cb : 0;
+    if (nb > 1) prm.P.Cin = std::min(cb, cin_g - c0);
+    const int64_t row0 = g * cin_g + c0, numel = prm.P.Cin * cout_g * kvol;
+    prm.x = x.data_ptr<T>() + row0 * P.xl.c;
+    prm.dyp = dyp.data_ptr<T>() + (g == 0 ? 0 : pl.wg ? g * chunks * prm.slice : g * cg_pad);
+    pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (pl.ss) ++g_wgrad_ss_launches;
+    if (pl.xw) ++g_wgrad_xw_launches;
+    if (nb > 1) ++g_wgrad_cin_block_launches;
+    const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);
+    sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>() + row0 * cout_g * kvol,
+                                                     numel, int(splits));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return true;
 }
 template <typename T>
@@ -4673,8 +4697,8 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
         const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32, algo);
-        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
-                    "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
+        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+ "
+                    "and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
         bias_done = tc && need_bias;
       }

@@ -460,6 +460,36 @@ def test_wgmma_window_kernel(case, mode, layout):
     check_against_truth(WGMMA_CASES[case], mode, algo="tc_wgmma", layout=layout)
 
 
+# Grad weight with more than 64 input channels a group: the tensor-core kernels take at most
+# 64, so a group's channels run as equal blocks of at most 64, a launch each (grad_weight.cu,
+# wgrad_cin_blocks). U-Net decoders have 128-512.
+CIN_BLOCK_CASES = {
+    # U-Net upsampling (kernel 2, stride 2, bias): 160 ci in 3 blocks of 54, 54, 52 (the last
+    # one short: zero columns of N)
+    "unet_up_160": conv_cfg(160, 24, 2, s=2, bias=True, batch=2, size=(3, 5, 6)),
+    # groups: 80 ci a group in 2 blocks of 40, each group's dy from its part of the one pack;
+    # 12 dy channels a group (a zero-padded chunk), padding
+    "groups_80": conv_cfg(160, 24, 3, p=1, g=2, bias=True, batch=1, size=(3, 6, 9)),
+    # 65 ci: blocks of 33 and 32 (the kernel chosen for 33, run on 32 too)
+    "odd_65": conv_cfg(65, 16, (1, 3, 3), batch=2, size=(2, 7, 8)),
+}
+
+
+@gpu
+@pytest.mark.parametrize("algo", ["auto", "tc_mma"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "fp16", "bf16"])
+@pytest.mark.parametrize("case", list(CIN_BLOCK_CASES))
+def test_grad_weight_cin_blocks(case, mode, layout, algo):
+    """Grad weight on tensor cores past 64 input channels a group (blocks of channels, one
+    launch each, wgmma or mma.sync): all three gradients against float64, and the launches
+    must have happened."""
+    ext = mn.load_extension()
+    before = ext.wgrad_cin_block_launches()
+    check_against_truth(CIN_BLOCK_CASES[case], mode, algo=algo, layout=layout)
+    assert ext.wgrad_cin_block_launches() > before, f"{case} [{mode}, {algo}]: grad weight did not run on blocks"
+
+
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str):
     """Runs WGMMA_CASES `cases` in `modes` in a process of its own with `env_var`=1 (an
     opt-in a process reads once), with outputs poisoned and all three gradients checked

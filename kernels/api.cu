@@ -225,8 +225,8 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
         grad_weight_direct<scalar_t>(dy, x, dw, P);
       } else if constexpr (!std::is_same<scalar_t, double>::value) {
         const bool tc = algo != kTiled && grad_weight_tc<scalar_t>(dy, x, dw, need_bias ? &db : nullptr, P, allow_tf32, algo);
-        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+, "
-                    "Cin/groups <= 64 and a window that fits in shared memory; use algo='auto' or 'tiled'");
+        TORCH_CHECK(tc || !tc_required(algo), "conv_transpose3d: the tensor-core grad weight needs sm_80+ "
+                    "and a window that fits in shared memory; use algo='auto' or 'tiled'");
         if (!tc) grad_weight_tiled<scalar_t>(dy, x, dw, P, allow_tf32);
         bias_done = tc && need_bias;
       }

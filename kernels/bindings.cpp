@@ -21,6 +21,7 @@ int64_t wgrad_ss_launches();
 int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
+int64_t wgrad_cin_block_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -35,4 +36,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
   m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
+  m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
+        "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
 }

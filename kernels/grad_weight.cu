@@ -36,7 +36,8 @@
 //     one position row's address plus the tap's shift, so any shift works.
 //   fp32: m16n8k8 TF32 (3xTF32 in strict mode, big*big chain restarted every tile); B by
 //     two 4-byte loads a fragment (ldmatrix cannot transpose 32-bit elements).
-// grad_weight_tiled: common.cuh's FFMA tile, the fallback (Cin/G > 64, windows too large).
+// More than 64 input channels a group run as blocks of at most 64, a launch each (see the
+// launchers). grad_weight_tiled: common.cuh's FFMA tile, the fallback (windows too large).
 //
 // grad bias: with the kernels that pack dy (wgrad_wg, wgrad_tc), from the per-channel sums
 // that the pack takes as it copies dy (fp64, fixed order: pack_src_kernel,
@@ -1913,6 +1914,21 @@ static bool grad_weight_thin(const at::Tensor& dy, const at::Tensor& x, at::Tens
   return true;
 }
 
+// More than 64 input channels a group: the tensor-core kernels take at most 64 (N of a
+// wgmma, or four m16 tiles), so a group's channels run as nb equal blocks of at most 64, each
+// block its own launch of the same kernel on a sub-problem of one group (Cin = the block's
+// channels, Cout = Cout/G): x from the block's first channel, dy from the group's part of
+// the one dy pack, partials into the block's rows of dw (contiguous: dw is [Cin][Cout/G][kvol]).
+// dw[ci] depends on x[ci] alone, so the blocks are independent; the result is the same
+// function, computed by the kernels the tests run at Cin/G <= 64. CT3D_WGRAD_CIN_BLOCKS=0
+// restores the FFMA fallback there (A/B timing). Read once.
+inline int wgrad_cin_blocks_env() {
+  static const int v = env_int("CT3D_WGRAD_CIN_BLOCKS", 1);
+  return v;
+}
+static std::atomic<int64_t> g_wgrad_cin_block_launches{0};
+int64_t wgrad_cin_block_launches() { return g_wgrad_cin_block_launches.load(); }
+
 // Tensor cores; false (launching nothing) where no kernel fits (see the plans). algo:
 // kTcMma takes mma.sync, kTcWgmma wgmma wherever it runs, the others wgmma where it runs.
 // With db (not null), grad bias comes from the dy pack's channel sums.
@@ -1926,10 +1942,20 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     if (algo != kTcMma && algo != kTcWgmma && grad_weight_thin(dy, x, dw, db, P, tf32)) return true;
   }
   constexpr bool k16 = !std::is_same<T, float>::value;
+  // ---- input-channel blocks (see above): the problem each launch sees ----
+  const int64_t cin_g = P.cin_g(), cout_g = P.cout_g(), kvol = P.kvol();
+  const int64_t nb = (cin_g + 63) / 64, cb = (cin_g + nb - 1) / nb;
+  if (nb > 1 && wgrad_cin_blocks_env() == 0) return false;
+  Problem Pb = P;
+  if (nb > 1) {
+    Pb.G = 1;
+    Pb.Cin = cb;
+    Pb.Cout = cout_g;
+  }
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && (plan_wgrad_xw<T>(x, P, tf32, dev, prop, pl) ||
-                                            plan_wgrad_wg<T>(x, P, tf32, dev, prop, pl))) ||
-                       plan_wgrad_mma<T>(x, P, tf32, prop, pl);
+  const bool planned = (algo != kTcMma && ((nb == 1 && plan_wgrad_xw<T>(x, Pb, tf32, dev, prop, pl)) ||
+                                            plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl))) ||
+                       plan_wgrad_mma<T>(x, Pb, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
   const int per_sm = blocks_per_sm(pl.kernel, 256, pl.smem);
@@ -1938,19 +1964,18 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
   // zero-padded to whole chunks, so the window copies are 16-byte cp.async pieces
   // (wgmma: slice-major, each (group, chunk) slice [N][vol][RS], so a window row is contiguous)
-  // (SS: slices of 8 channels, [N][slice][vol][8], a block's 64 channels 8 slices in a row)
-  const int64_t chunks = (P.cout_g() + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
+  // (SS: slices of 8 channels, [N][slice][vol][8], a block's 64 channels 8 slices in a row).
+  // One pack of all G groups, whatever the input-channel blocks.
+  const int64_t chunks = (cout_g + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
   const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
   const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
   const at::Tensor dyp =
-      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, P.cout_g(), cg_pad, !k16 && tf32, stream, db,
+      pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, cout_g, cg_pad, !k16 && tf32, stream, db,
                      pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
 
   WgradTcParams prm{};
-  prm.x = x.data_ptr<T>();
-  prm.dyp = dyp.data_ptr<T>();
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
@@ -1958,8 +1983,8 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.slice8 = out_vol * 8;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
-  prm.P = P;
-  pl.geo.fill(prm, P);
+  prm.P = Pb;
+  pl.geo.fill(prm, Pb);
   if (pl.xw) {  // tiles of rows u (see wgrad_xw_kernel), jobs paired into tap groups
     prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
     prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
@@ -1976,26 +2001,37 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.ch = int(pl.chunk_ch);
   prm.rs = int(pl.rs);
   prm.xt_bytes = int(pl.xt_bytes);
-  const int64_t base = chunks * P.G * prm.tap_groups;
+  const int64_t base = chunks * Pb.G * prm.tap_groups;
   int64_t splits = wgrad_splits(base, int64_t(std::max(per_sm, 1)) * prop->multiProcessorCount,
                                 std::min<int64_t>(prm.total_tiles, kMaxSplits));
   prm.tiles_per_split = (prm.total_tiles + splits - 1) / splits;
   splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
-  TORCH_CHECK(chunks <= 65535 && P.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
+  TORCH_CHECK(chunks <= 65535 && Pb.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
 
-  auto ws = at::empty({splits, dw.numel()}, dy.options().dtype(at::kFloat));
+  // Partials of one launch: [splits][numel of its dw rows] (launches on one stream reuse it).
+  auto ws = at::empty({splits, Pb.Cin * cout_g * kvol}, dy.options().dtype(at::kFloat));
   if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
-  const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(P.G * prm.tap_groups)};
-  pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (pl.ss) ++g_wgrad_ss_launches;
-  if (pl.xw) ++g_wgrad_xw_launches;
-  const int threads = 256;
-  const int64_t blocks = std::min<int64_t>((dw.numel() + threads - 1) / threads, 65535);
-  sum_splits_kernel<T><<<blocks, threads, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>(),
-                                                       dw.numel(), int(splits));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(Pb.G * prm.tap_groups)};
+  const int64_t launches = nb > 1 ? P.G * nb : 1;
+  for (int64_t j = 0; j < launches; ++j) {
+    // Launch j: group g, input channels [c0, c0 + Pb.Cin) of it (all of them where nb = 1).
+    const int64_t g = nb > 1 ? j / nb : 0, c0 = nb > 1 ? j % nb * cb : 0;
+    if (nb > 1) prm.P.Cin = std::min(cb, cin_g - c0);
+    const int64_t row0 = g * cin_g + c0, numel = prm.P.Cin * cout_g * kvol;
+    prm.x = x.data_ptr<T>() + row0 * P.xl.c;
+    // group g's part of the pack (the kernels add g * cg_pad, or (g * chunks + chunk) * slice)
+    prm.dyp = dyp.data_ptr<T>() + (g == 0 ? 0 : pl.wg ? g * chunks * prm.slice : g * cg_pad);
+    pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (pl.ss) ++g_wgrad_ss_launches;
+    if (pl.xw) ++g_wgrad_xw_launches;
+    if (nb > 1) ++g_wgrad_cin_block_launches;
+    const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);
+    sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>() + row0 * cout_g * kvol,
+                                                     numel, int(splits));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   return true;
 }
 

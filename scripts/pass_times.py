@@ -4,6 +4,9 @@ problems, per precision mode: where a forward+backward's time goes. No reference
 (CT3D_WIN_TILE, CT3D_WIN_STAGES), so run it once per setting:
 
     CT3D_WIN_TILE=wide python scripts/pass_times.py [--problem kb68] [--mode tf32]
+
+The U-Net upsampling layers of bench.py (kernel 2, stride 2, bias) are problems here too:
+--problem unet_320_256_16.
 """
 
 from __future__ import annotations
@@ -43,9 +46,16 @@ def kernel_table(fn, reps: int) -> str:
     return "\n".join(f"    {us:9.1f} us  x{cnt:4.1f}  {key[:110]}" for us, cnt, key in kernel_rows(fn, reps)[:10])
 
 
+# The named problems and bench.py's U-Net upsampling layers, in the named problems' form.
+PROBLEMS = dict(ref.PROBLEMS, **{
+    name: dict(batch=n, in_channels=cin, out_channels=cout, kernel_size=(2, 2, 2), stride=(2, 2, 2),
+               padding=(0, 0, 0), output_padding=(0, 0, 0), groups=1, bias=True, input=(e, e, e))
+    for name, (n, cin, cout, e) in bench.UNET_LAYERS.items()})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problem", choices=list(ref.PROBLEMS), action="append")
+    ap.add_argument("--problem", choices=list(PROBLEMS), action="append")
     ap.add_argument("--mode", choices=list(bench.MODES), action="append")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--passes", default="fwd,dgrad,wgrad")
@@ -55,11 +65,11 @@ def main() -> int:
     args = ap.parse_args()
     ext = mn._extension()
     tag = " ".join([f"algo={args.algo}"] + [f"{k}={v}" for k, v in sorted(os.environ.items())
-                                             if k.startswith("CT3D_WIN")])
+                                             if k.startswith("CT3D_")])
     a = mn._ALGOS[args.algo]
     passes = args.passes.split(",")
     for name in args.problem or list(ref.PROBLEMS):
-        p = dict(ref.PROBLEMS[name], **({"bias": True} if args.bias else {}))
+        p = dict(PROBLEMS[name], **({"bias": True} if args.bias else {}))
         flops = bench.useful_flops(p, p["batch"])
         for mode in args.mode or list(bench.MODES):
             dtype, allow = bench.MODES[mode]
