@@ -848,13 +848,13 @@ __global__ void __launch_bounds__(256) pack_src_vec_kernel(const T* __restrict__
 template <typename T>
 __global__ void pack_bias_kernel(const double* __restrict__ sums, T* __restrict__ db, int64_t N, int slices,
                                  int64_t G, int64_t cg, int64_t cg_pad, PackSlices sl) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= G * cg) return;
+  const int64_t c = blockIdx.x;
   const int64_t gc = G * sl.chunks * cg_pad, g = c / cg, ch = c % cg;
   const int64_t pc = (g * sl.chunks + ch / sl.chunk_ch) * cg_pad + sl.slot(ch % sl.chunk_ch);
   double acc = 0.0;
-  for (int64_t j = 0; j < N * slices; ++j) acc += sums[j * gc + pc];
-  db[c] = cast_out<T>(acc);
+  for (int64_t j = threadIdx.x; j < N * slices; j += blockDim.x) acc += sums[j * gc + pc];
+  acc = block_sum_256(acc);
+  if (threadIdx.x == 0) db[c] = cast_out<T>(acc);
 }
 template <typename T>
 __global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __restrict__ big,
@@ -1156,8 +1156,8 @@ at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t v
                                                       l, vol, cg, cg_pad, gc, round, sums_p, sl);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (bias != nullptr) {
-      pack_bias_kernel<T><<<unsigned((G * cg + 255) / 256), 256, 0, stream>>>(
+    if (bias != nullptr && G * cg > 0) {
+      pack_bias_kernel<T><<<unsigned(G * cg), 256, 0, stream>>>(
           sums.data_ptr<double>(), static_cast<T*>(bias->data_ptr()), N, slices, G, cg, cg_pad, sl);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

@@ -78,6 +78,9 @@ EDGE_CASES = {
     "wide_cout": conv_cfg(8, 80, 2, bias=True, size=(3, 4, 5)),
     # long reduction: enough input channels and taps for many K tiles
     "long_k": conv_cfg(40, 20, 3, batch=1, size=(4, 4, 4), bias=True),
+    # grad bias from the grad-weight pack's partial sums: 2048 a channel (batch 4 x 512
+    # slices of positions), more than the 256 threads that add them (pack_bias_kernel)
+    "bias_long_sum": conv_cfg(16, 8, 2, s=2, bias=True, batch=4, size=(8, 16, 32)),
 }
 
 
