@@ -4291,7 +4291,6 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   splits = (prm.total_tiles + prm.tiles_per_split - 1) / prm.tiles_per_split;
   TORCH_CHECK(chunks <= 65535 && Pb.G * prm.tap_groups <= 65535, "conv_transpose3d: grad weight grid too large");
   auto ws = at::empty({splits, Pb.Cin * cout_g * kvol}, dy.options().dtype(at::kFloat));
-  if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
   prm.ws = ws.data_ptr<float>();
   const dim3 grid{unsigned(splits), unsigned(chunks), unsigned(Pb.G * prm.tap_groups)};
   const int64_t launches = nb > 1 ? P.G * nb : 1;
@@ -4301,6 +4300,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     const int64_t row0 = g * cin_g + c0, numel = prm.P.Cin * cout_g * kvol;
     prm.x = x.data_ptr<T>() + row0 * P.xl.c;
     prm.dyp = dyp.data_ptr<T>() + (g == 0 ? 0 : pl.wg ? g * chunks * prm.slice : g * cg_pad);
+    if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
     pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pl.ss) ++g_wgrad_ss_launches;

@@ -15,8 +15,10 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 rm -f "${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}"/*/*/lock
 t0=$(date +%s)
 python3 -c "exec(open('model_new_bundle.py').read(), {'__name__': 'bundle'})" > "$OUT/bundle_build.log" 2>&1 &
+bpid=$!
 CT3D_VERBOSE_BUILD=1 python3 -c "import model_new" > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-wait
+# A device call returns 8 files at most: the bundle's build log only where that build failed.
+if wait $bpid; then rm -f "$OUT/bundle_build.log"; else echo "bundle build FAILED"; tail -20 "$OUT/bundle_build.log"; fi
 echo "builds: $(( $(date +%s) - t0 ))s"
 python3 scripts/ptxas_summary.py "$OUT/build.log" > "$OUT/ptxas.txt"; tail -1 "$OUT/ptxas.txt"
 grep -c "C7520" "$OUT/build.log" | sed 's/^/ptxas C7520 (serialized wgmma) messages: /'

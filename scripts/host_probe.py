@@ -3,10 +3,14 @@ bench-style time of one call (events around it, synchronized), the host time to 
 (no synchronization inside), and the sum of its kernels (torch.profiler). A call whose
 enqueue time nears its synchronized time is host-bound.
 
-    python scripts/host_probe.py [--problem kb72] [--mode bf16] [--cpu-table] [--cprofile]
+    python scripts/host_probe.py [--problem kb72] [--mode bf16] [--cpu-table] [--cprofile] [--steps]
 
 --cpu-table prints torch.profiler's CPU table of the forward and of forward+backward;
---cprofile, the Python functions of forward+backward by their own time (cProfile).
+--cprofile, the Python functions of forward+backward by their own time (cProfile);
+--steps, the host time of each step of bench.py's forward+backward (zero_grad, forward,
+backward) with the device idle before each call and with it busy (the previous calls'
+kernels still queued, as in a training loop), and whether the caching allocator went to
+the driver (cudaMalloc / cudaFree) meanwhile.
 """
 
 from __future__ import annotations
@@ -42,6 +46,27 @@ def enqueue_us(fn, reps: int) -> float:
     return statistics.median(ts)
 
 
+def steps_us(m, xg, dy, reps: int, idle: bool) -> dict:
+    """Median host time (us) of each step of one forward+backward as bench.py runs it."""
+    t = {"zero_grad": [], "forward": [], "backward": [], "total": []}
+    for _ in range(reps):
+        if idle:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        m.zero_grad(set_to_none=True)
+        xg.grad = None
+        t1 = time.perf_counter()
+        y = m(xg)
+        t2 = time.perf_counter()
+        y.backward(dy)
+        t3 = time.perf_counter()
+        del y
+        for k, a, b in (("zero_grad", t0, t1), ("forward", t1, t2), ("backward", t2, t3), ("total", t0, t3)):
+            t[k].append((b - a) * 1e6)
+    torch.cuda.synchronize()
+    return {k: statistics.median(v) for k, v in t.items()}
+
+
 def kernel_us(fn, reps: int) -> tuple[float, int]:
     """Sum of the kernels' device time a call, and kernels a call."""
     rows = pass_times.kernel_rows(fn, reps)
@@ -55,6 +80,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--cpu-table", action="store_true", help="torch.profiler's CPU tables (forward, forward+backward)")
     ap.add_argument("--cprofile", action="store_true", help="cProfile of forward+backward, by own time")
+    ap.add_argument("--steps", action="store_true", help="forward+backward's steps, device idle and busy")
     args = ap.parse_args()
     print("problem mode pass | synced us | enqueue us | kernels us (n)")
     for name in args.problem or list(ref.PROBLEMS):
@@ -103,6 +129,16 @@ def main() -> int:
                     enq = enqueue_us(fn, args.reps)
                     kus, kn = kernel_us(fn, 5)
                     print(f"{name} {mode:6s} {tag} | {synced:9.1f} | {enq:9.1f} | {kus:9.1f} ({kn})", flush=True)
+                if args.steps:
+                    steps_us(m, xg, dy, 3, True)  # warm-up
+                    for idle in (True, False):
+                        s0 = torch.cuda.memory_stats()
+                        r = steps_us(m, xg, dy, args.reps, idle)
+                        s1 = torch.cuda.memory_stats()
+                        drv = [s1.get(k, 0) - s0.get(k, 0) for k in ("num_device_alloc", "num_device_free")]
+                        print(f"{name} {mode:6s} f+b steps, device {'idle' if idle else 'busy'}: zero_grad "
+                              f"{r['zero_grad']:.1f} | forward {r['forward']:.1f} | backward {r['backward']:.1f} "
+                              f"| total {r['total']:.1f} us | driver allocs / frees {drv[0]} / {drv[1]}", flush=True)
                 if args.cpu_table:
                     for tag, fn in (("forward", fwd), ("forward+backward", fwd_bwd)):
                         fn()
