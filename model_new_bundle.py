@@ -24,6 +24,7 @@ int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
+int64_t wgrad_one_plane_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -39,6 +40,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
         "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
+  m.def("wgrad_one_plane_launches", &ct3d::wgrad_one_plane_launches,
+        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -3979,6 +3982,7 @@ struct WgradPlan {
   int64_t rs = 0;
   bool bulk = false;
   bool ss = false;
+  bool one_plane = false;
   bool xw = false;
   int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
@@ -3997,6 +4001,12 @@ inline int wgrad_ss_env() {
 }
 static std::atomic<int64_t> g_wgrad_ss_launches{0};
 int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
+inline int wgrad_one_plane_env() {
+  static const int v = env_int("CT3D_WGRAD_ONE_PLANE", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wgrad_one_plane_launches{0};
+int64_t wgrad_one_plane_launches() { return g_wgrad_one_plane_launches.load(); }
 template <typename T>
 bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
   constexpr bool k16 = !std::is_same<T, float>::value;
@@ -4017,15 +4027,25 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
-    const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
+    WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
     const bool ss = ss_geom && ch == 64 && bulk_rows(geo.cols);
     const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
-    const int64_t wbytes = (ss ? ch / 8 : 1) *
-                           ((geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+    auto window_bytes = [&](const WgradGeometry& g) {
+      return (ss ? ch / 8 : 1) * ((g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+    };
+    int64_t wbytes = window_bytes(geo);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);
     auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };
-    const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
+    auto windows_fit = [&] { return smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0; };
+    int windows = windows_fit();
+    bool one_plane = false;
+    if (windows == 0 && wgrad_one_plane_env() != 0 && geo.sub_groups == 1 && geo.win_planes > 1) {
+      geo = wgrad_geometry(P, x, bm, ptaps, int64_t(sizeof(T)));
+      wbytes = window_bytes(geo);
+      windows = windows_fit();
+      one_plane = true;
+    }
     if (windows == 0) continue;
     int64_t sets = 0;
     for (int64_t tg = 0; tg < geo.tap_groups; ++tg) {
@@ -4045,6 +4065,7 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.windows = windows;
     pl.smem = smem_for(windows);
     pl.ss = ss;
+    pl.one_plane = one_plane;
   }
   if (best < 0) return false;
   pl.wg = true;
@@ -4305,6 +4326,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pl.ss) ++g_wgrad_ss_launches;
     if (pl.xw) ++g_wgrad_xw_launches;
+    if (pl.one_plane) ++g_wgrad_one_plane_launches;
     if (nb > 1) ++g_wgrad_cin_block_launches;
     const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);
     sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>() + row0 * cout_g * kvol,

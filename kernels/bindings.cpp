@@ -22,6 +22,7 @@ int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
+int64_t wgrad_one_plane_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -38,4 +39,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
         "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
+  m.def("wgrad_one_plane_launches", &ct3d::wgrad_one_plane_launches,
+        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE=1)");
 }

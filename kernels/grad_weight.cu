@@ -1618,6 +1618,7 @@ struct WgradPlan {
   int64_t rs = 0;
   bool bulk = false;     // wgrad_wg_kernel: window rows by bulk copies
   bool ss = false;       // wgrad_wg_kernel: A by descriptor too (16-bit, 64 dy channels a block)
+  bool one_plane = false;  // wgrad_wg_kernel: a window of one depth plane (CT3D_WGRAD_ONE_PLANE=1)
   bool xw = false;       // wgrad_xw_kernel (height taps in B); its tiling:
   int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
@@ -1644,6 +1645,18 @@ inline int wgrad_ss_env() {
 // SS launches so far in this process (tests: that the cases meant to take SS did).
 static std::atomic<int64_t> g_wgrad_ss_launches{0};
 int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
+
+// CT3D_WGRAD_ONE_PLANE=1 in the environment: where the window of the depth planes a block's
+// taps reach does not fit in shared memory beside the x tiles (stride 2 with whole-plane
+// tiles: a 16 x 16 plane's 256 positions reach a 32 x 32 dy window, U-Net layers), plan a
+// window of one plane instead (each plane's taps a tap group of their own) rather than
+// leave grad weight to mma.sync. Off by default until measured (NOTES.md, 2026-12-04).
+inline int wgrad_one_plane_env() {
+  static const int v = env_int("CT3D_WGRAD_ONE_PLANE", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wgrad_one_plane_launches{0};
+int64_t wgrad_one_plane_launches() { return g_wgrad_one_plane_launches.load(); }
 
 // wgrad_wg_kernel where it runs: a wgmma build on an sm_90 GPU, TF32, 3xTF32 or 16-bit, 17..64
 // input channels a group (N = 32, 48 or 64), x tiles by cp.async, two buffers in shared
@@ -1675,16 +1688,26 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
-    const WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
+    WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
     const bool ss = ss_geom && ch == 64 && bulk_rows(geo.cols);
     // window bytes: SS, ch / 8 slices [position][8 channels]; else [position][rs channels]
     const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
-    const int64_t wbytes = (ss ? ch / 8 : 1) *
-                           ((geo.win_planes * geo.rows * geo.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+    auto window_bytes = [&](const WgradGeometry& g) {
+      return (ss ? ch / 8 : 1) * ((g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+    };
+    int64_t wbytes = window_bytes(geo);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);  // 3xTF32: big, small
     auto smem_for = [&](int64_t w) { return w * (wbytes + xt) + bm * 4 + w * 8; };  // + position table, mbarriers
-    const int windows = smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0;
+    auto windows_fit = [&] { return smem_for(3) <= optin ? 3 : smem_for(2) <= optin ? 2 : 0; };
+    int windows = windows_fit();
+    bool one_plane = false;
+    if (windows == 0 && wgrad_one_plane_env() != 0 && geo.sub_groups == 1 && geo.win_planes > 1) {
+      geo = wgrad_geometry(P, x, bm, ptaps, int64_t(sizeof(T)));  // one plane's taps a group
+      wbytes = window_bytes(geo);
+      windows = windows_fit();
+      one_plane = true;
+    }
     if (windows == 0) continue;
     int64_t sets = 0;  // sets issued a tile position, all blocks
     for (int64_t tg = 0; tg < geo.tap_groups; ++tg) {
@@ -1704,6 +1727,7 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.windows = windows;
     pl.smem = smem_for(windows);
     pl.ss = ss;
+    pl.one_plane = one_plane;
   }
   if (best < 0) return false;
   pl.wg = true;
@@ -2027,6 +2051,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (pl.ss) ++g_wgrad_ss_launches;
     if (pl.xw) ++g_wgrad_xw_launches;
+    if (pl.one_plane) ++g_wgrad_one_plane_launches;
     if (nb > 1) ++g_wgrad_cin_block_launches;
     const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);
     sum_splits_kernel<T><<<blocks, 256, 0, stream>>>(ws.data_ptr<float>(), dw.data_ptr<T>() + row0 * cout_g * kvol,
