@@ -4320,7 +4320,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     if (nb > 1) prm.P.Cin = std::min(cb, cin_g - c0);
     const int64_t row0 = g * cin_g + c0, numel = prm.P.Cin * cout_g * kvol;
     prm.x = x.data_ptr<T>() + row0 * P.xl.c;
-    prm.dyp = dyp.data_ptr<T>() + (g == 0 ? 0 : pl.wg ? g * chunks * prm.slice : g * cg_pad);
+    prm.dyp = dyp.data_ptr<T>() + (pl.wg ? g * chunks * prm.slice : g * cg_pad);
     if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
     pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
