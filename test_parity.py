@@ -438,7 +438,7 @@ WGMMA_CASES = {
                                           d=(1, 2, 1), bias=True, batch=2, size=(2, 7, 16)),
     # grad weight at stride 2 on whole 16 x 16 planes (U-Net upsampling, kernel 2): a tile's
     # 256 positions (16-bit) reach a 32 x 32 dy window, too large at two depth planes; with
-    # CT3D_WGRAD_ONE_PLANE=1 a window of one plane (two tap groups), 32 dy channels a block
+    # (the default) a window of one plane (two tap groups), 32 dy channels a block
     "wgrad_stride2_one_plane": conv_cfg(48, 64, 2, s=2, bias=True, batch=1, size=(2, 16, 16)),
     # w taps stacked in M (32 output channels a group or fewer): forward 16 co, 4 taps a
     # stacked tap, 7 taps (the second stacked tap has a zero row block); grad input 24 ci, 2
@@ -545,8 +545,8 @@ def test_grad_weight_xw_opt_in():
 
 @gpu
 def test_grad_weight_one_plane_opt_in():
-    """Grad weight's one-plane window (opt-in through CT3D_WGRAD_ONE_PLANE=1): the stride-2
-    U-Net case must take it, in TF32, fp16 and bf16, and pass the contract."""
+    """Grad weight's one-plane window (on by default; CT3D_WGRAD_ONE_PLANE=0 turns it off):
+    the stride-2 U-Net case must take it, in TF32, fp16 and bf16, and pass the contract."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("wgrad_wg_kernel is a wgmma (sm_90a) kernel")
     run_opt_in("CT3D_WGRAD_ONE_PLANE", "wgrad_one_plane_launches", ("wgrad_stride2_one_plane",),
