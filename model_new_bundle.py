@@ -25,6 +25,7 @@ int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
+int64_t unit_tap_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -41,7 +42,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
         "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
   m.def("wgrad_one_plane_launches", &ct3d::wgrad_one_plane_launches,
-        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE=1)");
+        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE)");
+  m.def("unit_tap_launches", &ct3d::unit_tap_launches,
+        "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2196,6 +2199,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   return true;
 }
 }
+#include <atomic>
 namespace ct3d {
 template <typename T>
 struct FwdGemm {
@@ -2406,6 +2410,292 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   }
 #endif
 }
+constexpr int kUtBM = 128, kUtBN = 64, kUtBK = 32, kUtThreads = 256;
+constexpr int kUtWarpsN = 2, kUtMI = 2;
+static_assert(kUtBN == 32 * kUtWarpsN && kUtBM == 16 * kUtMI * (kUtThreads / 32 / kUtWarpsN),
+              "unit_tap_fwd_kernel: warp tiles of 32 x 32 cover the block tile");
+static_assert(kUtThreads >= kUtBM + kUtBN, "unit_tap_fwd_kernel: a thread a table row");
+template <typename T>
+struct UtShape {
+  static constexpr bool k16 = !std::is_same<T, float>::value;
+  static constexpr int APitch = kUtBK + (k16 ? 8 : 4);
+  static constexpr int BPitch = kUtBN + 8;
+  static constexpr int ABytes = kUtBM * APitch * int(sizeof(T));
+  static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
+  static constexpr int DPitch = kUtBN + 8;
+  static constexpr int DBytes = kUtBM * DPitch * 4;
+  static constexpr int Smem = 2 * StageBytes > DBytes ? 2 * StageBytes : DBytes;
+  static constexpr int VEC = 16 / int(sizeof(T));
+  static constexpr int BPer = kUtBK * kUtBN / kUtThreads;
+  static constexpr int BWords = BPer * int(sizeof(T)) / 4;
+};
+struct UnitTapParams {
+  const void* x;
+  const void* wt;
+  const void* bias;
+  void* y;
+  Problem P;
+  int64_t Mg, Mpad, Kpad;
+  int vec;
+};
+template <typename T>
+__global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
+                                       int64_t cin_g, int64_t Mpad, int64_t Kpad) {
+  const int64_t total = G * Mpad * Kpad;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = idx % Kpad, m = (idx / Kpad) % Mpad, g = idx / (Kpad * Mpad);
+    T v = T(0);
+    if (m < Mg && k < cin_g) v = w[(g * cin_g + k) * Mg + m];
+    if constexpr (std::is_same<T, float>::value) v = round_tf32(v);
+    wt[idx] = v;
+  }
+}
+template <typename T>
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+  using S = UtShape<T>;
+  constexpr bool k16 = S::k16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int64_t row_off[kUtBM], col_off[kUtBN];
+  __shared__ int row_r[3][kUtBM], col_o[3][kUtBN];
+  __shared__ float row_bias[kUtBM];
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN, gq = lane >> 2, tq = lane & 3;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g();
+  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+  if (tid < kUtBM) {
+    const int64_t m = m0 + tid;
+    if (m < prm.Mg) {
+      const int kvol = int(P.kvol()), khw = int(P.k[1] * P.k[2]);
+      const int co = int(m / kvol), tap = int(m % kvol);
+      const int rd = tap / khw, rh = (tap / int(P.k[2])) % int(P.k[1]), rw = tap % int(P.k[2]);
+      row_r[0][tid] = rd, row_r[1][tid] = rh, row_r[2][tid] = rw;
+      row_off[tid] = co * P.yl.c + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
+      row_bias[tid] = prm.bias ? float(static_cast<const T*>(prm.bias)[int64_t(g) * P.cout_g() + co]) : 0.f;
+    } else {
+      row_r[0][tid] = row_r[1][tid] = row_r[2][tid] = -(1 << 30);
+    }
+  } else if (tid - kUtBM < kUtBN) {
+    const int c = tid - kUtBM;
+    const int64_t v = v0 + c;
+    if (v < vol) {
+      const int H = int(P.in[1]), W = int(P.in[2]);
+      const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+      const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]),
+                ow = iw * int(P.s[2]) - int(P.p[2]);
+      col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
+      col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ((int64_t(od) * Ho + oh) * Wo + ow) * P.yl.v;
+    } else {
+      col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
+    }
+  }
+  const T* __restrict__ x = static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
+  const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
+  const int nk = int(prm.Kpad / kUtBK);
+  const uint32_t smem0 = smem_u32(smem);
+  auto copy_a = [&](int kk, int buf) {
+    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+#pragma unroll
+    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+      const int r = p / PPR, q = p % PPR;
+      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
+    }
+    cp_async_commit();
+  };
+  uint32_t breg[S::BWords];
+  const bool cl = P.xl.c == 1;
+  auto load_b = [&](int kk) {
+    const int64_t k0 = int64_t(kk) * kUtBK;
+    if (prm.vec) {
+#pragma unroll
+      for (int j = 0; j < S::BPer / S::VEC; ++j) {
+        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (k0 + k < cin_g && v0 + c < vol) v = *reinterpret_cast<const uint4*>(x + (k0 + k) * P.xl.c + v0 + c);
+        breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < S::BPer; ++j) {
+        const int e = tid + j * kUtThreads;
+        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
+        uint32_t bits = 0;
+        if (k0 + k < cin_g && v0 + c < vol) {
+          const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
+          if constexpr (k16) bits = reinterpret_cast<const unsigned short*>(x)[off];
+          else bits = reinterpret_cast<const uint32_t*>(x)[off];
+        }
+        if constexpr (k16) breg[j / 2] = (j % 2) ? (breg[j / 2] | (bits << 16)) : bits;
+        else breg[j] = bits;
+      }
+    }
+  };
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto store_b = [&](int buf) {
+    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+    if (prm.vec) {
+#pragma unroll
+      for (int j = 0; j < S::BPer / S::VEC; ++j) {
+        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+        *reinterpret_cast<uint4*>(bs + (k * S::BPitch + c) * int(sizeof(T))) =
+            make_uint4(rnd(breg[4 * j]), rnd(breg[4 * j + 1]), rnd(breg[4 * j + 2]), rnd(breg[4 * j + 3]));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < S::BPer; ++j) {
+        const int e = tid + j * kUtThreads;
+        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
+        if constexpr (k16)
+          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)(breg[j / 2] >> (16 * (j % 2)));
+        else
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(breg[j]);
+      }
+    }
+  };
+  float acc[kUtMI][4][4];
+#pragma unroll
+  for (int i = 0; i < kUtMI; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  if (nk > 0) {
+    copy_a(0, 0);
+    load_b(0);
+    store_b(0);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk & 1;
+    if (kk + 1 < nk) {
+      copy_a(kk + 1, buf ^ 1);
+      load_b(kk + 1);
+    }
+    const unsigned char* as = smem + buf * S::StageBytes;
+    const unsigned char* bs = as + S::ABytes;
+    if constexpr (k16) {
+#pragma unroll
+      for (int ks = 0; ks < kUtBK / 16; ++ks) {
+        uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+          ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
+                                              nj * 16 + (lane >> 4) * 8) * 2));
+          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_k16<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+      }
+    } else {
+      const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
+      const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
+#pragma unroll
+      for (int ks = 0; ks < kUtBK / 8; ++ks) {
+        uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi) {
+          const uint32_t* ar = au + (wm * 16 * kUtMI + mi * 16 + gq) * S::APitch + ks * 8 + tq;
+          a[mi][0] = ar[0], a[mi][1] = ar[8 * S::APitch], a[mi][2] = ar[4], a[mi][3] = ar[8 * S::APitch + 4];
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
+          b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
+        }
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+      }
+    }
+    if (kk + 1 < nk) store_b(buf ^ 1);
+    cp_async_wait(0);
+    __syncthreads();
+  }
+  float* ds = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 16 * kUtMI + mi * 16 + gq + 8 * h, c = wn * 32 + ni * 8 + 2 * tq;
+        *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+      }
+  __syncthreads();
+  const int kw = int(P.k[2]);
+  const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
+  int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
+  const int Do = int(P.out[0]);
+  T* __restrict__ y = static_cast<T*>(prm.y);
+  for (; rg * kw < kUtBM;) {
+    const int r = rg * kw + rw;
+    if (r < kUtBM) {
+      const int od = col_o[0][c] + row_r[0][r];
+      const int oh = col_o[1][c] + row_r[1][r], ow = col_o[2][c] + row_r[2][r];
+      if (unsigned(od) < unsigned(Do) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo))
+        y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+    }
+    rw += step_rw;
+    c += step_c;
+    if (rw >= kw) rw -= kw, ++c;
+    while (c >= kUtBN) c -= kUtBN, ++rg;
+  }
+}
+static std::atomic<int64_t> g_unit_tap_launches{0};
+int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
+bool unit_tap_fits(const Problem& P) {
+  for (int e = 0; e < 3; ++e)
+    if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
+  return true;
+}
+template <typename T>
+bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
+                      const Problem& P, bool tf32) {
+  using S = UtShape<T>;
+  static const int enabled = env_int("CT3D_UNIT_TAP", 1);
+  if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
+  if (at::cuda::getDeviceProperties(x.get_device())->major < 8) return false;
+  const int64_t Mg = P.cout_g() * P.kvol();
+  const int64_t Mpad = (Mg + kUtBM - 1) / kUtBM * kUtBM, Kpad = (P.cin_g() + kUtBK - 1) / kUtBK * kUtBK;
+  const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
+  if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, Mg, P.cin_g(), Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  UnitTapParams prm{};
+  prm.x = x.data_ptr();
+  prm.wt = wt.data_ptr();
+  prm.bias = bias ? bias->data_ptr() : nullptr;
+  prm.y = y.data_ptr();
+  prm.P = P;
+  prm.Mg = Mg;
+  prm.Mpad = Mpad;
+  prm.Kpad = Kpad;
+  prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
+            reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  auto kernel = unit_tap_fwd_kernel<T>;
+  set_smem_limit(kernel, S::Smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_unit_tap_launches;
+  return true;
+}
 template <typename T, int MW, bool SPLIT>
 static void launch_thin(const ThinParams& prm, int64_t blocks, int64_t smem, cudaStream_t stream) {
   auto kernel = thin_fwd_kernel<T, MW, SPLIT>;
@@ -2482,7 +2772,9 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32, int64_t algo) {
-  if (algo != kTcMma && algo != kTcWgmma && forward_thin<T>(x, w, bias, y, P, tf32)) return true;
+  if (algo != kTcMma && algo != kTcWgmma &&
+      (forward_thin<T>(x, w, bias, y, P, tf32) || forward_unit_tap<T>(x, w, bias, y, P, tf32)))
+    return true;
   const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
   return run_window_tc<T>(prm, x, w, tf32, algo);
 }
@@ -4002,7 +4294,7 @@ inline int wgrad_ss_env() {
 static std::atomic<int64_t> g_wgrad_ss_launches{0};
 int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
 inline int wgrad_one_plane_env() {
-  static const int v = env_int("CT3D_WGRAD_ONE_PLANE", 0);
+  static const int v = env_int("CT3D_WGRAD_ONE_PLANE", 1);
   return v;
 }
 static std::atomic<int64_t> g_wgrad_one_plane_launches{0};

@@ -437,8 +437,8 @@ WGMMA_CASES = {
     "wgrad_xw_dilation_strides": conv_cfg(40, 24, (3, 3, 2), s=(2, 1, 2), p=(1, 2, 0), op=(1, 0, 1),
                                           d=(1, 2, 1), bias=True, batch=2, size=(2, 7, 16)),
     # grad weight at stride 2 on whole 16 x 16 planes (U-Net upsampling, kernel 2): a tile's
-    # 256 positions (16-bit) reach a 32 x 32 dy window, too large at two depth planes; with
-    # (the default) a window of one plane (two tap groups), 32 dy channels a block
+    # 256 positions (16-bit) reach a 32 x 32 dy window, too large at two depth planes; so it
+    # takes a window of one plane (two tap groups), 32 dy channels a block
     "wgrad_stride2_one_plane": conv_cfg(48, 64, 2, s=2, bias=True, batch=1, size=(2, 16, 16)),
     # w taps stacked in M (32 output channels a group or fewer): forward 16 co, 4 taps a
     # stacked tap, 7 taps (the second stacked tap has a zero row block); grad input 24 ci, 2
@@ -495,6 +495,43 @@ def test_grad_weight_cin_blocks(case, mode, layout, algo):
     before = ext.wgrad_cin_block_launches()
     check_against_truth(CIN_BLOCK_CASES[case], mode, algo=algo, layout=layout)
     assert ext.wgrad_cin_block_launches() > before, f"{case} [{mode}, {algo}]: grad weight did not run on blocks"
+
+
+# The unit-tap forward (kernel size = stride: every output voxel one tap; forward.cu,
+# unit_tap_fwd_kernel): a GEMM over input voxels, 128 rows (co, tap) x 128 voxels a block,
+# K in steps of 32 channels, a scattering epilogue.
+UNIT_TAP_CASES = {
+    # U-Net upsampling: 40 ci (a partial second K step), 24 x 8 = 192 rows (a partial second
+    # row tile), 192 voxels (a partial second voxel tile), x by 16-byte pieces
+    "unet_k2": conv_cfg(40, 24, 2, s=2, bias=True, batch=2, size=(4, 6, 8)),
+    # 105 voxels, not a multiple of a 16-byte piece: x one element at a time
+    "odd_voxels": conv_cfg(16, 12, 2, s=2, batch=1, size=(3, 5, 7)),
+    # kernel = stride differing per axis, padding cropping the taps' outputs, output_padding
+    # up to the padding (still every output one tap), kw = 3 (row groups of 3 straddle tiles)
+    "mixed_k_padding": conv_cfg(12, 10, (1, 2, 3), s=(1, 2, 3), p=(0, 1, 1), op=(0, 1, 1), bias=True,
+                                size=(3, 4, 5)),
+    # groups: 8 ci and 12 co a group (not thin: 12 > 8), each group its own weight rows
+    "groups": conv_cfg(32, 48, 2, s=2, g=4, bias=True, size=(2, 4, 8)),
+    # kernel 1, stride 1: a plain channel GEMM (136 rows: 2 tiles; 72 ci: 3 K steps)
+    "pointwise": conv_cfg(72, 136, 1, bias=True, batch=1, size=(2, 3, 32)),
+    # kernel 1 with dilation 2: dilation moves no tap
+    "pointwise_dilated": conv_cfg(20, 20, 1, d=2, size=(2, 3, 5)),
+}
+
+
+@gpu
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["fp32_tf32", "fp32_strict", "fp16", "bf16"])
+@pytest.mark.parametrize("case", list(UNIT_TAP_CASES))
+def test_unit_tap_forward(case, mode, layout):
+    """Kernel size = stride: the forward runs unit_tap_fwd_kernel in TF32, fp16 and bf16
+    (its launch counter grows), the window kernel's 3xTF32 in fp32 strict (it does not); all
+    three gradients against float64."""
+    ext = mn.load_extension()
+    before = ext.unit_tap_launches()
+    check_against_truth(UNIT_TAP_CASES[case], mode, layout=layout)
+    took = ext.unit_tap_launches() > before
+    assert took == (mode != "fp32_strict"), f"{case} [{mode}]: unit-tap forward taken: {took}"
 
 
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str):

@@ -23,6 +23,7 @@ int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
+int64_t unit_tap_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -40,5 +41,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
         "tests: tensor-core grad weight launches on blocks of a group's input channels (Cin/G > 64)");
   m.def("wgrad_one_plane_launches", &ct3d::wgrad_one_plane_launches,
-        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE=1)");
+        "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE)");
+  m.def("unit_tap_launches", &ct3d::unit_tap_launches,
+        "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
 }

@@ -16,17 +16,22 @@
 // blockIdx.z = g * (sD*sH*sW) + phase.
 //
 // Kernels. forward_thin (below): where Cin/G and Cout/G are at most 8, every phase of an
-// output tile in one block on TF32 MMAs. forward_tc: the tensor-core window convolution of
-// window_tc.cuh (one sub-problem per group and phase), the default otherwise.
+// output tile in one block on TF32 MMAs. forward_unit_tap (below): where the kernel size is
+// the stride (U-Net upsampling), one tap an output voxel: a plain GEMM over the input voxels
+// with a scattering epilogue (16-bit and TF32). forward_tc: the tensor-core window
+// convolution of window_tc.cuh (one sub-problem per group and phase), the default otherwise.
 // forward_tiled: common.cuh's FFMA tile (TileWide 64x64x16 or TileNarrow 128x16x16 by
 // Cout/G, 256 threads, fp32 accumulation, TF32 rounding of both operands when the caller
 // allows TF32), the fallback where the tensor-core kernels do not fit, and algo="tiled".
 //
-// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, launchers.
+// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, the unit-tap
+// kernel, launchers.
 // Phase geometry: common.cuh.
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
+
+#include <atomic>
 
 namespace ct3d {
 
@@ -299,8 +304,350 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 }
 
 // ============================================================================
+// The unit-tap forward: kernel size = stride, dilation 1 (U-Net upsampling)
+// ============================================================================
+// Where k = s in every dimension (and dilation 1 where k > 1), output voxel o receives
+// exactly one tap, r = (o + p) mod s, from input voxel (o + p) / s: the taps of one input
+// voxel write disjoint outputs. So the forward is one dense GEMM per (batch item, group),
+// with no window, no halo and no phase split (the window kernel ran such layers as 8
+// one-tap phases, each reading x again, at ~14 TFLOP/s):
+//   D[m][i] = sum_ci Wt[m][ci] * x[n, g*Cin/G + ci, i]
+//   M = Cout/G * kvol rows m = (co, rd, rh, rw) (w's own inner order), N = the input
+//   voxels i, K = Cin/G
+//   y[n, g*Cout/G + co, id*sd - pd + rd, ih*sh - ph + rh, iw*sw - pw + rw] = D[m][i] + bias[co]
+// where that output lies inside y. The taps cover outputs [-p, in*s - p), so every output
+// is written once when output_padding <= padding (unit_tap_fits; else the window kernel).
+// Tile: 128 rows x 64 voxels a block, K in steps of 32 channels, 8 warps as 4 (M) x 2 (N),
+// each 32 x 32 (2 m16 x 4 n8 MMA tiles, 32 accumulators a thread: 128 x 128 tiles needed
+// 64 and spilled at two blocks an SM; at three, 80 registers spill this one). Shared memory, two
+// buffers: As[m][k] (Wt, K contiguous, made once a call by unit_tap_weight_kernel: rows and
+// K zero-padded, TF32-rounded) by cp.async; Bs[k][i] (x as NCDHW lays it out, voxels
+// contiguous) through registers: the next step is loaded while this one is multiplied and
+// rounded to TF32 on its way to shared memory. Fragments: 16-bit, A by ldmatrix and B by
+// ldmatrix.trans (m16n8k16); TF32, both by 32-bit loads (m16n8k8). The pitches (K + 8 or
+// + 4 elements, 64 + 8) keep all of them conflict-free. Epilogue: D through shared memory
+// (it reuses the stage buffers), then each thread stores along output w: consecutive
+// threads take consecutive (input w, tap rw) of one (co, rd, rh) row, which in NCDHW are
+// consecutive outputs; the address is a row part plus a column part, from tables made
+// once a block. fp32 strict is not here (the window kernel's 3xTF32 runs it).
+constexpr int kUtBM = 128, kUtBN = 64, kUtBK = 32, kUtThreads = 256;
+constexpr int kUtWarpsN = 2, kUtMI = 2;  // warps along N; m16 tiles a warp (warp tile 32 x 32)
+static_assert(kUtBN == 32 * kUtWarpsN && kUtBM == 16 * kUtMI * (kUtThreads / 32 / kUtWarpsN),
+              "unit_tap_fwd_kernel: warp tiles of 32 x 32 cover the block tile");
+static_assert(kUtThreads >= kUtBM + kUtBN, "unit_tap_fwd_kernel: a thread a table row");
+
+template <typename T>
+struct UtShape {
+  static constexpr bool k16 = !std::is_same<T, float>::value;
+  static constexpr int APitch = kUtBK + (k16 ? 8 : 4);  // elements
+  static constexpr int BPitch = kUtBN + 8;              // elements
+  static constexpr int ABytes = kUtBM * APitch * int(sizeof(T));
+  static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
+  static constexpr int DPitch = kUtBN + 8;  // floats
+  static constexpr int DBytes = kUtBM * DPitch * 4;
+  static constexpr int Smem = 2 * StageBytes > DBytes ? 2 * StageBytes : DBytes;
+  static constexpr int VEC = 16 / int(sizeof(T));                 // elements of a 16-byte piece
+  static constexpr int BPer = kUtBK * kUtBN / kUtThreads;         // x elements a thread a step
+  static constexpr int BWords = BPer * int(sizeof(T)) / 4;        // ... as 32-bit words
+};
+
+struct UnitTapParams {
+  const void* x;
+  const void* wt;    // [G][Mpad][Kpad]
+  const void* bias;  // may be null
+  void* y;
+  Problem P;
+  int64_t Mg, Mpad, Kpad;
+  int vec;  // x by 16-byte pieces: NCDHW, voxels a multiple of VEC, aligned
+};
+
+// Wt[g][m][k] = w[g*Cin/G + k][m] (m = (co, tap): w's inner index), 0 past Mg or Cin/G;
+// TF32-rounded for fp32.
+template <typename T>
+__global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
+                                       int64_t cin_g, int64_t Mpad, int64_t Kpad) {
+  const int64_t total = G * Mpad * Kpad;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = idx % Kpad, m = (idx / Kpad) % Mpad, g = idx / (Kpad * Mpad);
+    T v = T(0);
+    if (m < Mg && k < cin_g) v = w[(g * cin_g + k) * Mg + m];
+    if constexpr (std::is_same<T, float>::value) v = round_tf32(v);
+    wt[idx] = v;
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+  using S = UtShape<T>;
+  constexpr bool k16 = S::k16;
+  extern __shared__ __align__(128) unsigned char smem[];
+  // Epilogue tables: output offset = row_off[r] + col_off[c]; output coordinate e of
+  // element (r, c) = col_o[e][c] + row_r[e][r] (far negative for rows / voxels past the end)
+  __shared__ int64_t row_off[kUtBM], col_off[kUtBN];
+  __shared__ int row_r[3][kUtBM], col_o[3][kUtBN];
+  __shared__ float row_bias[kUtBM];
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN, gq = lane >> 2, tq = lane & 3;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g();
+  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+
+  // ---- tables (read after the K loop's barriers) ----
+  if (tid < kUtBM) {
+    const int64_t m = m0 + tid;
+    if (m < prm.Mg) {
+      const int kvol = int(P.kvol()), khw = int(P.k[1] * P.k[2]);
+      const int co = int(m / kvol), tap = int(m % kvol);
+      const int rd = tap / khw, rh = (tap / int(P.k[2])) % int(P.k[1]), rw = tap % int(P.k[2]);
+      row_r[0][tid] = rd, row_r[1][tid] = rh, row_r[2][tid] = rw;
+      row_off[tid] = co * P.yl.c + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
+      row_bias[tid] = prm.bias ? float(static_cast<const T*>(prm.bias)[int64_t(g) * P.cout_g() + co]) : 0.f;
+    } else {
+      row_r[0][tid] = row_r[1][tid] = row_r[2][tid] = -(1 << 30);
+    }
+  } else if (tid - kUtBM < kUtBN) {
+    const int c = tid - kUtBM;
+    const int64_t v = v0 + c;
+    if (v < vol) {
+      const int H = int(P.in[1]), W = int(P.in[2]);
+      const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+      const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]),
+                ow = iw * int(P.s[2]) - int(P.p[2]);
+      col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
+      col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ((int64_t(od) * Ho + oh) * Wo + ow) * P.yl.v;
+    } else {
+      col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
+    }
+  }
+
+  // ---- stage copies ----
+  const T* __restrict__ x = static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
+  const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
+  const int nk = int(prm.Kpad / kUtBK);
+  const uint32_t smem0 = smem_u32(smem);
+  auto copy_a = [&](int kk, int buf) {  // the tile's 128 rows x 32 channels of Wt
+    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+#pragma unroll
+    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+      const int r = p / PPR, q = p % PPR;
+      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
+    }
+    cp_async_commit();
+  };
+  // x elements (k, c) of step kk into registers, 0 past Cin/G or the last voxel: 16-byte
+  // pieces (piece p: k = p / (BN / VEC), c = its VEC voxels), or one element at a time,
+  // consecutive threads along voxels (NCDHW) or channels (channels_last_3d)
+  uint32_t breg[S::BWords];
+  const bool cl = P.xl.c == 1;
+  auto load_b = [&](int kk) {
+    const int64_t k0 = int64_t(kk) * kUtBK;
+    if (prm.vec) {
+#pragma unroll
+      for (int j = 0; j < S::BPer / S::VEC; ++j) {
+        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (k0 + k < cin_g && v0 + c < vol) v = *reinterpret_cast<const uint4*>(x + (k0 + k) * P.xl.c + v0 + c);
+        breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < S::BPer; ++j) {
+        const int e = tid + j * kUtThreads;
+        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
+        uint32_t bits = 0;
+        if (k0 + k < cin_g && v0 + c < vol) {
+          const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
+          if constexpr (k16) bits = reinterpret_cast<const unsigned short*>(x)[off];
+          else bits = reinterpret_cast<const uint32_t*>(x)[off];
+        }
+        if constexpr (k16) breg[j / 2] = (j % 2) ? (breg[j / 2] | (bits << 16)) : bits;
+        else breg[j] = bits;
+      }
+    }
+  };
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto store_b = [&](int buf) {
+    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+    if (prm.vec) {
+#pragma unroll
+      for (int j = 0; j < S::BPer / S::VEC; ++j) {
+        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+        *reinterpret_cast<uint4*>(bs + (k * S::BPitch + c) * int(sizeof(T))) =
+            make_uint4(rnd(breg[4 * j]), rnd(breg[4 * j + 1]), rnd(breg[4 * j + 2]), rnd(breg[4 * j + 3]));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < S::BPer; ++j) {
+        const int e = tid + j * kUtThreads;
+        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
+        if constexpr (k16)
+          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)(breg[j / 2] >> (16 * (j % 2)));
+        else
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(breg[j]);
+      }
+    }
+  };
+
+  // ---- K loop: step kk + 1 copied (A) and loaded (B) while step kk is multiplied ----
+  float acc[kUtMI][4][4];
+#pragma unroll
+  for (int i = 0; i < kUtMI; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  if (nk > 0) {
+    copy_a(0, 0);
+    load_b(0);
+    store_b(0);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk & 1;
+    if (kk + 1 < nk) {
+      copy_a(kk + 1, buf ^ 1);
+      load_b(kk + 1);
+    }
+    const unsigned char* as = smem + buf * S::StageBytes;
+    const unsigned char* bs = as + S::ABytes;
+    if constexpr (k16) {
+#pragma unroll
+      for (int ks = 0; ks < kUtBK / 16; ++ks) {
+        uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+          ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
+                                              nj * 16 + (lane >> 4) * 8) * 2));
+          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_k16<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+      }
+    } else {
+      const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
+      const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
+#pragma unroll
+      for (int ks = 0; ks < kUtBK / 8; ++ks) {
+        uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi) {
+          const uint32_t* ar = au + (wm * 16 * kUtMI + mi * 16 + gq) * S::APitch + ks * 8 + tq;
+          a[mi][0] = ar[0], a[mi][1] = ar[8 * S::APitch], a[mi][2] = ar[4], a[mi][3] = ar[8 * S::APitch + 4];
+        }
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+          const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
+          b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
+        }
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+      }
+    }
+    if (kk + 1 < nk) store_b(buf ^ 1);
+    cp_async_wait(0);
+    __syncthreads();
+  }
+
+  // ---- epilogue: D to shared memory (the stage buffers are free past the last barrier) ----
+  float* ds = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 16 * kUtMI + mi * 16 + gq + 8 * h, c = wn * 32 + ni * 8 + 2 * tq;
+        *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+      }
+  __syncthreads();
+  // Element e = ((row group rg) * BN + c) * kw + rw, row r = rg * kw + rw: consecutive
+  // threads along (c, rw), i.e. along output w. Walked with counters, not divisions.
+  const int kw = int(P.k[2]);
+  const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
+  int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
+  const int Do = int(P.out[0]);
+  T* __restrict__ y = static_cast<T*>(prm.y);
+  for (; rg * kw < kUtBM;) {
+    const int r = rg * kw + rw;
+    if (r < kUtBM) {
+      const int od = col_o[0][c] + row_r[0][r];
+      const int oh = col_o[1][c] + row_r[1][r], ow = col_o[2][c] + row_r[2][r];
+      if (unsigned(od) < unsigned(Do) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo))
+        y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+    }
+    rw += step_rw;
+    c += step_c;
+    if (rw >= kw) rw -= kw, ++c;
+    while (c >= kUtBN) c -= kUtBN, ++rg;
+  }
+}
+
+// ============================================================================
 // Launchers
 // ============================================================================
+
+// The unit-tap forward (unit_tap_fwd_kernel); false where it does not apply: a kernel size
+// other than the stride in some dimension (or dilation with k > 1), output_padding above
+// padding (outputs no tap reaches), fp32 strict, a GPU older than sm_80, CT3D_UNIT_TAP=0
+// (A/B against the window kernel), or a grid past CUDA's limits.
+static std::atomic<int64_t> g_unit_tap_launches{0};
+int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
+
+bool unit_tap_fits(const Problem& P) {
+  for (int e = 0; e < 3; ++e)
+    if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
+  return true;
+}
+
+template <typename T>
+bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
+                      const Problem& P, bool tf32) {
+  using S = UtShape<T>;
+  static const int enabled = env_int("CT3D_UNIT_TAP", 1);
+  if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
+  if (at::cuda::getDeviceProperties(x.get_device())->major < 8) return false;
+  const int64_t Mg = P.cout_g() * P.kvol();
+  const int64_t Mpad = (Mg + kUtBM - 1) / kUtBM * kUtBM, Kpad = (P.cin_g() + kUtBK - 1) / kUtBK * kUtBK;
+  const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
+  if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, Mg, P.cin_g(), Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  UnitTapParams prm{};
+  prm.x = x.data_ptr();
+  prm.wt = wt.data_ptr();
+  prm.bias = bias ? bias->data_ptr() : nullptr;
+  prm.y = y.data_ptr();
+  prm.P = P;
+  prm.Mg = Mg;
+  prm.Mpad = Mpad;
+  prm.Kpad = Kpad;
+  prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
+            reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  auto kernel = unit_tap_fwd_kernel<T>;
+  set_smem_limit(kernel, S::Smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_unit_tap_launches;
+  return true;
+}
 
 // Thin groups (thin_fwd_kernel); false where it does not apply: Cin/G or Cout/G over 8, a
 // GPU older than sm_80, more than kThinMaxTd depth taps a phase, or shared memory too small.
@@ -385,11 +732,14 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
 }
 
 // Tensor cores; false where the kernel does not fit (see run_window_tc). Thin groups take
-// thin_fwd_kernel (except under kTcMma / kTcWgmma, which test the window kernels).
+// thin_fwd_kernel, kernel size = stride unit_tap_fwd_kernel (except under kTcMma /
+// kTcWgmma, which test the window kernels).
 template <typename T>
 bool forward_tc(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                 const Problem& P, bool tf32, int64_t algo) {
-  if (algo != kTcMma && algo != kTcWgmma && forward_thin<T>(x, w, bias, y, P, tf32)) return true;
+  if (algo != kTcMma && algo != kTcWgmma &&
+      (forward_thin<T>(x, w, bias, y, P, tf32) || forward_unit_tap<T>(x, w, bias, y, P, tf32)))
+    return true;
   const WinParams prm = win_params(kJobForward, bias ? bias->data_ptr<T>() : nullptr, y.data_ptr<T>(), P);
   return run_window_tc<T>(prm, x, w, tf32, algo);
 }
