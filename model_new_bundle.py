@@ -2424,10 +2424,10 @@ struct UtShape {
   static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
   static constexpr int DPitch = kUtBN + 8;
   static constexpr int DBytes = kUtBM * DPitch * 4;
-  static constexpr int Smem = 2 * StageBytes > DBytes ? 2 * StageBytes : DBytes;
+  static constexpr int Stages = k16 ? 4 : 3;
+  static constexpr int Smem = Stages * StageBytes > DBytes ? Stages * StageBytes : DBytes;
   static constexpr int VEC = 16 / int(sizeof(T));
   static constexpr int BPer = kUtBK * kUtBN / kUtThreads;
-  static constexpr int BWords = BPer * int(sizeof(T)) / 4;
 };
 struct UnitTapParams {
   const void* x;
@@ -2437,6 +2437,7 @@ struct UnitTapParams {
   Problem P;
   int64_t Mg, Mpad, Kpad;
   int vec;
+  int crop;
 };
 template <typename T>
 __global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
@@ -2496,7 +2497,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
-  auto copy_a = [&](int kk, int buf) {
+  const bool cl = P.xl.c == 1;
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto load_stage = [&](int kk, int buf) {
     constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
     const uint32_t dst = smem0 + buf * S::StageBytes;
 #pragma unroll
@@ -2504,55 +2507,40 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       const int r = p / PPR, q = p % PPR;
       cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
     }
-    cp_async_commit();
-  };
-  uint32_t breg[S::BWords];
-  const bool cl = P.xl.c == 1;
-  auto load_b = [&](int kk) {
     const int64_t k0 = int64_t(kk) * kUtBK;
     if (prm.vec) {
 #pragma unroll
       for (int j = 0; j < S::BPer / S::VEC; ++j) {
         const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (k0 + k < cin_g && v0 + c < vol) v = *reinterpret_cast<const uint4*>(x + (k0 + k) * P.xl.c + v0 + c);
-        breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+        const bool in = k0 + k < cin_g && v0 + c < vol;
+        cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + v0 + c : x,
+                   in ? 16 : 0);
       }
     } else {
+      unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
       for (int j = 0; j < S::BPer; ++j) {
         const int e = tid + j * kUtThreads;
         const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
-        uint32_t bits = 0;
-        if (k0 + k < cin_g && v0 + c < vol) {
-          const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
-          if constexpr (k16) bits = reinterpret_cast<const unsigned short*>(x)[off];
-          else bits = reinterpret_cast<const uint32_t*>(x)[off];
-        }
-        if constexpr (k16) breg[j / 2] = (j % 2) ? (breg[j / 2] | (bits << 16)) : bits;
-        else breg[j] = bits;
+        const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
+        const bool in = k0 + k < cin_g && v0 + c < vol;
+        if constexpr (k16)
+          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = in ? reinterpret_cast<const unsigned short*>(x)[off] : 0;
+        else
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? rnd(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
       }
     }
   };
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
-  auto store_b = [&](int buf) {
-    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
-    if (prm.vec) {
+  auto round_stage = [&](int buf) {
+    if constexpr (!S::k16) {
+      if (prm.vec) {
+        unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
-      for (int j = 0; j < S::BPer / S::VEC; ++j) {
-        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
-        *reinterpret_cast<uint4*>(bs + (k * S::BPitch + c) * int(sizeof(T))) =
-            make_uint4(rnd(breg[4 * j]), rnd(breg[4 * j + 1]), rnd(breg[4 * j + 2]), rnd(breg[4 * j + 3]));
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < S::BPer; ++j) {
-        const int e = tid + j * kUtThreads;
-        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
-        if constexpr (k16)
-          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)(breg[j / 2] >> (16 * (j % 2)));
-        else
-          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(breg[j]);
+        for (int j = 0; j < S::BPer / S::VEC; ++j) {
+          const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+          float4* v = reinterpret_cast<float4*>(bs + (k * S::BPitch + c) * 4);
+          *v = round_tf32_4(*v);
+        }
       }
     }
   };
@@ -2563,19 +2551,17 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-  if (nk > 0) {
-    copy_a(0, 0);
-    load_b(0);
-    store_b(0);
+  for (int s = 0; s < S::Stages - 1; ++s) {
+    if (s < nk) load_stage(s, s);
+    cp_async_commit();
   }
-  cp_async_wait(0);
-  __syncthreads();
   for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk & 1;
-    if (kk + 1 < nk) {
-      copy_a(kk + 1, buf ^ 1);
-      load_b(kk + 1);
-    }
+    const int buf = kk % S::Stages;
+    cp_async_wait(S::Stages - 2);
+    round_stage(buf);
+    __syncthreads();
+    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
+    cp_async_commit();
     const unsigned char* as = smem + buf * S::StageBytes;
     const unsigned char* bs = as + S::ABytes;
     if constexpr (k16) {
@@ -2619,10 +2605,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
           for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
       }
     }
-    if (kk + 1 < nk) store_b(buf ^ 1);
-    cp_async_wait(0);
-    __syncthreads();
   }
+  cp_async_wait(0);
+  __syncthreads();
   float* ds = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int mi = 0; mi < kUtMI; ++mi)
@@ -2642,10 +2627,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   for (; rg * kw < kUtBM;) {
     const int r = rg * kw + rw;
     if (r < kUtBM) {
-      const int od = col_o[0][c] + row_r[0][r];
-      const int oh = col_o[1][c] + row_r[1][r], ow = col_o[2][c] + row_r[2][r];
-      if (unsigned(od) < unsigned(Do) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo))
-        y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+      const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
+                                         unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
+                                         unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
+                                   : row_r[0][r] >= 0 && col_o[0][c] >= 0;
+      if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
     }
     rw += step_rw;
     c += step_c;
@@ -2687,6 +2673,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   prm.Mg = Mg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
+  prm.crop = P.p[0] > 0 || P.p[1] > 0 || P.p[2] > 0;
   prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   auto kernel = unit_tap_fwd_kernel<T>;

@@ -319,11 +319,12 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 // is written once when output_padding <= padding (unit_tap_fits; else the window kernel).
 // Tile: 128 rows x 64 voxels a block, K in steps of 32 channels, 8 warps as 4 (M) x 2 (N),
 // each 32 x 32 (2 m16 x 4 n8 MMA tiles, 32 accumulators a thread: 128 x 128 tiles needed
-// 64 and spilled at two blocks an SM; at three, 80 registers spill this one). Shared memory, two
-// buffers: As[m][k] (Wt, K contiguous, made once a call by unit_tap_weight_kernel: rows and
-// K zero-padded, TF32-rounded) by cp.async; Bs[k][i] (x as NCDHW lays it out, voxels
-// contiguous) through registers: the next step is loaded while this one is multiplied and
-// rounded to TF32 on its way to shared memory. Fragments: 16-bit, A by ldmatrix and B by
+// 64 and spilled at two blocks an SM). Shared memory: As[m][k] (Wt, K contiguous, made once a call by unit_tap_weight_kernel: rows and
+// K zero-padded, TF32-rounded) and Bs[k][i] (x as NCDHW lays it out, voxels contiguous),
+// both by cp.async in a ring of Stages buffers (x rounded to TF32 in place by the thread
+// that copied it; channels_last_3d or unaligned x element by element, rounded on the way):
+// the kernel is memory-bound, and a two-buffer register prefetch left one memory latency
+// a K step exposed (NOTES.md, unit-tap forward). Fragments: 16-bit, A by ldmatrix and B by
 // ldmatrix.trans (m16n8k16); TF32, both by 32-bit loads (m16n8k8). The pitches (K + 8 or
 // + 4 elements, 64 + 8) keep all of them conflict-free. Epilogue: D through shared memory
 // (it reuses the stage buffers), then each thread stores along output w: consecutive
@@ -345,10 +346,10 @@ struct UtShape {
   static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
   static constexpr int DPitch = kUtBN + 8;  // floats
   static constexpr int DBytes = kUtBM * DPitch * 4;
-  static constexpr int Smem = 2 * StageBytes > DBytes ? 2 * StageBytes : DBytes;
+  static constexpr int Stages = k16 ? 4 : 3;  // cp.async ring: 59 KB (16-bit), 83 KB (fp32)
+  static constexpr int Smem = Stages * StageBytes > DBytes ? Stages * StageBytes : DBytes;
   static constexpr int VEC = 16 / int(sizeof(T));                 // elements of a 16-byte piece
   static constexpr int BPer = kUtBK * kUtBN / kUtThreads;         // x elements a thread a step
-  static constexpr int BWords = BPer * int(sizeof(T)) / 4;        // ... as 32-bit words
 };
 
 struct UnitTapParams {
@@ -358,7 +359,8 @@ struct UnitTapParams {
   void* y;
   Problem P;
   int64_t Mg, Mpad, Kpad;
-  int vec;  // x by 16-byte pieces: NCDHW, voxels a multiple of VEC, aligned
+  int vec;   // x by 16-byte pieces: NCDHW, voxels a multiple of VEC, aligned
+  int crop;  // padding > 0: some taps' outputs fall outside y (checked in the epilogue)
 };
 
 // Wt[g][m][k] = w[g*Cin/G + k][m] (m = (co, tap): w's inner index), 0 past Mg or Cin/G;
@@ -428,71 +430,62 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
-  auto copy_a = [&](int kk, int buf) {  // the tile's 128 rows x 32 channels of Wt
-    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row
+  // Stage kk into buffer buf: the tile's 128 rows x 32 channels of Wt, 16-byte pieces by
+  // cp.async; x's 32 channels x 64 voxels (0 past Cin/G or the last voxel), by cp.async in
+  // 16-byte pieces (piece p: channel p / (BN / VEC), VEC voxels from (p % (BN / VEC)) * VEC)
+  // where prm.vec, else one element at a time through registers (consecutive threads
+  // along voxels in NCDHW, along channels in channels_last_3d; TF32-rounded on the way).
+  const bool cl = P.xl.c == 1;
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto load_stage = [&](int kk, int buf) {
+    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row of A
     const uint32_t dst = smem0 + buf * S::StageBytes;
 #pragma unroll
     for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
       const int r = p / PPR, q = p % PPR;
       cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
     }
-    cp_async_commit();
-  };
-  // x elements (k, c) of step kk into registers, 0 past Cin/G or the last voxel: 16-byte
-  // pieces (piece p: k = p / (BN / VEC), c = its VEC voxels), or one element at a time,
-  // consecutive threads along voxels (NCDHW) or channels (channels_last_3d)
-  uint32_t breg[S::BWords];
-  const bool cl = P.xl.c == 1;
-  auto load_b = [&](int kk) {
     const int64_t k0 = int64_t(kk) * kUtBK;
     if (prm.vec) {
 #pragma unroll
       for (int j = 0; j < S::BPer / S::VEC; ++j) {
         const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (k0 + k < cin_g && v0 + c < vol) v = *reinterpret_cast<const uint4*>(x + (k0 + k) * P.xl.c + v0 + c);
-        breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+        const bool in = k0 + k < cin_g && v0 + c < vol;
+        cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + v0 + c : x,
+                   in ? 16 : 0);
       }
     } else {
+      unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
       for (int j = 0; j < S::BPer; ++j) {
         const int e = tid + j * kUtThreads;
         const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
-        uint32_t bits = 0;
-        if (k0 + k < cin_g && v0 + c < vol) {
-          const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
-          if constexpr (k16) bits = reinterpret_cast<const unsigned short*>(x)[off];
-          else bits = reinterpret_cast<const uint32_t*>(x)[off];
-        }
-        if constexpr (k16) breg[j / 2] = (j % 2) ? (breg[j / 2] | (bits << 16)) : bits;
-        else breg[j] = bits;
+        const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
+        const bool in = k0 + k < cin_g && v0 + c < vol;
+        if constexpr (k16)
+          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = in ? reinterpret_cast<const unsigned short*>(x)[off] : 0;
+        else
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? rnd(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
       }
     }
   };
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
-  auto store_b = [&](int buf) {
-    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
-    if (prm.vec) {
+  // TF32 with x by cp.async: each thread rounds the pieces of stage buf it copied (they
+  // are visible to it once its copies have landed; to the others after the barrier)
+  auto round_stage = [&](int buf) {
+    if constexpr (!S::k16) {
+      if (prm.vec) {
+        unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
-      for (int j = 0; j < S::BPer / S::VEC; ++j) {
-        const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
-        *reinterpret_cast<uint4*>(bs + (k * S::BPitch + c) * int(sizeof(T))) =
-            make_uint4(rnd(breg[4 * j]), rnd(breg[4 * j + 1]), rnd(breg[4 * j + 2]), rnd(breg[4 * j + 3]));
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < S::BPer; ++j) {
-        const int e = tid + j * kUtThreads;
-        const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
-        if constexpr (k16)
-          reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)(breg[j / 2] >> (16 * (j % 2)));
-        else
-          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(breg[j]);
+        for (int j = 0; j < S::BPer / S::VEC; ++j) {
+          const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
+          float4* v = reinterpret_cast<float4*>(bs + (k * S::BPitch + c) * 4);
+          *v = round_tf32_4(*v);
+        }
       }
     }
   };
 
-  // ---- K loop: step kk + 1 copied (A) and loaded (B) while step kk is multiplied ----
+  // ---- K loop: stages kk + 1 .. kk + Stages - 1 in flight while stage kk is multiplied ----
   float acc[kUtMI][4][4];
 #pragma unroll
   for (int i = 0; i < kUtMI; ++i)
@@ -500,19 +493,17 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-  if (nk > 0) {
-    copy_a(0, 0);
-    load_b(0);
-    store_b(0);
+  for (int s = 0; s < S::Stages - 1; ++s) {
+    if (s < nk) load_stage(s, s);
+    cp_async_commit();
   }
-  cp_async_wait(0);
-  __syncthreads();
   for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk & 1;
-    if (kk + 1 < nk) {
-      copy_a(kk + 1, buf ^ 1);
-      load_b(kk + 1);
-    }
+    const int buf = kk % S::Stages;
+    cp_async_wait(S::Stages - 2);  // stage kk has landed (this thread's copies)
+    round_stage(buf);
+    __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
+    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
+    cp_async_commit();
     const unsigned char* as = smem + buf * S::StageBytes;
     const unsigned char* bs = as + S::ABytes;
     if constexpr (k16) {
@@ -556,12 +547,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
           for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
       }
     }
-    if (kk + 1 < nk) store_b(buf ^ 1);
-    cp_async_wait(0);
-    __syncthreads();
   }
+  cp_async_wait(0);
+  __syncthreads();  // every copy is in and every warp done with the stages: they become D
 
-  // ---- epilogue: D to shared memory (the stage buffers are free past the last barrier) ----
+  // ---- epilogue: D to shared memory (in the stage buffers) ----
   float* ds = reinterpret_cast<float*>(smem);
 #pragma unroll
   for (int mi = 0; mi < kUtMI; ++mi)
@@ -583,10 +573,12 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   for (; rg * kw < kUtBM;) {
     const int r = rg * kw + rw;
     if (r < kUtBM) {
-      const int od = col_o[0][c] + row_r[0][r];
-      const int oh = col_o[1][c] + row_r[1][r], ow = col_o[2][c] + row_r[2][r];
-      if (unsigned(od) < unsigned(Do) && unsigned(oh) < unsigned(Ho) && unsigned(ow) < unsigned(Wo))
-        y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+      // outside y: only past the last voxel or row, or (padding) cropped
+      const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
+                                         unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
+                                         unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
+                                   : row_r[0][r] >= 0 && col_o[0][c] >= 0;
+      if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
     }
     rw += step_rw;
     c += step_c;
@@ -639,6 +631,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   prm.Mg = Mg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
+  prm.crop = P.p[0] > 0 || P.p[1] > 0 || P.p[2] > 0;
   prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   auto kernel = unit_tap_fwd_kernel<T>;
