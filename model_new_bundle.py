@@ -26,6 +26,7 @@ int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
+int64_t unit_tap_vec_out_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -45,6 +46,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE)");
   m.def("unit_tap_launches", &ct3d::unit_tap_launches,
         "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
+  m.def("unit_tap_vec_out_launches", &ct3d::unit_tap_vec_out_launches,
+        "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2199,6 +2202,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   return true;
 }
 }
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <atomic>
 namespace ct3d {
 template <typename T>
@@ -2438,6 +2443,7 @@ struct UnitTapParams {
   int64_t Mg, Mpad, Kpad;
   int vec;
   int crop;
+  int vec_out_lkw;
 };
 template <typename T>
 __global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
@@ -2619,11 +2625,38 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
       }
   __syncthreads();
+  T* __restrict__ y = static_cast<T*>(prm.y);
+  if (prm.vec_out_lkw >= 0) {
+    constexpr int VO = 16 / int(sizeof(T));
+    const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;
+    const int ngroups_l = __ffs(kUtBN) - 1 - lg;
+    for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
+      const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
+      if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;
+      const float b = row_bias[r0];
+      float v[VO];
+#pragma unroll
+      for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
+      auto word = [&](int j) -> uint32_t {
+        if constexpr (std::is_same<T, float>::value) {
+          return __float_as_uint(v[j]);
+        } else if constexpr (std::is_same<T, at::BFloat16>::value) {
+          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+          return *reinterpret_cast<const uint32_t*>(&h);
+        } else {
+          const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+          return *reinterpret_cast<const uint32_t*>(&h);
+        }
+      };
+      const uint4 out = make_uint4(word(0), word(1), word(2), word(3));
+      *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
+    }
+    return;
+  }
   const int kw = int(P.k[2]);
   const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
   int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
   const int Do = int(P.out[0]);
-  T* __restrict__ y = static_cast<T*>(prm.y);
   for (; rg * kw < kUtBM;) {
     const int r = rg * kw + rw;
     if (r < kUtBM) {
@@ -2641,6 +2674,19 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
 }
 static std::atomic<int64_t> g_unit_tap_launches{0};
 int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
+static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
+int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
+int unit_tap_vec_out(const Problem& P, const at::Tensor& y, int vo) {
+  static const int enabled = env_int("CT3D_UT_VEC_OUT", 1);
+  const int64_t kw = P.k[2];
+  if (enabled == 0 || P.yl.v != 1 || P.p[0] || P.p[1] || P.p[2] || kw > vo || vo % kw != 0 ||
+      P.in[2] % (vo / kw) != 0 || P.out[2] % vo != 0 || P.yl.c % vo != 0 || P.yl.n % vo != 0 ||
+      reinterpret_cast<uintptr_t>(y.data_ptr()) % 16 != 0)
+    return -1;
+  int l = 0;
+  while ((int64_t(1) << l) < kw) ++l;
+  return l;
+}
 bool unit_tap_fits(const Problem& P) {
   for (int e = 0; e < 3; ++e)
     if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
@@ -2676,6 +2722,8 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   prm.crop = P.p[0] > 0 || P.p[1] > 0 || P.p[2] > 0;
   prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  prm.vec_out_lkw = unit_tap_vec_out(P, y, S::VEC);
+  if (prm.vec_out_lkw >= 0) ++g_unit_tap_vec_out_launches;
   auto kernel = unit_tap_fwd_kernel<T>;
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);

@@ -530,11 +530,17 @@ def test_unit_tap_forward(case, mode, layout):
     gradients against float64."""
     ext = mn.load_extension()
     cfg = UNIT_TAP_CASES[case]
-    before = ext.unit_tap_launches()
+    before = ext.unit_tap_launches(), ext.unit_tap_vec_out_launches()
     check_against_truth(cfg, mode, layout=layout)
-    took = ext.unit_tap_launches() > before
+    took = ext.unit_tap_launches() > before[0]
     expect = mode in ("fp16", "bf16") or (mode == "fp32_tf32" and cfg["groups"] == 1)
     assert took == expect, f"{case} [{mode}]: unit-tap forward taken: {took}"
+    # 16-byte epilogue stores: NCDHW output, no padding, input width a multiple of a store's
+    # voxels (16 bytes / kw outputs): the cases below; odd widths and padding take the
+    # per-element stores
+    vec = ext.unit_tap_vec_out_launches() > before[1]
+    expect_vec = took and layout == "contiguous" and case in ("unet_k2", "groups", "pointwise")
+    assert vec == expect_vec, f"{case} [{mode}, {layout}]: 16-byte epilogue taken: {vec}"
 
 
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str):

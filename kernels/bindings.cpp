@@ -24,6 +24,7 @@ int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
+int64_t unit_tap_vec_out_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -44,4 +45,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: wgrad_wg_kernel launches with a one-plane window (CT3D_WGRAD_ONE_PLANE)");
   m.def("unit_tap_launches", &ct3d::unit_tap_launches,
         "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
+  m.def("unit_tap_vec_out_launches", &ct3d::unit_tap_vec_out_launches,
+        "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
 }

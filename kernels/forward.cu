@@ -31,6 +31,9 @@
 #include "window_tc.cuh"
 #include "window_wg.cuh"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <atomic>
 
 namespace ct3d {
@@ -361,6 +364,7 @@ struct UnitTapParams {
   int64_t Mg, Mpad, Kpad;
   int vec;   // x by 16-byte pieces: NCDHW, voxels a multiple of VEC, aligned
   int crop;  // padding > 0: some taps' outputs fall outside y (checked in the epilogue)
+  int vec_out_lkw;  // log2 kw where the epilogue stores 16 bytes at a time (unit_tap_vec_out), else -1
 };
 
 // Wt[g][m][k] = w[g*Cin/G + k][m] (m = (co, tap): w's inner index), 0 past Mg or Cin/G;
@@ -563,13 +567,46 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
       }
   __syncthreads();
+  T* __restrict__ y = static_cast<T*>(prm.y);
+  if (prm.vec_out_lkw >= 0) {
+    // 16-byte stores (prm.vec_out_lkw = log2 kw; unit_tap_vec_out says where): a segment is
+    // the VO = 16 / sizeof(T) consecutive outputs of one output row that the kw rows of a
+    // row group rg = (co, rd, rh) give for Gv = VO / kw consecutive voxels of one input row:
+    // output j = D[rg * kw + j % kw][c0 + j / kw]. Consecutive threads take consecutive
+    // voxel groups (along output w). The per-element loop below spends ~40 instructions
+    // an output, which bounded the kernel (NOTES.md, unit-tap forward).
+    constexpr int VO = 16 / int(sizeof(T));
+    const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;  // log2 kw, log2 Gv
+    const int ngroups_l = __ffs(kUtBN) - 1 - lg;                  // log2 of the voxel groups a tile
+    for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
+      const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
+      if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;  // rows of a group and voxels of a group are valid together
+      const float b = row_bias[r0];
+      float v[VO];
+#pragma unroll
+      for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
+      auto word = [&](int j) -> uint32_t {  // outputs 2j, 2j + 1 (16-bit) or j (fp32), rounded once
+        if constexpr (std::is_same<T, float>::value) {
+          return __float_as_uint(v[j]);
+        } else if constexpr (std::is_same<T, at::BFloat16>::value) {
+          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+          return *reinterpret_cast<const uint32_t*>(&h);
+        } else {
+          const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+          return *reinterpret_cast<const uint32_t*>(&h);
+        }
+      };
+      const uint4 out = make_uint4(word(0), word(1), word(2), word(3));
+      *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
+    }
+    return;
+  }
   // Element e = ((row group rg) * BN + c) * kw + rw, row r = rg * kw + rw: consecutive
   // threads along (c, rw), i.e. along output w. Walked with counters, not divisions.
   const int kw = int(P.k[2]);
   const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
   int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
   const int Do = int(P.out[0]);
-  T* __restrict__ y = static_cast<T*>(prm.y);
   for (; rg * kw < kUtBM;) {
     const int r = rg * kw + rw;
     if (r < kUtBM) {
@@ -597,6 +634,26 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
 // (A/B against the window kernel), or a grid past CUDA's limits.
 static std::atomic<int64_t> g_unit_tap_launches{0};
 int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
+
+static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
+int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
+
+// log2 kw where the epilogue can store 16 bytes (vo outputs) at a time, else -1: y in NCDHW
+// (output w contiguous) and 16-byte aligned rows, no padding (no output cropped: with
+// op <= p, no output_padding either), kw a power of two dividing vo, and the input width a
+// multiple of vo / kw (a store's voxels in one input row and one tile). CT3D_UT_VEC_OUT=0
+// turns it off (A/B).
+int unit_tap_vec_out(const Problem& P, const at::Tensor& y, int vo) {
+  static const int enabled = env_int("CT3D_UT_VEC_OUT", 1);
+  const int64_t kw = P.k[2];
+  if (enabled == 0 || P.yl.v != 1 || P.p[0] || P.p[1] || P.p[2] || kw > vo || vo % kw != 0 ||
+      P.in[2] % (vo / kw) != 0 || P.out[2] % vo != 0 || P.yl.c % vo != 0 || P.yl.n % vo != 0 ||
+      reinterpret_cast<uintptr_t>(y.data_ptr()) % 16 != 0)
+    return -1;
+  int l = 0;
+  while ((int64_t(1) << l) < kw) ++l;
+  return l;
+}
 
 bool unit_tap_fits(const Problem& P) {
   for (int e = 0; e < 3; ++e)
@@ -634,6 +691,8 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   prm.crop = P.p[0] > 0 || P.p[1] > 0 || P.p[2] > 0;
   prm.vec = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
+  prm.vec_out_lkw = unit_tap_vec_out(P, y, S::VEC);
+  if (prm.vec_out_lkw >= 0) ++g_unit_tap_vec_out_launches;
   auto kernel = unit_tap_fwd_kernel<T>;
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
