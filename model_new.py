@@ -47,7 +47,7 @@ EXTENSION_NAME = "ct3d_ext"
 # >>> kernel sources (bundle.py replaces this block with the sources inlined as strings)
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 # Order matters: the shared header first, then one file per job, then the host API.
-CUDA_FILES = ("common.cuh", "window_tc.cuh", "window_wg.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
+CUDA_FILES = ("common.cuh", "window_tc.cuh", "window_wg.cuh", "unit_tap.cuh", "forward.cu", "grad_input.cu", "grad_weight.cu",
               "direct.cu", "api.cu")
 CPP_FILES = ("bindings.cpp",)
 _LOCAL_INCLUDE = re.compile(r'^#include "(\w+\.cuh)"$', re.MULTILINE)

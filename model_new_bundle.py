@@ -27,6 +27,7 @@ int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
+int64_t unit_tap_dgrad_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -48,6 +49,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
   m.def("unit_tap_vec_out_launches", &ct3d::unit_tap_vec_out_launches,
         "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
+  m.def("unit_tap_dgrad_launches", &ct3d::unit_tap_dgrad_launches,
+        "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2204,6 +2207,144 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
 }
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+namespace ct3d {
+constexpr int kUtBM = 128, kUtBN = 64, kUtBK = 32, kUtThreads = 256;
+constexpr int kUtWarpsN = 2, kUtMI = 2;
+static_assert(kUtBN == 32 * kUtWarpsN && kUtBM == 16 * kUtMI * (kUtThreads / 32 / kUtWarpsN),
+              "unit-tap kernels: warp tiles of 32 x 32 cover the block tile");
+static_assert(kUtThreads >= kUtBM + kUtBN, "unit-tap kernels: a thread a table row");
+template <typename T>
+struct UtShape {
+  static constexpr bool k16 = !std::is_same<T, float>::value;
+  static constexpr int APitch = kUtBK + (k16 ? 8 : 4);
+  static constexpr int BPitch = kUtBN + 8;
+  static constexpr int ABytes = kUtBM * APitch * int(sizeof(T));
+  static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
+  static constexpr int DPitch = kUtBN + 8;
+  static constexpr int DBytes = kUtBM * DPitch * 4;
+  static constexpr int Stages = k16 ? 4 : 3;
+  static constexpr int Smem = Stages * StageBytes > DBytes ? Stages * StageBytes : DBytes;
+  static constexpr int VEC = 16 / int(sizeof(T));
+  static constexpr int BPer = kUtBK * kUtBN / kUtThreads;
+};
+inline bool unit_tap_fits(const Problem& P) {
+  for (int e = 0; e < 3; ++e)
+    if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
+  return true;
+}
+inline int unit_tap_vec_out(const Problem& P, const at::Tensor& t, int vo) {
+  static const int enabled = env_int("CT3D_UT_VEC_OUT", 1);
+  const int64_t kw = P.k[2];
+  if (enabled == 0 || P.yl.v != 1 || P.p[0] || P.p[1] || P.p[2] || kw > vo || vo % kw != 0 ||
+      P.in[2] % (vo / kw) != 0 || P.out[2] % vo != 0 || P.yl.c % vo != 0 || P.yl.n % vo != 0 ||
+      reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0)
+    return -1;
+  int l = 0;
+  while ((int64_t(1) << l) < kw) ++l;
+  return l;
+}
+template <typename T>
+__global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t gstride,
+                                       int64_t ms, int64_t ks, int64_t Mg, int64_t Kg, int64_t Mpad, int64_t Kpad) {
+  const int64_t total = G * Mpad * Kpad;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = idx % Kpad, m = (idx / Kpad) % Mpad, g = idx / (Kpad * Mpad);
+    T v = T(0);
+    if (m < Mg && k < Kg) v = w[g * gstride + m * ms + k * ks];
+    if constexpr (std::is_same<T, float>::value) v = round_tf32(v);
+    wt[idx] = v;
+  }
+}
+__device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int (&col_o)[3][kUtBN], int c) {
+  if (v >= P.in_vol()) {
+    col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
+    return 0;
+  }
+  const int H = int(P.in[1]), W = int(P.in[2]);
+  const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+  const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]), ow = iw * int(P.s[2]) - int(P.p[2]);
+  col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
+  return ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v;
+}
+template <typename T>
+__device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const unsigned char* stage, int wm, int wn,
+                                             int lane) {
+  using S = UtShape<T>;
+  const int gq = lane >> 2, tq = lane & 3;
+  const unsigned char* as = stage;
+  const unsigned char* bs = stage + S::ABytes;
+  if constexpr (S::k16) {
+#pragma unroll
+    for (int ks = 0; ks < kUtBK / 16; ++ks) {
+      uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+      for (int mi = 0; mi < kUtMI; ++mi)
+        ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+        uint32_t r[4];
+        ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
+                                            nj * 16 + (lane >> 4) * 8) * 2));
+        b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_k16<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+    }
+  } else {
+    const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
+    const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
+#pragma unroll
+    for (int ks = 0; ks < kUtBK / 8; ++ks) {
+      uint32_t a[kUtMI][4], b[4][2];
+#pragma unroll
+      for (int mi = 0; mi < kUtMI; ++mi) {
+        const uint32_t* ar = au + (wm * 16 * kUtMI + mi * 16 + gq) * S::APitch + ks * 8 + tq;
+        a[mi][0] = ar[0], a[mi][1] = ar[8 * S::APitch], a[mi][2] = ar[4], a[mi][3] = ar[8 * S::APitch + 4];
+      }
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+        const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
+        b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
+      }
+#pragma unroll
+      for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
+    }
+  }
+}
+__device__ __forceinline__ void ut_acc_to_smem(float* ds, int pitch, const float (&acc)[kUtMI][4][4], int wm, int wn,
+                                               int lane) {
+  const int gq = lane >> 2, tq = lane & 3;
+#pragma unroll
+  for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = wm * 16 * kUtMI + mi * 16 + gq + 8 * h, c = wn * 32 + ni * 8 + 2 * tq;
+        *reinterpret_cast<float2*>(ds + r * pitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+      }
+}
+template <typename T>
+__device__ __forceinline__ uint4 ut_pack16(const float (&v)[16 / sizeof(T)]) {
+  auto word = [&](int j) -> uint32_t {
+    if constexpr (std::is_same<T, float>::value) {
+      return __float_as_uint(v[j]);
+    } else if constexpr (std::is_same<T, at::BFloat16>::value) {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
+      return *reinterpret_cast<const uint32_t*>(&h);
+    } else {
+      const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+      return *reinterpret_cast<const uint32_t*>(&h);
+    }
+  };
+  return make_uint4(word(0), word(1), word(2), word(3));
+}
+}
 #include <atomic>
 namespace ct3d {
 template <typename T>
@@ -2415,25 +2556,6 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
   }
 #endif
 }
-constexpr int kUtBM = 128, kUtBN = 64, kUtBK = 32, kUtThreads = 256;
-constexpr int kUtWarpsN = 2, kUtMI = 2;
-static_assert(kUtBN == 32 * kUtWarpsN && kUtBM == 16 * kUtMI * (kUtThreads / 32 / kUtWarpsN),
-              "unit_tap_fwd_kernel: warp tiles of 32 x 32 cover the block tile");
-static_assert(kUtThreads >= kUtBM + kUtBN, "unit_tap_fwd_kernel: a thread a table row");
-template <typename T>
-struct UtShape {
-  static constexpr bool k16 = !std::is_same<T, float>::value;
-  static constexpr int APitch = kUtBK + (k16 ? 8 : 4);
-  static constexpr int BPitch = kUtBN + 8;
-  static constexpr int ABytes = kUtBM * APitch * int(sizeof(T));
-  static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
-  static constexpr int DPitch = kUtBN + 8;
-  static constexpr int DBytes = kUtBM * DPitch * 4;
-  static constexpr int Stages = k16 ? 4 : 3;
-  static constexpr int Smem = Stages * StageBytes > DBytes ? Stages * StageBytes : DBytes;
-  static constexpr int VEC = 16 / int(sizeof(T));
-  static constexpr int BPer = kUtBK * kUtBN / kUtThreads;
-};
 struct UnitTapParams {
   const void* x;
   const void* wt;
@@ -2446,19 +2568,6 @@ struct UnitTapParams {
   int vec_out_lkw;
 };
 template <typename T>
-__global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
-                                       int64_t cin_g, int64_t Mpad, int64_t Kpad) {
-  const int64_t total = G * Mpad * Kpad;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = idx % Kpad, m = (idx / Kpad) % Mpad, g = idx / (Kpad * Mpad);
-    T v = T(0);
-    if (m < Mg && k < cin_g) v = w[(g * cin_g + k) * Mg + m];
-    if constexpr (std::is_same<T, float>::value) v = round_tf32(v);
-    wt[idx] = v;
-  }
-}
-template <typename T>
 __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
@@ -2468,7 +2577,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   __shared__ float row_bias[kUtBM];
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN, gq = lane >> 2, tq = lane & 3;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
   const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
@@ -2487,17 +2596,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     }
   } else if (tid - kUtBM < kUtBN) {
     const int c = tid - kUtBM;
-    const int64_t v = v0 + c;
-    if (v < vol) {
-      const int H = int(P.in[1]), W = int(P.in[2]);
-      const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
-      const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]),
-                ow = iw * int(P.s[2]) - int(P.p[2]);
-      col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
-      col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ((int64_t(od) * Ho + oh) * Wo + ow) * P.yl.v;
-    } else {
-      col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
-    }
+    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0 + c, col_o, c);
   }
   const T* __restrict__ x = static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
@@ -2550,13 +2649,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       }
     }
   };
-  float acc[kUtMI][4][4];
-#pragma unroll
-  for (int i = 0; i < kUtMI; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  float acc[kUtMI][4][4] = {};
   for (int s = 0; s < S::Stages - 1; ++s) {
     if (s < nk) load_stage(s, s);
     cp_async_commit();
@@ -2568,62 +2661,12 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     __syncthreads();
     if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
     cp_async_commit();
-    const unsigned char* as = smem + buf * S::StageBytes;
-    const unsigned char* bs = as + S::ABytes;
-    if constexpr (k16) {
-#pragma unroll
-      for (int ks = 0; ks < kUtBK / 16; ++ks) {
-        uint32_t a[kUtMI][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-          ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
-#pragma unroll
-        for (int nj = 0; nj < 2; ++nj) {
-          uint32_t r[4];
-          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
-                                              nj * 16 + (lane >> 4) * 8) * 2));
-          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
-        }
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_k16<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-      }
-    } else {
-      const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
-      const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
-#pragma unroll
-      for (int ks = 0; ks < kUtBK / 8; ++ks) {
-        uint32_t a[kUtMI][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi) {
-          const uint32_t* ar = au + (wm * 16 * kUtMI + mi * 16 + gq) * S::APitch + ks * 8 + tq;
-          a[mi][0] = ar[0], a[mi][1] = ar[8 * S::APitch], a[mi][2] = ar[4], a[mi][3] = ar[8 * S::APitch + 4];
-        }
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-          const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
-          b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
-        }
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-      }
-    }
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
   }
   cp_async_wait(0);
   __syncthreads();
   float* ds = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = wm * 16 * kUtMI + mi * 16 + gq + 8 * h, c = wn * 32 + ni * 8 + 2 * tq;
-        *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
-      }
+  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
   __syncthreads();
   T* __restrict__ y = static_cast<T*>(prm.y);
   if (prm.vec_out_lkw >= 0) {
@@ -2637,18 +2680,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       float v[VO];
 #pragma unroll
       for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
-      auto word = [&](int j) -> uint32_t {
-        if constexpr (std::is_same<T, float>::value) {
-          return __float_as_uint(v[j]);
-        } else if constexpr (std::is_same<T, at::BFloat16>::value) {
-          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-          return *reinterpret_cast<const uint32_t*>(&h);
-        } else {
-          const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-          return *reinterpret_cast<const uint32_t*>(&h);
-        }
-      };
-      const uint4 out = make_uint4(word(0), word(1), word(2), word(3));
+      const uint4 out = ut_pack16<T>(v);
       *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
     }
     return;
@@ -2676,22 +2708,6 @@ static std::atomic<int64_t> g_unit_tap_launches{0};
 int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
 static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
 int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
-int unit_tap_vec_out(const Problem& P, const at::Tensor& y, int vo) {
-  static const int enabled = env_int("CT3D_UT_VEC_OUT", 1);
-  const int64_t kw = P.k[2];
-  if (enabled == 0 || P.yl.v != 1 || P.p[0] || P.p[1] || P.p[2] || kw > vo || vo % kw != 0 ||
-      P.in[2] % (vo / kw) != 0 || P.out[2] % vo != 0 || P.yl.c % vo != 0 || P.yl.n % vo != 0 ||
-      reinterpret_cast<uintptr_t>(y.data_ptr()) % 16 != 0)
-    return -1;
-  int l = 0;
-  while ((int64_t(1) << l) < kw) ++l;
-  return l;
-}
-bool unit_tap_fits(const Problem& P) {
-  for (int e = 0; e < 3; ++e)
-    if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
-  return true;
-}
 template <typename T>
 bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                       const Problem& P, bool tf32) {
@@ -2707,7 +2723,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
   if (wt.numel() > 0) {
     unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, Mg, P.cin_g(), Mpad, Kpad);
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   UnitTapParams prm{};
@@ -3012,6 +3028,182 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
     }
 #endif
 }
+struct UnitTapDgradParams {
+  const void* dy;
+  const void* wt;
+  void* dx;
+  Problem P;
+  int64_t Kg, Mpad, Kpad;
+  int vec_lkw;
+  int vec_out;
+};
+template <typename T>
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+  using S = UtShape<T>;
+  constexpr int VO = S::VEC;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ int col_o[3][kUtBN];
+  __shared__ int64_t col_off[kUtBN];
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g(), Kg = prm.Kg;
+  const int Do = int(P.out[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int kvol = int(P.kvol()), kh = int(P.k[1]), kw = int(P.k[2]);
+  if (tid < kUtBN) col_off[tid] = ut_col_table(P, v0 + tid, col_o, tid);
+  __syncthreads();
+  const T* __restrict__ dy = static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c;
+  const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
+  const int nk = int(prm.Kpad / kUtBK);
+  const uint32_t smem0 = smem_u32(smem);
+  auto copy_a = [&](int kk, int buf) {
+    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+#pragma unroll
+    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+      const int r = p / PPR, q = p % PPR;
+      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * VO, 16);
+    }
+    cp_async_commit();
+  };
+  auto gather_off = [&](int64_t m, int c) -> int64_t {
+    if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
+    const int co = int(m / kvol), t = int(m % kvol);
+    const int rd = t / (kh * kw), rh = (t / kw) % kh, rw = t % kw;
+    if (unsigned(col_o[0][c] + rd) >= unsigned(Do) || unsigned(col_o[1][c] + rh) >= unsigned(Ho) ||
+        unsigned(col_o[2][c] + rw) >= unsigned(Wo))
+      return -1;
+    return co * P.yl.c + col_off[c] + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
+  };
+  constexpr int NP = kUtBK * kUtBN / VO / kUtThreads;
+  uint32_t breg[4 * NP];
+  const int lkw = prm.vec_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;
+  const int ng_l = __ffs(kUtBN) - 1 - lg;
+  auto load_b = [&](int kk) {
+    if (lkw < 0) return;
+    const int64_t k0 = int64_t(kk) * kUtBK;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int p = tid + j * kUtThreads;
+      const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (off >= 0) v = *reinterpret_cast<const uint4*>(dy + off);
+      breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+    }
+  };
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto store_b = [&](int kk, int buf) {
+    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+    auto put = [&](int k, int c, uint32_t bits) {
+      if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
+      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(bits);
+    };
+    if (lkw >= 0) {
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int p = tid + j * kUtThreads, k = (p >> ng_l) << lkw, c0 = (p & ((1 << ng_l) - 1)) << lg;
+#pragma unroll
+        for (int e = 0; e < VO; ++e) {
+          const int i = j * VO + e;
+          const uint32_t bits = S::k16 ? (breg[i / 2] >> (16 * (i % 2))) & 0xffffu : breg[i];
+          put(k + (e & ((1 << lkw) - 1)), c0 + (e >> lkw), bits);
+        }
+      }
+    } else {
+      const int64_t k0 = int64_t(kk) * kUtBK;
+#pragma unroll 1
+      for (int e = tid; e < kUtBK * kUtBN; e += kUtThreads) {
+        const int64_t off = gather_off(k0 + e / kUtBN, e % kUtBN);
+        uint32_t bits = 0;
+        if (off >= 0) {
+          if constexpr (S::k16) bits = reinterpret_cast<const unsigned short*>(dy)[off];
+          else bits = reinterpret_cast<const uint32_t*>(dy)[off];
+        }
+        put(e / kUtBN, e % kUtBN, bits);
+      }
+    }
+  };
+  float acc[kUtMI][4][4] = {};
+  if (nk > 0) {
+    copy_a(0, 0);
+    load_b(0);
+    store_b(0, 0);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk & 1;
+    if (kk + 1 < nk) {
+      copy_a(kk + 1, buf ^ 1);
+      load_b(kk + 1);
+    }
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
+    if (kk + 1 < nk) store_b(kk + 1, buf ^ 1);
+    cp_async_wait(0);
+    __syncthreads();
+  }
+  float* ds = reinterpret_cast<float*>(smem);
+  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+  __syncthreads();
+  T* __restrict__ dx = static_cast<T*>(prm.dx) + n * P.xl.n + (int64_t(g) * cin_g + m0) * P.xl.c;
+  if (prm.vec_out) {
+    for (int seg = tid; seg < kUtBM * kUtBN / VO; seg += kUtThreads) {
+      const int r = seg / (kUtBN / VO), c0 = (seg % (kUtBN / VO)) * VO;
+      if (m0 + r >= cin_g || v0 + c0 >= vol) continue;
+      float v[VO];
+#pragma unroll
+      for (int j = 0; j < VO; ++j) v[j] = ds[r * S::DPitch + c0 + j];
+      *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
+    }
+  } else {
+    const bool cl = P.xl.c == 1;
+    for (int e = tid; e < kUtBM * kUtBN; e += kUtThreads) {
+      const int r = cl ? e % kUtBM : e / kUtBN, c = cl ? e / kUtBM : e % kUtBN;
+      if (m0 + r < cin_g && v0 + c < vol) dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(ds[r * S::DPitch + c]);
+    }
+  }
+}
+static std::atomic<int64_t> g_unit_tap_dgrad_launches{0};
+int64_t unit_tap_dgrad_launches() { return g_unit_tap_dgrad_launches.load(); }
+template <typename T>
+static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
+                                bool tf32) {
+  using S = UtShape<T>;
+  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", 0);
+  if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
+  if (at::cuda::getDeviceProperties(dy.get_device())->major < 8) return false;
+  const int64_t Kg = P.cout_g() * P.kvol();
+  const int64_t Mpad = (P.cin_g() + kUtBM - 1) / kUtBM * kUtBM, Kpad = (Kg + kUtBK - 1) / kUtBK * kUtBK;
+  const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
+  if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  UnitTapDgradParams prm{};
+  prm.dy = dy.data_ptr();
+  prm.wt = wt.data_ptr();
+  prm.dx = dx.data_ptr();
+  prm.P = P;
+  prm.Kg = Kg;
+  prm.Mpad = Mpad;
+  prm.Kpad = Kpad;
+  prm.vec_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
+                reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
+  constexpr int smem = 2 * S::StageBytes > S::DBytes ? 2 * S::StageBytes : S::DBytes;
+  auto kernel = unit_tap_dgrad_kernel<T>;
+  set_smem_limit(kernel, smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_unit_tap_dgrad_launches;
+  return true;
+}
 static std::atomic<int64_t> g_thin_dgrad_launches{0};
 int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
 template <typename T, int MW, bool SPLIT, int NSET = 1>
@@ -3076,7 +3268,9 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32, int64_t algo) {
-  if (algo != kTcMma && algo != kTcWgmma && grad_input_thin<T>(dy, w, dx, P, tf32)) return true;
+  if (algo != kTcMma && algo != kTcWgmma &&
+      (grad_input_thin<T>(dy, w, dx, P, tf32) || grad_input_unit_tap<T>(dy, w, dx, P, tf32)))
+    return true;
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
   return run_window_tc<T>(prm, dy, w, tf32, algo);
 }

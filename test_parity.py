@@ -543,25 +543,39 @@ def test_unit_tap_forward(case, mode, layout):
     assert vec == expect_vec, f"{case} [{mode}, {layout}]: 16-byte epilogue taken: {vec}"
 
 
-def run_opt_in(env_var: str, counter: str, cases, modes, what: str):
-    """Runs WGMMA_CASES `cases` in `modes` in a process of its own with `env_var`=1 (an
-    opt-in a process reads once), with outputs poisoned and all three gradients checked
-    against float64; each must take the opt-in path (the extension's `counter` grows)."""
+def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str = "WGMMA_CASES",
+               algo: str = "tc_wgmma", layouts=("contiguous",)):
+    """Runs `table`'s `cases` in `modes` and `layouts` in a process of its own with
+    `env_var`=1 (an opt-in a process reads once), with outputs poisoned and all three
+    gradients checked against float64; each must take the opt-in path (the extension's
+    `counter` grows)."""
     code = textwrap.dedent(f"""
         import model_new as mn, test_parity as tp
         ext = mn.load_extension()
         ext.set_poison(True)
         for case in {tuple(cases)!r}:
             for mode in {tuple(modes)!r}:
-                before = ext.{counter}()
-                tp.check_against_truth(tp.WGMMA_CASES[case], mode, algo="tc_wgmma")
-                assert ext.{counter}() > before, f"{{case}} [{{mode}}] did not take {what}"
+                for layout in {tuple(layouts)!r}:
+                    before = ext.{counter}()
+                    tp.check_against_truth(tp.{table}[case], mode, algo={algo!r}, layout=layout)
+                    assert ext.{counter}() > before, f"{{case}} [{{mode}}, {{layout}}] did not take {what}"
         print("opt-in cases passed")
     """)
     env = dict(os.environ, **{env_var: "1"})
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "opt-in cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
+
+
+@gpu
+def test_grad_input_unit_tap_opt_in():
+    """Grad input on unit_tap_dgrad_kernel (kernel size = stride; opt-in through
+    CT3D_UNIT_TAP_DGRAD=1, written without a GPU): every unit-tap case must take it in TF32,
+    fp16 and bf16, both layouts (dy by 16-byte pieces or element by element, dx stored
+    either way), and pass the contract."""
+    run_opt_in("CT3D_UNIT_TAP_DGRAD", "unit_tap_dgrad_launches", tuple(UNIT_TAP_CASES),
+               ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
+               layouts=("contiguous", "channels_last"))
 
 
 @gpu

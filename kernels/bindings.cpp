@@ -25,6 +25,7 @@ int64_t wgrad_cin_block_launches();
 int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
+int64_t unit_tap_dgrad_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -47,4 +48,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_fwd_kernel launches (forward, kernel size = stride) in this process");
   m.def("unit_tap_vec_out_launches", &ct3d::unit_tap_vec_out_launches,
         "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
+  m.def("unit_tap_dgrad_launches", &ct3d::unit_tap_dgrad_launches,
+        "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
 }

@@ -30,9 +30,7 @@
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "unit_tap.cuh"
 
 #include <atomic>
 
@@ -309,52 +307,25 @@ __global__ void __launch_bounds__(256, SPLIT ? 2 : 3) thin_fwd_kernel(const Thin
 // ============================================================================
 // The unit-tap forward: kernel size = stride, dilation 1 (U-Net upsampling)
 // ============================================================================
-// Where k = s in every dimension (and dilation 1 where k > 1), output voxel o receives
-// exactly one tap, r = (o + p) mod s, from input voxel (o + p) / s: the taps of one input
-// voxel write disjoint outputs. So the forward is one dense GEMM per (batch item, group),
-// with no window, no halo and no phase split (the window kernel ran such layers as 8
-// one-tap phases, each reading x again, at ~14 TFLOP/s):
+// Where k = s in every dimension (unit_tap.cuh), the forward is one dense GEMM per (batch
+// item, group), with no window, no halo and no phase split (the window kernel ran such
+// layers as 8 one-tap phases, each reading x again, at ~14 TFLOP/s):
 //   D[m][i] = sum_ci Wt[m][ci] * x[n, g*Cin/G + ci, i]
 //   M = Cout/G * kvol rows m = (co, rd, rh, rw) (w's own inner order), N = the input
 //   voxels i, K = Cin/G
 //   y[n, g*Cout/G + co, id*sd - pd + rd, ih*sh - ph + rh, iw*sw - pw + rw] = D[m][i] + bias[co]
-// where that output lies inside y. The taps cover outputs [-p, in*s - p), so every output
-// is written once when output_padding <= padding (unit_tap_fits; else the window kernel).
-// Tile: 128 rows x 64 voxels a block, K in steps of 32 channels, 8 warps as 4 (M) x 2 (N),
-// each 32 x 32 (2 m16 x 4 n8 MMA tiles, 32 accumulators a thread: 128 x 128 tiles needed
-// 64 and spilled at two blocks an SM). Shared memory: As[m][k] (Wt, K contiguous, made once a call by unit_tap_weight_kernel: rows and
-// K zero-padded, TF32-rounded) and Bs[k][i] (x as NCDHW lays it out, voxels contiguous),
-// both by cp.async in a ring of Stages buffers (x rounded to TF32 in place by the thread
-// that copied it; channels_last_3d or unaligned x element by element, rounded on the way):
-// the kernel is memory-bound, and a two-buffer register prefetch left one memory latency
-// a K step exposed (NOTES.md, unit-tap forward). Fragments: 16-bit, A by ldmatrix and B by
-// ldmatrix.trans (m16n8k16); TF32, both by 32-bit loads (m16n8k8). The pitches (K + 8 or
-// + 4 elements, 64 + 8) keep all of them conflict-free. Epilogue: D through shared memory
-// (it reuses the stage buffers), then each thread stores along output w: consecutive
-// threads take consecutive (input w, tap rw) of one (co, rd, rh) row, which in NCDHW are
-// consecutive outputs; the address is a row part plus a column part, from tables made
-// once a block. fp32 strict is not here (the window kernel's 3xTF32 runs it).
-constexpr int kUtBM = 128, kUtBN = 64, kUtBK = 32, kUtThreads = 256;
-constexpr int kUtWarpsN = 2, kUtMI = 2;  // warps along N; m16 tiles a warp (warp tile 32 x 32)
-static_assert(kUtBN == 32 * kUtWarpsN && kUtBM == 16 * kUtMI * (kUtThreads / 32 / kUtWarpsN),
-              "unit_tap_fwd_kernel: warp tiles of 32 x 32 cover the block tile");
-static_assert(kUtThreads >= kUtBM + kUtBN, "unit_tap_fwd_kernel: a thread a table row");
-
-template <typename T>
-struct UtShape {
-  static constexpr bool k16 = !std::is_same<T, float>::value;
-  static constexpr int APitch = kUtBK + (k16 ? 8 : 4);  // elements
-  static constexpr int BPitch = kUtBN + 8;              // elements
-  static constexpr int ABytes = kUtBM * APitch * int(sizeof(T));
-  static constexpr int StageBytes = ABytes + kUtBK * BPitch * int(sizeof(T));
-  static constexpr int DPitch = kUtBN + 8;  // floats
-  static constexpr int DBytes = kUtBM * DPitch * 4;
-  static constexpr int Stages = k16 ? 4 : 3;  // cp.async ring: 59 KB (16-bit), 83 KB (fp32)
-  static constexpr int Smem = Stages * StageBytes > DBytes ? Stages * StageBytes : DBytes;
-  static constexpr int VEC = 16 / int(sizeof(T));                 // elements of a 16-byte piece
-  static constexpr int BPer = kUtBK * kUtBN / kUtThreads;         // x elements a thread a step
-};
-
+// where that output lies inside y (padding crops).
+// Stages: As[m][k] (Wt) and Bs[k][i] (x as NCDHW lays it out, voxels contiguous), both by
+// cp.async in a ring of Stages buffers (x rounded to TF32 in place by the thread that copied
+// it; channels_last_3d or unaligned x element by element, rounded on the way).
+// Epilogue: D through shared memory (it reuses the stage buffers), then 16-byte stores
+// where y is NCDHW and nothing is cropped (unit_tap_vec_out): a thread writes the outputs
+// that the kw rows of a row group (co, rd, rh) give for 16 bytes / kw consecutive voxels.
+// Else one output at a time, consecutive threads along (input w, tap rw) of one row group,
+// i.e. consecutive outputs in NCDHW; the address is a row part plus a column part, from
+// tables made once a block. The per-element stores cost ~40 instructions an output and
+// bounded the kernel at a tenth of copy bandwidth (NOTES.md, unit-tap forward).
+// fp32 strict is not here (the window kernel's 3xTF32 runs it).
 struct UnitTapParams {
   const void* x;
   const void* wt;    // [G][Mpad][Kpad]
@@ -366,22 +337,6 @@ struct UnitTapParams {
   int crop;  // padding > 0: some taps' outputs fall outside y (checked in the epilogue)
   int vec_out_lkw;  // log2 kw where the epilogue stores 16 bytes at a time (unit_tap_vec_out), else -1
 };
-
-// Wt[g][m][k] = w[g*Cin/G + k][m] (m = (co, tap): w's inner index), 0 past Mg or Cin/G;
-// TF32-rounded for fp32.
-template <typename T>
-__global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ wt, int64_t G, int64_t Mg,
-                                       int64_t cin_g, int64_t Mpad, int64_t Kpad) {
-  const int64_t total = G * Mpad * Kpad;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = idx % Kpad, m = (idx / Kpad) % Mpad, g = idx / (Kpad * Mpad);
-    T v = T(0);
-    if (m < Mg && k < cin_g) v = w[(g * cin_g + k) * Mg + m];
-    if constexpr (std::is_same<T, float>::value) v = round_tf32(v);
-    wt[idx] = v;
-  }
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
@@ -395,7 +350,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   __shared__ float row_bias[kUtBM];
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN, gq = lane >> 2, tq = lane & 3;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
   const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
@@ -416,17 +371,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     }
   } else if (tid - kUtBM < kUtBN) {
     const int c = tid - kUtBM;
-    const int64_t v = v0 + c;
-    if (v < vol) {
-      const int H = int(P.in[1]), W = int(P.in[2]);
-      const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
-      const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]),
-                ow = iw * int(P.s[2]) - int(P.p[2]);
-      col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
-      col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ((int64_t(od) * Ho + oh) * Wo + ow) * P.yl.v;
-    } else {
-      col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
-    }
+    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0 + c, col_o, c);
   }
 
   // ---- stage copies ----
@@ -490,13 +435,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   };
 
   // ---- K loop: stages kk + 1 .. kk + Stages - 1 in flight while stage kk is multiplied ----
-  float acc[kUtMI][4][4];
-#pragma unroll
-  for (int i = 0; i < kUtMI; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  float acc[kUtMI][4][4] = {};
   for (int s = 0; s < S::Stages - 1; ++s) {
     if (s < nk) load_stage(s, s);
     cp_async_commit();
@@ -508,64 +447,14 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
     if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
     cp_async_commit();
-    const unsigned char* as = smem + buf * S::StageBytes;
-    const unsigned char* bs = as + S::ABytes;
-    if constexpr (k16) {
-#pragma unroll
-      for (int ks = 0; ks < kUtBK / 16; ++ks) {
-        uint32_t a[kUtMI][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-          ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
-#pragma unroll
-        for (int nj = 0; nj < 2; ++nj) {
-          uint32_t r[4];
-          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
-                                              nj * 16 + (lane >> 4) * 8) * 2));
-          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
-        }
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_k16<T>(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-      }
-    } else {
-      const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
-      const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
-#pragma unroll
-      for (int ks = 0; ks < kUtBK / 8; ++ks) {
-        uint32_t a[kUtMI][4], b[4][2];
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi) {
-          const uint32_t* ar = au + (wm * 16 * kUtMI + mi * 16 + gq) * S::APitch + ks * 8 + tq;
-          a[mi][0] = ar[0], a[mi][1] = ar[8 * S::APitch], a[mi][2] = ar[4], a[mi][3] = ar[8 * S::APitch + 4];
-        }
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-          const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
-          b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
-        }
-#pragma unroll
-        for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) mma_tf32(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
-      }
-    }
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
   }
   cp_async_wait(0);
   __syncthreads();  // every copy is in and every warp done with the stages: they become D
 
   // ---- epilogue: D to shared memory (in the stage buffers) ----
   float* ds = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int mi = 0; mi < kUtMI; ++mi)
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = wm * 16 * kUtMI + mi * 16 + gq + 8 * h, c = wn * 32 + ni * 8 + 2 * tq;
-        *reinterpret_cast<float2*>(ds + r * S::DPitch + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
-      }
+  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
   __syncthreads();
   T* __restrict__ y = static_cast<T*>(prm.y);
   if (prm.vec_out_lkw >= 0) {
@@ -585,18 +474,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       float v[VO];
 #pragma unroll
       for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
-      auto word = [&](int j) -> uint32_t {  // outputs 2j, 2j + 1 (16-bit) or j (fp32), rounded once
-        if constexpr (std::is_same<T, float>::value) {
-          return __float_as_uint(v[j]);
-        } else if constexpr (std::is_same<T, at::BFloat16>::value) {
-          const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-          return *reinterpret_cast<const uint32_t*>(&h);
-        } else {
-          const __half2 h = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-          return *reinterpret_cast<const uint32_t*>(&h);
-        }
-      };
-      const uint4 out = make_uint4(word(0), word(1), word(2), word(3));
+      const uint4 out = ut_pack16<T>(v);
       *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
     }
     return;
@@ -638,29 +516,6 @@ int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
 static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
 int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
 
-// log2 kw where the epilogue can store 16 bytes (vo outputs) at a time, else -1: y in NCDHW
-// (output w contiguous) and 16-byte aligned rows, no padding (no output cropped: with
-// op <= p, no output_padding either), kw a power of two dividing vo, and the input width a
-// multiple of vo / kw (a store's voxels in one input row and one tile). CT3D_UT_VEC_OUT=0
-// turns it off (A/B).
-int unit_tap_vec_out(const Problem& P, const at::Tensor& y, int vo) {
-  static const int enabled = env_int("CT3D_UT_VEC_OUT", 1);
-  const int64_t kw = P.k[2];
-  if (enabled == 0 || P.yl.v != 1 || P.p[0] || P.p[1] || P.p[2] || kw > vo || vo % kw != 0 ||
-      P.in[2] % (vo / kw) != 0 || P.out[2] % vo != 0 || P.yl.c % vo != 0 || P.yl.n % vo != 0 ||
-      reinterpret_cast<uintptr_t>(y.data_ptr()) % 16 != 0)
-    return -1;
-  int l = 0;
-  while ((int64_t(1) << l) < kw) ++l;
-  return l;
-}
-
-bool unit_tap_fits(const Problem& P) {
-  for (int e = 0; e < 3; ++e)
-    if (P.k[e] != P.s[e] || (P.k[e] > 1 && P.d[e] != 1) || P.op[e] > P.p[e]) return false;
-  return true;
-}
-
 template <typename T>
 bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                       const Problem& P, bool tf32) {
@@ -676,7 +531,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
   if (wt.numel() > 0) {
     unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, Mg, P.cin_g(), Mpad, Kpad);
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   UnitTapParams prm{};

@@ -13,12 +13,15 @@
 // MMAs. grad_input_tc: the tensor-core window convolution of window_tc.cuh with src = dy,
 // position multiplier s and tap offsets r*d - p, one sub-problem per group; the default
 // otherwise. grad_input_tiled: common.cuh's FFMA tile (blockIdx.z = g), the fallback where
-// the window does not fit in shared memory, and algo="tiled".
+// the window does not fit in shared memory, and algo="tiled". unit_tap_dgrad_kernel
+// (below, opt-in): where the kernel size is the stride, a plain GEMM over the input voxels.
 //
-// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, launchers.
+// Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, the unit-tap
+// kernel, launchers.
 #include "common.cuh"
 #include "window_tc.cuh"
 #include "window_wg.cuh"
+#include "unit_tap.cuh"
 
 #include <atomic>
 
@@ -260,8 +263,222 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 }
 
 // ============================================================================
+// The unit-tap grad input: kernel size = stride (unit_tap.cuh)
+// ============================================================================
+// Where k = s in every dimension, input voxel i reaches the kvol outputs i*s - p + r, one a
+// tap, so grad input is one GEMM per (batch item, group), no window and no dy pack:
+//   D[ci][i] = sum_m Wd[ci][m] * Gy[m][i],  m = (co, rd, rh, rw) (w's own inner order)
+//   Gy[m][i] = dy[n, g*Cout/G + co, i*s - p + r]   (0 where that lies outside dy: padding)
+//   M = Cin/G, N = the input voxels, K = Cout/G * kvol;  dx[n, g*Cin/G + ci, i] = D[ci][i]
+// Wd is w itself (K contiguous), zero-padded and rounded by unit_tap_weight_kernel; A by
+// cp.async. B, the gather of dy: where 16 bytes of a dy row are the kw taps of
+// 16 / sizeof(T) / kw consecutive voxels (unit_tap_vec_out's rule), one 16-byte load a
+// piece, through registers one K step ahead (every dy element is read once), scattered into
+// Bs rows (co, rd, rh, rw) for rw = 0..kw-1; else element by element, consecutive threads
+// along voxels. Epilogue: D through shared memory, then 16-byte stores of consecutive
+// voxels where dx is NCDHW and aligned, else one element at a time. Off by default until
+// measured on a GPU (CT3D_UNIT_TAP_DGRAD=1); fp32 strict is not here (the window kernel's
+// 3xTF32).
+struct UnitTapDgradParams {
+  const void* dy;
+  const void* wt;  // [G][Mpad][Kpad]
+  void* dx;
+  Problem P;
+  int64_t Kg, Mpad, Kpad;
+  int vec_lkw;  // log2 kw where dy is read by 16-byte pieces (unit_tap_vec_out), else -1
+  int vec_out;  // dx stored by 16-byte pieces
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+  using S = UtShape<T>;
+  constexpr int VO = S::VEC;  // elements of 16 bytes
+  extern __shared__ __align__(128) unsigned char smem[];
+  // Column tables: o = i*s - p per dimension of voxel v0 + c (far negative past the last
+  // voxel), and dy's offset of that (possibly outside) output position inside a channel.
+  __shared__ int col_o[3][kUtBN];
+  __shared__ int64_t col_off[kUtBN];
+  const Problem& P = prm.P;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g(), Kg = prm.Kg;
+  const int Do = int(P.out[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
+  const int kvol = int(P.kvol()), kh = int(P.k[1]), kw = int(P.k[2]);
+  if (tid < kUtBN) col_off[tid] = ut_col_table(P, v0 + tid, col_o, tid);
+  __syncthreads();  // the tables, before the first stage reads them
+
+  const T* __restrict__ dy = static_cast<const T*>(prm.dy) + n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c;
+  const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
+  const int nk = int(prm.Kpad / kUtBK);
+  const uint32_t smem0 = smem_u32(smem);
+  auto copy_a = [&](int kk, int buf) {  // the tile's 128 rows (ci) x 32 of K of Wd
+    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+#pragma unroll
+    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+      const int r = p / PPR, q = p % PPR;
+      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * VO, 16);
+    }
+    cp_async_commit();
+  };
+  // dy offset (inside the group's channel block) of tap row m's output for voxel column c,
+  // or -1 where m is past K or that output lies outside dy
+  auto gather_off = [&](int64_t m, int c) -> int64_t {
+    if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
+    const int co = int(m / kvol), t = int(m % kvol);
+    const int rd = t / (kh * kw), rh = (t / kw) % kh, rw = t % kw;
+    if (unsigned(col_o[0][c] + rd) >= unsigned(Do) || unsigned(col_o[1][c] + rh) >= unsigned(Ho) ||
+        unsigned(col_o[2][c] + rw) >= unsigned(Wo))
+      return -1;
+    return co * P.yl.c + col_off[c] + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
+  };
+  // B of step kk. 16-byte pieces (vec): into registers one step ahead (load_b), pieces
+  // p = tid + j * threads, row group p / (BN / Gv) (kw rows from k = its index * kw), voxels
+  // from c0 = (p % (BN / Gv)) * Gv; then scattered into Bs (store_b). Else element by
+  // element straight into Bs in store_b (the fallback: its latency is not hidden, and it
+  // keeps no registers across the MMAs), elements e = tid + j * threads at (e / BN, e % BN).
+  constexpr int NP = kUtBK * kUtBN / VO / kUtThreads;  // 16-byte pieces a thread a step
+  uint32_t breg[4 * NP];
+  const int lkw = prm.vec_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;  // log2 kw, log2 Gv
+  const int ng_l = __ffs(kUtBN) - 1 - lg;                                // log2 of the voxel groups a tile
+  auto load_b = [&](int kk) {
+    if (lkw < 0) return;
+    const int64_t k0 = int64_t(kk) * kUtBK;
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int p = tid + j * kUtThreads;
+      const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (off >= 0) v = *reinterpret_cast<const uint4*>(dy + off);
+      breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
+    }
+  };
+  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
+  auto store_b = [&](int kk, int buf) {
+    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+    auto put = [&](int k, int c, uint32_t bits) {  // one element (16-bit or fp32 bits) at Bs[k][c]
+      if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
+      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(bits);
+    };
+    if (lkw >= 0) {
+#pragma unroll
+      for (int j = 0; j < NP; ++j) {
+        const int p = tid + j * kUtThreads, k = (p >> ng_l) << lkw, c0 = (p & ((1 << ng_l) - 1)) << lg;
+#pragma unroll
+        for (int e = 0; e < VO; ++e) {
+          const int i = j * VO + e;  // element i of the registers: a 16-bit half or a word
+          const uint32_t bits = S::k16 ? (breg[i / 2] >> (16 * (i % 2))) & 0xffffu : breg[i];
+          put(k + (e & ((1 << lkw) - 1)), c0 + (e >> lkw), bits);
+        }
+      }
+    } else {
+      const int64_t k0 = int64_t(kk) * kUtBK;
+#pragma unroll 1
+      for (int e = tid; e < kUtBK * kUtBN; e += kUtThreads) {
+        const int64_t off = gather_off(k0 + e / kUtBN, e % kUtBN);
+        uint32_t bits = 0;
+        if (off >= 0) {
+          if constexpr (S::k16) bits = reinterpret_cast<const unsigned short*>(dy)[off];
+          else bits = reinterpret_cast<const uint32_t*>(dy)[off];
+        }
+        put(e / kUtBN, e % kUtBN, bits);
+      }
+    }
+  };
+
+  // ---- K loop: step kk + 1 copied (A) and loaded (B) while step kk is multiplied ----
+  float acc[kUtMI][4][4] = {};
+  if (nk > 0) {
+    copy_a(0, 0);
+    load_b(0);
+    store_b(0, 0);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk & 1;
+    if (kk + 1 < nk) {
+      copy_a(kk + 1, buf ^ 1);
+      load_b(kk + 1);
+    }
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
+    if (kk + 1 < nk) store_b(kk + 1, buf ^ 1);
+    cp_async_wait(0);
+    __syncthreads();  // step kk + 1 in; everyone done with step kk's buffer
+  }
+
+  // ---- epilogue: D to shared memory (in the stage buffers), then dx ----
+  float* ds = reinterpret_cast<float*>(smem);
+  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+  __syncthreads();
+  T* __restrict__ dx = static_cast<T*>(prm.dx) + n * P.xl.n + (int64_t(g) * cin_g + m0) * P.xl.c;
+  if (prm.vec_out) {
+    for (int seg = tid; seg < kUtBM * kUtBN / VO; seg += kUtThreads) {
+      const int r = seg / (kUtBN / VO), c0 = (seg % (kUtBN / VO)) * VO;
+      if (m0 + r >= cin_g || v0 + c0 >= vol) continue;  // vol is a multiple of VO here
+      float v[VO];
+#pragma unroll
+      for (int j = 0; j < VO; ++j) v[j] = ds[r * S::DPitch + c0 + j];
+      *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
+    }
+  } else {
+    const bool cl = P.xl.c == 1;  // channels_last_3d: consecutive threads along channels
+    for (int e = tid; e < kUtBM * kUtBN; e += kUtThreads) {
+      const int r = cl ? e % kUtBM : e / kUtBN, c = cl ? e / kUtBM : e % kUtBN;
+      if (m0 + r < cin_g && v0 + c < vol) dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(ds[r * S::DPitch + c]);
+    }
+  }
+}
+
+// ============================================================================
 // Launchers
 // ============================================================================
+
+// The unit-tap grad input (unit_tap_dgrad_kernel); false where it does not apply (see
+// unit_tap_fits; fp32 strict; a GPU older than sm_80; a grid past CUDA's limits) and unless
+// CT3D_UNIT_TAP_DGRAD=1 (off by default: written without a GPU, 2026-12-04).
+static std::atomic<int64_t> g_unit_tap_dgrad_launches{0};
+int64_t unit_tap_dgrad_launches() { return g_unit_tap_dgrad_launches.load(); }
+
+template <typename T>
+static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
+                                bool tf32) {
+  using S = UtShape<T>;
+  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", 0);
+  if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
+  if (at::cuda::getDeviceProperties(dy.get_device())->major < 8) return false;
+  const int64_t Kg = P.cout_g() * P.kvol();
+  const int64_t Mpad = (P.cin_g() + kUtBM - 1) / kUtBM * kUtBM, Kpad = (Kg + kUtBK - 1) / kUtBK * kUtBK;
+  const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
+  if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
+        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  UnitTapDgradParams prm{};
+  prm.dy = dy.data_ptr();
+  prm.wt = wt.data_ptr();
+  prm.dx = dx.data_ptr();
+  prm.P = P;
+  prm.Kg = Kg;
+  prm.Mpad = Mpad;
+  prm.Kpad = Kpad;
+  prm.vec_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
+                reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
+  constexpr int smem = 2 * S::StageBytes > S::DBytes ? 2 * S::StageBytes : S::DBytes;
+  auto kernel = unit_tap_dgrad_kernel<T>;
+  set_smem_limit(kernel, smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  ++g_unit_tap_dgrad_launches;
+  return true;
+}
 // thin_dgrad_kernel launches so far in this process (tests: that the thin cases take it).
 static std::atomic<int64_t> g_thin_dgrad_launches{0};
 int64_t thin_dgrad_launches() { return g_thin_dgrad_launches.load(); }
@@ -338,11 +555,14 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
 }
 
 // Tensor cores; false where the kernel does not fit (see run_window_tc). Thin groups take
-// thin_dgrad_kernel (except under kTcMma / kTcWgmma, which test the window kernels).
+// thin_dgrad_kernel, kernel size = stride unit_tap_dgrad_kernel where it is on (except under
+// kTcMma / kTcWgmma, which test the window kernels).
 template <typename T>
 bool grad_input_tc(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                    bool tf32, int64_t algo) {
-  if (algo != kTcMma && algo != kTcWgmma && grad_input_thin<T>(dy, w, dx, P, tf32)) return true;
+  if (algo != kTcMma && algo != kTcWgmma &&
+      (grad_input_thin<T>(dy, w, dx, P, tf32) || grad_input_unit_tap<T>(dy, w, dx, P, tf32)))
+    return true;
   const WinParams prm = win_params(kJobGradInput, nullptr, dx.data_ptr<T>(), P);
   return run_window_tc<T>(prm, dy, w, tf32, algo);
 }
