@@ -2256,6 +2256,33 @@ __global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ 
     wt[idx] = v;
   }
 }
+template <typename T>
+at::Tensor ut_arrange_weight(const at::Tensor& w, int64_t G, int64_t gstride, int64_t ms, int64_t ks, int64_t Mg,
+                             int64_t Kg, int64_t Mpad, int64_t Kpad) {
+  at::Tensor wt = at::empty({G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(w.data_ptr<T>(), wt.data_ptr<T>(), G, gstride, ms,
+                                                                    ks, Mg, Kg, Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return wt;
+}
+template <typename T>
+__device__ __forceinline__ uint32_t ut_stage_bits(uint32_t u) {
+  if constexpr (UtShape<T>::k16) return u;
+  else return __float_as_uint(round_tf32(__uint_as_float(u)));
+}
+template <typename T>
+__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid) {
+  using S = UtShape<T>;
+  constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
+#pragma unroll
+  for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+    const int r = p / PPR, q = p % PPR;
+    cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * Kpad + kk * kUtBK + q * S::VEC, 16);
+  }
+}
 __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int (&col_o)[3][kUtBN], int c) {
   if (v >= P.in_vol()) {
     col_o[0][c] = col_o[1][c] = col_o[2][c] = -(1 << 30);
@@ -2603,15 +2630,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   const bool cl = P.xl.c == 1;
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
   auto load_stage = [&](int kk, int buf) {
-    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
     const uint32_t dst = smem0 + buf * S::StageBytes;
-#pragma unroll
-    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
-      const int r = p / PPR, q = p % PPR;
-      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
-    }
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
     if (prm.vec) {
 #pragma unroll
@@ -2632,7 +2653,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         if constexpr (k16)
           reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = in ? reinterpret_cast<const unsigned short*>(x)[off] : 0;
         else
-          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? rnd(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? ut_stage_bits<T>(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
       }
     }
   };
@@ -2720,12 +2741,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
-  if (wt.numel() > 0) {
-    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
   UnitTapParams prm{};
   prm.x = x.data_ptr();
   prm.wt = wt.data_ptr();
@@ -3059,13 +3075,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   auto copy_a = [&](int kk, int buf) {
-    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
-    const uint32_t dst = smem0 + buf * S::StageBytes;
-#pragma unroll
-    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
-      const int r = p / PPR, q = p % PPR;
-      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * VO, 16);
-    }
+    ut_copy_a<T>(smem0 + buf * S::StageBytes, wt, prm.Kpad, kk, tid);
     cp_async_commit();
   };
   auto gather_off = [&](int64_t m, int c) -> int64_t {
@@ -3093,12 +3103,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
       breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
     }
   };
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
   auto store_b = [&](int kk, int buf) {
     unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
     auto put = [&](int k, int c, uint32_t bits) {
       if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
-      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(bits);
+      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = ut_stage_bits<T>(bits);
     };
     if (lkw >= 0) {
 #pragma unroll
@@ -3179,12 +3188,7 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
-  if (wt.numel() > 0) {
-    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
   UnitTapDgradParams prm{};
   prm.dy = dy.data_ptr();
   prm.wt = wt.data_ptr();

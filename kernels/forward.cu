@@ -385,15 +385,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   // where prm.vec, else one element at a time through registers (consecutive threads
   // along voxels in NCDHW, along channels in channels_last_3d; TF32-rounded on the way).
   const bool cl = P.xl.c == 1;
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
   auto load_stage = [&](int kk, int buf) {
-    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row of A
     const uint32_t dst = smem0 + buf * S::StageBytes;
-#pragma unroll
-    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
-      const int r = p / PPR, q = p % PPR;
-      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * S::VEC, 16);
-    }
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
     if (prm.vec) {
 #pragma unroll
@@ -414,7 +408,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         if constexpr (k16)
           reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = in ? reinterpret_cast<const unsigned short*>(x)[off] : 0;
         else
-          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? rnd(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
+          reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = in ? ut_stage_bits<T>(reinterpret_cast<const uint32_t*>(x)[off]) : 0u;
       }
     }
   };
@@ -528,12 +522,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
-  if (wt.numel() > 0) {
-    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Mg, 1, Mg, Mg, P.cin_g(), Mpad, Kpad);
   UnitTapParams prm{};
   prm.x = x.data_ptr();
   prm.wt = wt.data_ptr();

@@ -314,13 +314,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   auto copy_a = [&](int kk, int buf) {  // the tile's 128 rows (ci) x 32 of K of Wd
-    constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
-    const uint32_t dst = smem0 + buf * S::StageBytes;
-#pragma unroll
-    for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
-      const int r = p / PPR, q = p % PPR;
-      cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * prm.Kpad + kk * kUtBK + q * VO, 16);
-    }
+    ut_copy_a<T>(smem0 + buf * S::StageBytes, wt, prm.Kpad, kk, tid);
     cp_async_commit();
   };
   // dy offset (inside the group's channel block) of tap row m's output for voxel column c,
@@ -355,12 +349,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
       breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
     }
   };
-  auto rnd = [](uint32_t u) { return S::k16 ? u : __float_as_uint(round_tf32(__uint_as_float(u))); };
   auto store_b = [&](int kk, int buf) {
     unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
     auto put = [&](int k, int c, uint32_t bits) {  // one element (16-bit or fp32 bits) at Bs[k][c]
       if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
-      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = rnd(bits);
+      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = ut_stage_bits<T>(bits);
     };
     if (lkw >= 0) {
 #pragma unroll
@@ -454,12 +447,7 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
-  at::Tensor wt = at::empty({P.G * Mpad * Kpad}, w.options());
-  if (wt.numel() > 0) {
-    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0, stream>>>(
-        w.data_ptr<T>(), wt.data_ptr<T>(), P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
+  const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
   UnitTapDgradParams prm{};
   prm.dy = dy.data_ptr();
   prm.wt = wt.data_ptr();

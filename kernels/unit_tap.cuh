@@ -86,6 +86,41 @@ __global__ void unit_tap_weight_kernel(const T* __restrict__ w, T* __restrict__ 
   }
 }
 
+// The weight as the unit-tap kernels read it: unit_tap_weight_kernel into a new
+// [G][Mpad][Kpad] tensor (see there for gstride, ms, ks), on the current stream.
+template <typename T>
+at::Tensor ut_arrange_weight(const at::Tensor& w, int64_t G, int64_t gstride, int64_t ms, int64_t ks, int64_t Mg,
+                             int64_t Kg, int64_t Mpad, int64_t Kpad) {
+  at::Tensor wt = at::empty({G * Mpad * Kpad}, w.options());
+  if (wt.numel() > 0) {
+    unit_tap_weight_kernel<T><<<unsigned(std::min<int64_t>((wt.numel() + 255) / 256, 4096)), 256, 0,
+                                at::cuda::getCurrentCUDAStream()>>>(w.data_ptr<T>(), wt.data_ptr<T>(), G, gstride, ms,
+                                                                    ks, Mg, Kg, Mpad, Kpad);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return wt;
+}
+
+// The bits of one B element as staged: 16-bit as they are, fp32 rounded to TF32.
+template <typename T>
+__device__ __forceinline__ uint32_t ut_stage_bits(uint32_t u) {
+  if constexpr (UtShape<T>::k16) return u;
+  else return __float_as_uint(round_tf32(__uint_as_float(u)));
+}
+
+// A of K step kk (the block's 128 rows x 32 of K of the arranged weight, wt at the block's
+// first row) into the stage at dst, 16-byte pieces by cp.async, by all the block's threads.
+template <typename T>
+__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid) {
+  using S = UtShape<T>;
+  constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row
+#pragma unroll
+  for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+    const int r = p / PPR, q = p % PPR;
+    cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * Kpad + kk * kUtBK + q * S::VEC, 16);
+  }
+}
+
 // Column c of a unit-tap tile, input voxel v: where its tap 0 lands, o = i*s - p per
 // dimension, into col_o[e][c] (far negative past the last voxel, v >= vol); returns that
 // output position's offset inside one channel of an output-shaped tensor (layout P.yl).
