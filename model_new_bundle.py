@@ -28,6 +28,7 @@ int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
+int64_t unit_tap_dgrad_rows_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -51,6 +52,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
   m.def("unit_tap_dgrad_launches", &ct3d::unit_tap_dgrad_launches,
         "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
+  m.def("unit_tap_dgrad_rows_launches", &ct3d::unit_tap_dgrad_rows_launches,
+        "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2296,24 +2299,36 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
 }
 template <typename T>
 __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const unsigned char* stage, int wm, int wn,
-                                             int lane) {
+                                             int lane, int lkw = 0) {
   using S = UtShape<T>;
   const int gq = lane >> 2, tq = lane & 3;
   const unsigned char* as = stage;
   const unsigned char* bs = stage + S::ABytes;
+  const int kwm = (1 << lkw) - 1;
+  auto boff = [&](int k, int n) { return (((k >> lkw) * S::BPitch) << lkw) + (n << lkw) + (k & kwm); };
   if constexpr (S::k16) {
+    const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
+    const int l0 = boff(2 * tq, wn * 32 + gq) >> 1, l1 = boff(2 * tq + 8, wn * 32 + gq) >> 1;
 #pragma unroll
     for (int ks = 0; ks < kUtBK / 16; ++ks) {
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
         ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
+      if (lkw > 0) {
 #pragma unroll
-      for (int nj = 0; nj < 2; ++nj) {
-        uint32_t r[4];
-        ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
-                                            nj * 16 + (lane >> 4) * 8) * 2));
-        b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        for (int ni = 0; ni < 4; ++ni) {
+          const int o = ks * 8 * S::BPitch + ((ni * 4) << lkw);
+          b[ni][0] = bu[l0 + o], b[ni][1] = bu[l1 + o];
+        }
+      } else {
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
+                                              nj * 16 + (lane >> 4) * 8) * 2));
+          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        }
       }
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
@@ -2333,8 +2348,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
       }
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
-        const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
-        b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
+        const uint32_t* br = bu + ks * 8 * S::BPitch + ((ni * 8) << lkw);
+        b[ni][0] = br[boff(tq, wn * 32 + gq)], b[ni][1] = br[boff(tq + 4, wn * 32 + gq)];
       }
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
@@ -3050,7 +3065,7 @@ struct UnitTapDgradParams {
   void* dx;
   Problem P;
   int64_t Kg, Mpad, Kpad;
-  int vec_lkw;
+  int rows_lkw;
   int vec_out;
 };
 template <typename T>
@@ -3065,7 +3080,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
   const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
-  const int64_t vol = P.in_vol(), cin_g = P.cin_g(), Kg = prm.Kg;
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g();
+  const int Kg = int(prm.Kg);
   const int Do = int(P.out[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
   const int kvol = int(P.kvol()), kh = int(P.k[1]), kw = int(P.k[2]);
   if (tid < kUtBN) col_off[tid] = ut_col_table(P, v0 + tid, col_o, tid);
@@ -3074,13 +3090,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
-  auto copy_a = [&](int kk, int buf) {
-    ut_copy_a<T>(smem0 + buf * S::StageBytes, wt, prm.Kpad, kk, tid);
-    cp_async_commit();
-  };
-  auto gather_off = [&](int64_t m, int c) -> int64_t {
+  auto gather_off = [&](int m, int c) -> int64_t {
     if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
-    const int co = int(m / kvol), t = int(m % kvol);
+    const int co = m / kvol, t = m % kvol;
     const int rd = t / (kh * kw), rh = (t / kw) % kh, rw = t % kw;
     if (unsigned(col_o[0][c] + rd) >= unsigned(Do) || unsigned(col_o[1][c] + rh) >= unsigned(Ho) ||
         unsigned(col_o[2][c] + rw) >= unsigned(Wo))
@@ -3088,71 +3100,67 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     return co * P.yl.c + col_off[c] + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
   };
   constexpr int NP = kUtBK * kUtBN / VO / kUtThreads;
-  uint32_t breg[4 * NP];
-  const int lkw = prm.vec_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;
+  const int lkw = prm.rows_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;
   const int ng_l = __ffs(kUtBN) - 1 - lg;
-  auto load_b = [&](int kk) {
-    if (lkw < 0) return;
-    const int64_t k0 = int64_t(kk) * kUtBK;
-#pragma unroll
-    for (int j = 0; j < NP; ++j) {
-      const int p = tid + j * kUtThreads;
-      const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (off >= 0) v = *reinterpret_cast<const uint4*>(dy + off);
-      breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
-    }
+  auto piece_dst = [&](int p) {
+    const int q = p >> ng_l, c0 = (p & ((1 << ng_l) - 1)) << lg;
+    return ((q * S::BPitch) << lkw) + (c0 << lkw);
   };
-  auto store_b = [&](int kk, int buf) {
-    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
-    auto put = [&](int k, int c, uint32_t bits) {
-      if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
-      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = ut_stage_bits<T>(bits);
-    };
+  auto load_stage = [&](int kk, int buf) {
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
+    const int k0 = kk * kUtBK;
     if (lkw >= 0) {
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
-        const int p = tid + j * kUtThreads, k = (p >> ng_l) << lkw, c0 = (p & ((1 << ng_l) - 1)) << lg;
-#pragma unroll
-        for (int e = 0; e < VO; ++e) {
-          const int i = j * VO + e;
-          const uint32_t bits = S::k16 ? (breg[i / 2] >> (16 * (i % 2))) & 0xffffu : breg[i];
-          put(k + (e & ((1 << lkw) - 1)), c0 + (e >> lkw), bits);
-        }
+        const int p = tid + j * kUtThreads;
+        const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
+        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), off >= 0 ? dy + off : dy, off >= 0 ? 16 : 0);
       }
     } else {
-      const int64_t k0 = int64_t(kk) * kUtBK;
+      unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll 1
       for (int e = tid; e < kUtBK * kUtBN; e += kUtThreads) {
         const int64_t off = gather_off(k0 + e / kUtBN, e % kUtBN);
         uint32_t bits = 0;
         if (off >= 0) {
           if constexpr (S::k16) bits = reinterpret_cast<const unsigned short*>(dy)[off];
-          else bits = reinterpret_cast<const uint32_t*>(dy)[off];
+          else bits = ut_stage_bits<T>(reinterpret_cast<const uint32_t*>(dy)[off]);
         }
-        put(e / kUtBN, e % kUtBN, bits);
+        if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[(e / kUtBN) * S::BPitch + e % kUtBN] = (unsigned short)bits;
+        else reinterpret_cast<uint32_t*>(bs)[(e / kUtBN) * S::BPitch + e % kUtBN] = bits;
       }
     }
   };
+  auto round_stage = [&](int buf) {
+    if constexpr (!S::k16) {
+      if (lkw >= 0) {
+        unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+#pragma unroll
+        for (int j = 0; j < NP; ++j) {
+          float4* v = reinterpret_cast<float4*>(bs + piece_dst(tid + j * kUtThreads) * 4);
+          *v = round_tf32_4(*v);
+        }
+      }
+    }
+  };
+  const int blkw = lkw > 0 ? lkw : 0;
   float acc[kUtMI][4][4] = {};
-  if (nk > 0) {
-    copy_a(0, 0);
-    load_b(0);
-    store_b(0, 0);
+  for (int st = 0; st < S::Stages - 1; ++st) {
+    if (st < nk) load_stage(st, st);
+    cp_async_commit();
+  }
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk % S::Stages;
+    cp_async_wait(S::Stages - 2);
+    round_stage(buf);
+    __syncthreads();
+    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
+    cp_async_commit();
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   }
   cp_async_wait(0);
   __syncthreads();
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk & 1;
-    if (kk + 1 < nk) {
-      copy_a(kk + 1, buf ^ 1);
-      load_b(kk + 1);
-    }
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
-    if (kk + 1 < nk) store_b(kk + 1, buf ^ 1);
-    cp_async_wait(0);
-    __syncthreads();
-  }
   float* ds = reinterpret_cast<float*>(smem);
   ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
   __syncthreads();
@@ -3176,6 +3184,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
 }
 static std::atomic<int64_t> g_unit_tap_dgrad_launches{0};
 int64_t unit_tap_dgrad_launches() { return g_unit_tap_dgrad_launches.load(); }
+static std::atomic<int64_t> g_unit_tap_dgrad_rows_launches{0};
+int64_t unit_tap_dgrad_rows_launches() { return g_unit_tap_dgrad_rows_launches.load(); }
 template <typename T>
 static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                                 bool tf32) {
@@ -3197,13 +3207,14 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kg = Kg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
-  prm.vec_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;
+  if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  constexpr int smem = 2 * S::StageBytes > S::DBytes ? 2 * S::StageBytes : S::DBytes;
   auto kernel = unit_tap_dgrad_kernel<T>;
-  set_smem_limit(kernel, smem);
-  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+  set_smem_limit(kernel, S::Smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   ++g_unit_tap_dgrad_launches;
   return true;

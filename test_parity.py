@@ -516,6 +516,9 @@ UNIT_TAP_CASES = {
     "pointwise": conv_cfg(72, 136, 1, bias=True, batch=1, size=(2, 3, 32)),
     # kernel 1 with dilation 2: dilation moves no tap
     "pointwise_dilated": conv_cfg(20, 20, 1, d=2, size=(2, 3, 5)),
+    # kw = 4 (grad input stages dy rows in groups of 4 taps; 16-bit: 2 voxels a 16-byte
+    # piece, TF32: 1), 5 co x 16 taps = 80 rows of K: a partial third K step
+    "unet_k4_w": conv_cfg(16, 5, (2, 2, 4), s=(2, 2, 4), bias=True, batch=2, size=(2, 3, 8)),
 }
 
 
@@ -539,16 +542,21 @@ def test_unit_tap_forward(case, mode, layout):
     # voxels (16 bytes / kw outputs): the cases below; odd widths and padding take the
     # per-element stores
     vec = ext.unit_tap_vec_out_launches() > before[1]
-    expect_vec = took and layout == "contiguous" and case in ("unet_k2", "groups", "pointwise")
+    expect_vec = took and layout == "contiguous" and case in ("unet_k2", "groups", "pointwise", "unet_k4_w")
     assert vec == expect_vec, f"{case} [{mode}, {layout}]: 16-byte epilogue taken: {vec}"
 
 
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str = "WGMMA_CASES",
-               algo: str = "tc_wgmma", layouts=("contiguous",)):
+               algo: str = "tc_wgmma", layouts=("contiguous",), sub_counter: str = "", sub_expect: str = ""):
     """Runs `table`'s `cases` in `modes` and `layouts` in a process of its own with
     `env_var`=1 (an opt-in a process reads once), with outputs poisoned and all three
     gradients checked against float64; each must take the opt-in path (the extension's
-    `counter` grows)."""
+    `counter` grows). With `sub_counter`, that counter must grow exactly where this module's
+    function `sub_expect`(case, mode, layout) says (a variant of the path)."""
+    sub = sub_counter or counter
+    check_sub = (f"assert (ext.{sub}() > before[1]) == tp.{sub_expect}(case, mode, layout), "
+                 f"f'{{case}} [{{mode}}, {{layout}}]: {sub} grew: {{ext.{sub}() > before[1]}}'"
+                 if sub_counter else "pass")
     code = textwrap.dedent(f"""
         import model_new as mn, test_parity as tp
         ext = mn.load_extension()
@@ -556,9 +564,10 @@ def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str =
         for case in {tuple(cases)!r}:
             for mode in {tuple(modes)!r}:
                 for layout in {tuple(layouts)!r}:
-                    before = ext.{counter}()
+                    before = ext.{counter}(), ext.{sub}()
                     tp.check_against_truth(tp.{table}[case], mode, algo={algo!r}, layout=layout)
-                    assert ext.{counter}() > before, f"{{case}} [{{mode}}, {{layout}}] did not take {what}"
+                    assert ext.{counter}() > before[0], f"{{case}} [{{mode}}, {{layout}}] did not take {what}"
+                    {check_sub}
         print("opt-in cases passed")
     """)
     env = dict(os.environ, **{env_var: "1"})
@@ -567,15 +576,24 @@ def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str =
     assert r.returncode == 0 and "opt-in cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
 
 
+def unit_tap_dgrad_rows_expected(case: str, mode: str, layout: str) -> bool:
+    """Where unit_tap_dgrad_kernel stages dy rows by 16-byte cp.async: dy NCDHW, no padding,
+    the input width a multiple of a piece's voxels (16 bytes / kw), and in 16-bit kw >= 2
+    (a B register's pair of K must be one word of dy); else dy element by element."""
+    rows = ("unet_k2", "groups", "unet_k4_w") + (("pointwise",) if mode == "fp32_tf32" else ())
+    return layout == "contiguous" and case in rows
+
+
 @gpu
 def test_grad_input_unit_tap_opt_in():
-    """Grad input on unit_tap_dgrad_kernel (kernel size = stride; opt-in through
-    CT3D_UNIT_TAP_DGRAD=1, written without a GPU): every unit-tap case must take it in TF32,
-    fp16 and bf16, both layouts (dy by 16-byte pieces or element by element, dx stored
-    either way), and pass the contract."""
+    """Grad input on unit_tap_dgrad_kernel (kernel size = stride; CT3D_UNIT_TAP_DGRAD=1):
+    every unit-tap case must take it in TF32, fp16 and bf16, both layouts (dy rows by 16-byte
+    cp.async where unit_tap_dgrad_rows_expected says, a counter proving which; else element
+    by element; dx stored either way), and pass the contract."""
     run_opt_in("CT3D_UNIT_TAP_DGRAD", "unit_tap_dgrad_launches", tuple(UNIT_TAP_CASES),
                ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
-               layouts=("contiguous", "channels_last"))
+               layouts=("contiguous", "channels_last"), sub_counter="unit_tap_dgrad_rows_launches",
+               sub_expect="unit_tap_dgrad_rows_expected")
 
 
 @gpu

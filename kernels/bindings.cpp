@@ -26,6 +26,7 @@ int64_t wgrad_one_plane_launches();
 int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
+int64_t unit_tap_dgrad_rows_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -50,4 +51,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_fwd_kernel launches with 16-byte epilogue stores in this process");
   m.def("unit_tap_dgrad_launches", &ct3d::unit_tap_dgrad_launches,
         "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
+  m.def("unit_tap_dgrad_rows_launches", &ct3d::unit_tap_dgrad_rows_launches,
+        "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
 }

@@ -270,23 +270,27 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 //   D[ci][i] = sum_m Wd[ci][m] * Gy[m][i],  m = (co, rd, rh, rw) (w's own inner order)
 //   Gy[m][i] = dy[n, g*Cout/G + co, i*s - p + r]   (0 where that lies outside dy: padding)
 //   M = Cin/G, N = the input voxels, K = Cout/G * kvol;  dx[n, g*Cin/G + ci, i] = D[ci][i]
-// Wd is w itself (K contiguous), zero-padded and rounded by unit_tap_weight_kernel; A by
-// cp.async. B, the gather of dy: where 16 bytes of a dy row are the kw taps of
-// 16 / sizeof(T) / kw consecutive voxels (unit_tap_vec_out's rule), one 16-byte load a
-// piece, through registers one K step ahead (every dy element is read once), scattered into
-// Bs rows (co, rd, rh, rw) for rw = 0..kw-1; else element by element, consecutive threads
-// along voxels. Epilogue: D through shared memory, then 16-byte stores of consecutive
-// voxels where dx is NCDHW and aligned, else one element at a time. Off by default until
-// measured on a GPU (CT3D_UNIT_TAP_DGRAD=1); fp32 strict is not here (the window kernel's
-// 3xTF32).
+// Wd is w itself (K contiguous), zero-padded and rounded by unit_tap_weight_kernel. Both
+// operands by cp.async in a ring of Stages buffers (the forward's loop), so that several K
+// steps' loads are in flight: a block does little arithmetic a step (M = Cin/G is 64 on
+// unet_64_32_64), and v1, which held one step's dy in registers, waited a memory latency a
+// step (NOTES.md, unit-tap grad input). B, the gather of dy, where 16 bytes of a dy row are
+// the kw taps of 16 / sizeof(T) / kw consecutive voxels (unit_tap_vec_out's rule, kw >= 2
+// for 16-bit): dy rows staged as they lie, one 16-byte cp.async a piece, row group (co, rd,
+// rh) of kw rows holding the kw taps of each voxel side by side (ut_mma_stage's row-group
+// layout; TF32 rounded in place by the thread that copied it). Else element by element
+// into plain Bs[k][i] (the fallback: padding, channels_last_3d, odd widths, kw = 1 in 16-bit).
+// Epilogue: D through shared memory, then 16-byte stores of consecutive voxels where dx is
+// NCDHW and aligned, else one element at a time. Off by default until measured faster
+// (CT3D_UNIT_TAP_DGRAD=1); fp32 strict is not here (the window kernel's 3xTF32).
 struct UnitTapDgradParams {
   const void* dy;
   const void* wt;  // [G][Mpad][Kpad]
   void* dx;
   Problem P;
   int64_t Kg, Mpad, Kpad;
-  int vec_lkw;  // log2 kw where dy is read by 16-byte pieces (unit_tap_vec_out), else -1
-  int vec_out;  // dx stored by 16-byte pieces
+  int rows_lkw;  // log2 kw where dy rows are staged as they lie (16-byte pieces), else -1
+  int vec_out;   // dx stored by 16-byte pieces
 };
 
 template <typename T>
@@ -303,7 +307,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
   const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
-  const int64_t vol = P.in_vol(), cin_g = P.cin_g(), Kg = prm.Kg;
+  const int64_t vol = P.in_vol(), cin_g = P.cin_g();
+  const int Kg = int(prm.Kg);
   const int Do = int(P.out[0]), Ho = int(P.out[1]), Wo = int(P.out[2]);
   const int kvol = int(P.kvol()), kh = int(P.k[1]), kw = int(P.k[2]);
   if (tid < kUtBN) col_off[tid] = ut_col_table(P, v0 + tid, col_o, tid);
@@ -313,94 +318,87 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
-  auto copy_a = [&](int kk, int buf) {  // the tile's 128 rows (ci) x 32 of K of Wd
-    ut_copy_a<T>(smem0 + buf * S::StageBytes, wt, prm.Kpad, kk, tid);
-    cp_async_commit();
-  };
-  // dy offset (inside the group's channel block) of tap row m's output for voxel column c,
-  // or -1 where m is past K or that output lies outside dy
-  auto gather_off = [&](int64_t m, int c) -> int64_t {
+  // The gather rule: dy offset (inside the group's channel block) of tap row m's output for
+  // voxel column c, or -1 where m is past K or that output lies outside dy (padding)
+  auto gather_off = [&](int m, int c) -> int64_t {
     if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
-    const int co = int(m / kvol), t = int(m % kvol);
+    const int co = m / kvol, t = m % kvol;
     const int rd = t / (kh * kw), rh = (t / kw) % kh, rw = t % kw;
     if (unsigned(col_o[0][c] + rd) >= unsigned(Do) || unsigned(col_o[1][c] + rh) >= unsigned(Ho) ||
         unsigned(col_o[2][c] + rw) >= unsigned(Wo))
       return -1;
     return co * P.yl.c + col_off[c] + ((int64_t(rd) * Ho + rh) * Wo + rw) * P.yl.v;
   };
-  // B of step kk. 16-byte pieces (vec): into registers one step ahead (load_b), pieces
-  // p = tid + j * threads, row group p / (BN / Gv) (kw rows from k = its index * kw), voxels
-  // from c0 = (p % (BN / Gv)) * Gv; then scattered into Bs (store_b). Else element by
-  // element straight into Bs in store_b (the fallback: its latency is not hidden, and it
-  // keeps no registers across the MMAs), elements e = tid + j * threads at (e / BN, e % BN).
+  // Row-group staging (lkw >= 0): piece p of a step is row group q = p / (BN / Gv) (k = q kw,
+  // its kw taps rw = 0..kw-1) at Gv = VO / kw voxels from c0 = (p % (BN / Gv)) Gv: 16
+  // contiguous bytes of dy (all Gv voxels lie in one input row, and are all valid or not),
+  // landing at element (q kw) BPitch + c0 kw of the stage's Bs.
   constexpr int NP = kUtBK * kUtBN / VO / kUtThreads;  // 16-byte pieces a thread a step
-  uint32_t breg[4 * NP];
-  const int lkw = prm.vec_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;  // log2 kw, log2 Gv
-  const int ng_l = __ffs(kUtBN) - 1 - lg;                                // log2 of the voxel groups a tile
-  auto load_b = [&](int kk) {
-    if (lkw < 0) return;
-    const int64_t k0 = int64_t(kk) * kUtBK;
-#pragma unroll
-    for (int j = 0; j < NP; ++j) {
-      const int p = tid + j * kUtThreads;
-      const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (off >= 0) v = *reinterpret_cast<const uint4*>(dy + off);
-      breg[4 * j] = v.x, breg[4 * j + 1] = v.y, breg[4 * j + 2] = v.z, breg[4 * j + 3] = v.w;
-    }
+  const int lkw = prm.rows_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;  // log2 kw, log2 Gv
+  const int ng_l = __ffs(kUtBN) - 1 - lg;                                 // log2 of the voxel groups a tile
+  auto piece_dst = [&](int p) {  // element offset in Bs of this thread's piece p
+    const int q = p >> ng_l, c0 = (p & ((1 << ng_l) - 1)) << lg;
+    return ((q * S::BPitch) << lkw) + (c0 << lkw);
   };
-  auto store_b = [&](int kk, int buf) {
-    unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
-    auto put = [&](int k, int c, uint32_t bits) {  // one element (16-bit or fp32 bits) at Bs[k][c]
-      if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = (unsigned short)bits;
-      else reinterpret_cast<uint32_t*>(bs)[k * S::BPitch + c] = ut_stage_bits<T>(bits);
-    };
+  auto load_stage = [&](int kk, int buf) {
+    const uint32_t dst = smem0 + buf * S::StageBytes;
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
+    const int k0 = kk * kUtBK;
     if (lkw >= 0) {
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
-        const int p = tid + j * kUtThreads, k = (p >> ng_l) << lkw, c0 = (p & ((1 << ng_l) - 1)) << lg;
-#pragma unroll
-        for (int e = 0; e < VO; ++e) {
-          const int i = j * VO + e;  // element i of the registers: a 16-bit half or a word
-          const uint32_t bits = S::k16 ? (breg[i / 2] >> (16 * (i % 2))) & 0xffffu : breg[i];
-          put(k + (e & ((1 << lkw) - 1)), c0 + (e >> lkw), bits);
-        }
+        const int p = tid + j * kUtThreads;
+        const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
+        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), off >= 0 ? dy + off : dy, off >= 0 ? 16 : 0);
       }
     } else {
-      const int64_t k0 = int64_t(kk) * kUtBK;
+      unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll 1
       for (int e = tid; e < kUtBK * kUtBN; e += kUtThreads) {
         const int64_t off = gather_off(k0 + e / kUtBN, e % kUtBN);
         uint32_t bits = 0;
         if (off >= 0) {
           if constexpr (S::k16) bits = reinterpret_cast<const unsigned short*>(dy)[off];
-          else bits = reinterpret_cast<const uint32_t*>(dy)[off];
+          else bits = ut_stage_bits<T>(reinterpret_cast<const uint32_t*>(dy)[off]);
         }
-        put(e / kUtBN, e % kUtBN, bits);
+        if constexpr (S::k16) reinterpret_cast<unsigned short*>(bs)[(e / kUtBN) * S::BPitch + e % kUtBN] = (unsigned short)bits;
+        else reinterpret_cast<uint32_t*>(bs)[(e / kUtBN) * S::BPitch + e % kUtBN] = bits;
+      }
+    }
+  };
+  // TF32 with row-group staging: each thread rounds the pieces of stage buf it copied (they
+  // are visible to it once its copies have landed; to the others after the barrier)
+  auto round_stage = [&](int buf) {
+    if constexpr (!S::k16) {
+      if (lkw >= 0) {
+        unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
+#pragma unroll
+        for (int j = 0; j < NP; ++j) {
+          float4* v = reinterpret_cast<float4*>(bs + piece_dst(tid + j * kUtThreads) * 4);
+          *v = round_tf32_4(*v);
+        }
       }
     }
   };
 
-  // ---- K loop: step kk + 1 copied (A) and loaded (B) while step kk is multiplied ----
+  // ---- K loop: stages kk + 1 .. kk + Stages - 1 in flight while stage kk is multiplied ----
+  const int blkw = lkw > 0 ? lkw : 0;  // Bs's row-group width (0: plain Bs[k][i])
   float acc[kUtMI][4][4] = {};
-  if (nk > 0) {
-    copy_a(0, 0);
-    load_b(0);
-    store_b(0, 0);
+  for (int st = 0; st < S::Stages - 1; ++st) {
+    if (st < nk) load_stage(st, st);
+    cp_async_commit();
+  }
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk % S::Stages;
+    cp_async_wait(S::Stages - 2);  // stage kk has landed (this thread's copies)
+    round_stage(buf);
+    __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
+    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
+    cp_async_commit();
+    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   }
   cp_async_wait(0);
-  __syncthreads();
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk & 1;
-    if (kk + 1 < nk) {
-      copy_a(kk + 1, buf ^ 1);
-      load_b(kk + 1);
-    }
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
-    if (kk + 1 < nk) store_b(kk + 1, buf ^ 1);
-    cp_async_wait(0);
-    __syncthreads();  // step kk + 1 in; everyone done with step kk's buffer
-  }
+  __syncthreads();  // every copy is in and every warp done with the stages: they become D
 
   // ---- epilogue: D to shared memory (in the stage buffers), then dx ----
   float* ds = reinterpret_cast<float*>(smem);
@@ -434,6 +432,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
 // CT3D_UNIT_TAP_DGRAD=1 (off by default: written without a GPU, 2026-12-04).
 static std::atomic<int64_t> g_unit_tap_dgrad_launches{0};
 int64_t unit_tap_dgrad_launches() { return g_unit_tap_dgrad_launches.load(); }
+static std::atomic<int64_t> g_unit_tap_dgrad_rows_launches{0};
+int64_t unit_tap_dgrad_rows_launches() { return g_unit_tap_dgrad_rows_launches.load(); }
 
 template <typename T>
 static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
@@ -456,13 +456,14 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kg = Kg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
-  prm.vec_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;  // kw = 1: a B register's k pair is not one word of dy
+  if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  constexpr int smem = 2 * S::StageBytes > S::DBytes ? 2 * S::StageBytes : S::DBytes;
   auto kernel = unit_tap_dgrad_kernel<T>;
-  set_smem_limit(kernel, smem);
-  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+  set_smem_limit(kernel, S::Smem);
+  kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   ++g_unit_tap_dgrad_launches;
   return true;

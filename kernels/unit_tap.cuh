@@ -11,7 +11,8 @@
 // memory shape, the MMAs of one K step, D to shared memory, and 16-byte output packing.
 // 8 warps as 4 (M) x 2 (N), each 32 x 32 (2 m16 x 4 n8 MMA tiles, 32 accumulators a
 // thread: 128 x 128 tiles needed 64 and spilled at two blocks an SM). Fragments: 16-bit, A
-// by ldmatrix and B by ldmatrix.trans (m16n8k16); TF32, both by 32-bit loads (m16n8k8). The
+// by ldmatrix and B by ldmatrix.trans (m16n8k16), or by 32-bit loads where B is staged in
+// row groups (grad input: see ut_mma_stage); TF32, both by 32-bit loads (m16n8k8). The
 // pitches (K + 8 or + 4 elements, 64 + 8) keep all of them conflict-free.
 #pragma once
 #include "window_tc.cuh"
@@ -137,26 +138,46 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
 }
 
 // The MMAs of one K step on the stage at `stage` (As then Bs), into this warp's 32 x 32 of D.
+// Bs in row groups of kw = 2^lkw rows (grad input stages dy rows as they lie): B[k][n] at
+// element ((k >> lkw) * BPitch << lkw) + (n << lkw) + (k & (kw - 1)), i.e. row group k / kw
+// holds the kw taps of each voxel side by side, pitch kw x BPitch elements. lkw = 0 is
+// plain Bs[k][n] (the forward). Fragments: 16-bit at lkw = 0 by ldmatrix.trans; 16-bit at
+// lkw >= 1 by 32-bit loads (the pair k, k + 1 of an m16n8k16 B register is one word: k is
+// even and kw >= 2); TF32 by 32-bit loads. Conflict-free: a warp's words are 2 tq + gq
+// spread over rows that the pitch (36 kw words 16-bit, 72 kw TF32) puts 8 or 16 banks apart.
 template <typename T>
 __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const unsigned char* stage, int wm, int wn,
-                                             int lane) {
+                                             int lane, int lkw = 0) {
   using S = UtShape<T>;
   const int gq = lane >> 2, tq = lane & 3;
   const unsigned char* as = stage;
   const unsigned char* bs = stage + S::ABytes;
+  const int kwm = (1 << lkw) - 1;
+  // element offset of B[k][n] inside the stage's Bs (k < 16 or 8 here; a K step of ks adds ks x BPitch x 16 or 8)
+  auto boff = [&](int k, int n) { return (((k >> lkw) * S::BPitch) << lkw) + (n << lkw) + (k & kwm); };
   if constexpr (S::k16) {
+    const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
+    const int l0 = boff(2 * tq, wn * 32 + gq) >> 1, l1 = boff(2 * tq + 8, wn * 32 + gq) >> 1;  // words (lkw >= 1)
 #pragma unroll
     for (int ks = 0; ks < kUtBK / 16; ++ks) {
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
         ldmatrix_x4(a[mi], smem_u32(as + ((wm * 16 * kUtMI + mi * 16 + (lane & 15)) * S::APitch + ks * 16 + (lane >> 4) * 8) * 2));
+      if (lkw > 0) {
 #pragma unroll
-      for (int nj = 0; nj < 2; ++nj) {
-        uint32_t r[4];
-        ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
-                                            nj * 16 + (lane >> 4) * 8) * 2));
-        b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        for (int ni = 0; ni < 4; ++ni) {
+          const int o = ks * 8 * S::BPitch + ((ni * 4) << lkw);  // words
+          b[ni][0] = bu[l0 + o], b[ni][1] = bu[l1 + o];
+        }
+      } else {
+#pragma unroll
+        for (int nj = 0; nj < 2; ++nj) {
+          uint32_t r[4];
+          ldmatrix_x4_trans(r, smem_u32(bs + ((ks * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * S::BPitch + wn * 32 +
+                                              nj * 16 + (lane >> 4) * 8) * 2));
+          b[2 * nj][0] = r[0], b[2 * nj][1] = r[1], b[2 * nj + 1][0] = r[2], b[2 * nj + 1][1] = r[3];
+        }
       }
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
@@ -176,8 +197,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
       }
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni) {
-        const uint32_t* br = bu + (ks * 8 + tq) * S::BPitch + wn * 32 + ni * 8 + gq;
-        b[ni][0] = br[0], b[ni][1] = br[4 * S::BPitch];
+        const uint32_t* br = bu + ks * 8 * S::BPitch + ((ni * 8) << lkw);
+        b[ni][0] = br[boff(tq, wn * 32 + gq)], b[ni][1] = br[boff(tq + 4, wn * 32 + gq)];
       }
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
