@@ -2277,11 +2277,11 @@ __device__ __forceinline__ uint32_t ut_stage_bits(uint32_t u) {
   else return __float_as_uint(round_tf32(__uint_as_float(u)));
 }
 template <typename T>
-__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid) {
+__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid, int rows = kUtBM) {
   using S = UtShape<T>;
   constexpr int PPR = kUtBK * int(sizeof(T)) / 16;
 #pragma unroll
-  for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+  for (int p = tid; p < rows * PPR; p += kUtThreads) {
     const int r = p / PPR, q = p % PPR;
     cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * Kpad + kk * kUtBK + q * S::VEC, 16);
   }
@@ -2292,7 +2292,13 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
     return 0;
   }
   const int H = int(P.in[1]), W = int(P.in[2]);
-  const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+  int id, ih, iw;
+  if (P.in_vol() < (int64_t(1) << 31)) {
+    const int v32 = int(v), q = v32 / W;
+    id = q / H, ih = q - id * H, iw = v32 - q * W;
+  } else {
+    id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+  }
   const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]), ow = iw * int(P.s[2]) - int(P.p[2]);
   col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
   return ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v;
@@ -3067,6 +3073,7 @@ struct UnitTapDgradParams {
   int64_t Kg, Mpad, Kpad;
   int rows_lkw;
   int vec_out;
+  uint32_t kdh_magic, kh_magic;
 };
 template <typename T>
 __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
@@ -3090,6 +3097,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
+  const int a_rows = int(cin_g - m0 < kUtBM ? cin_g - m0 : kUtBM);
+  const bool warp_rows = wm * 16 * kUtMI < a_rows;
   auto gather_off = [&](int m, int c) -> int64_t {
     if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
     const int co = m / kvol, t = m % kvol;
@@ -3106,16 +3115,28 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     const int q = p >> ng_l, c0 = (p & ((1 << ng_l) - 1)) << lg;
     return ((q * S::BPitch) << lkw) + (c0 << lkw);
   };
+  int64_t piece_col[NP];
+  if (lkw >= 0) {
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int c0 = ((tid + j * kUtThreads) & ((1 << ng_l) - 1)) << lg;
+      piece_col[j] = col_o[0][c0] < -(1 << 29) ? -1 : col_off[c0];
+    }
+  }
+  const int rg_end = Kg >> (lkw > 0 ? lkw : 0), kdh = int(P.k[0]) * kh;
   auto load_stage = [&](int kk, int buf) {
     const uint32_t dst = smem0 + buf * S::StageBytes;
-    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid, a_rows);
     const int k0 = kk * kUtBK;
     if (lkw >= 0) {
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
-        const int p = tid + j * kUtThreads;
-        const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
-        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), off >= 0 ? dy + off : dy, off >= 0 ? 16 : 0);
+        const int p = tid + j * kUtThreads, rg = (k0 >> lkw) + (p >> ng_l);
+        const int co = fast_div(rg, prm.kdh_magic), t2 = rg - co * kdh;
+        const int rd = fast_div(t2, prm.kh_magic), rh = t2 - rd * kh;
+        const bool in = rg < rg_end && piece_col[j] >= 0;
+        const int64_t off = co * P.yl.c + piece_col[j] + (rd * Ho + rh) * int64_t(Wo);
+        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), in ? dy + off : dy, in ? 16 : 0);
       }
     } else {
       unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
@@ -3157,7 +3178,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     __syncthreads();
     if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
     cp_async_commit();
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
+    if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   }
   cp_async_wait(0);
   __syncthreads();
@@ -3171,7 +3192,10 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
       if (m0 + r >= cin_g || v0 + c0 >= vol) continue;
       float v[VO];
 #pragma unroll
-      for (int j = 0; j < VO; ++j) v[j] = ds[r * S::DPitch + c0 + j];
+      for (int j = 0; j < VO; j += 4) {
+        const float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
+      }
       *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
     }
   } else {
@@ -3209,6 +3233,9 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kpad = Kpad;
   prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
   if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;
+  if ((Kpad >> std::max(prm.rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) prm.rows_lkw = -1;
+  prm.kdh_magic = fast_div_magic(uint32_t(P.k[0] * P.k[1]));
+  prm.kh_magic = fast_div_magic(uint32_t(P.k[1]));
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;

@@ -291,6 +291,7 @@ struct UnitTapDgradParams {
   int64_t Kg, Mpad, Kpad;
   int rows_lkw;  // log2 kw where dy rows are staged as they lie (16-byte pieces), else -1
   int vec_out;   // dx stored by 16-byte pieces
+  uint32_t kdh_magic, kh_magic;  // fast_div_magic of kd x kh (row groups a channel) and kh (rows path)
 };
 
 template <typename T>
@@ -318,6 +319,10 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
+  // Rows of A past Cin/G are zeros: not copied, and warps whose 32 rows all lie there skip
+  // their MMAs (unet_64_32_64: Cin = 64 of the tile's 128 rows)
+  const int a_rows = int(cin_g - m0 < kUtBM ? cin_g - m0 : kUtBM);
+  const bool warp_rows = wm * 16 * kUtMI < a_rows;
   // The gather rule: dy offset (inside the group's channel block) of tap row m's output for
   // voxel column c, or -1 where m is past K or that output lies outside dy (padding)
   auto gather_off = [&](int m, int c) -> int64_t {
@@ -332,7 +337,10 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   // Row-group staging (lkw >= 0): piece p of a step is row group q = p / (BN / Gv) (k = q kw,
   // its kw taps rw = 0..kw-1) at Gv = VO / kw voxels from c0 = (p % (BN / Gv)) Gv: 16
   // contiguous bytes of dy (all Gv voxels lie in one input row, and are all valid or not),
-  // landing at element (q kw) BPitch + c0 kw of the stage's Bs.
+  // landing at element (q kw) BPitch + c0 kw of the stage's Bs. The gather rule without
+  // padding, per piece: row group rg = (co, rd, rh) of the whole K (rg < Kg / kw) at dy
+  // offset co * C + (rd * Ho + rh) * Wo, plus the column's col_off (read once: a thread's
+  // pieces keep their columns every step); two fast divisions, not gather_off's five.
   constexpr int NP = kUtBK * kUtBN / VO / kUtThreads;  // 16-byte pieces a thread a step
   const int lkw = prm.rows_lkw, lg = lkw >= 0 ? __ffs(VO) - 1 - lkw : 0;  // log2 kw, log2 Gv
   const int ng_l = __ffs(kUtBN) - 1 - lg;                                 // log2 of the voxel groups a tile
@@ -340,16 +348,28 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     const int q = p >> ng_l, c0 = (p & ((1 << ng_l) - 1)) << lg;
     return ((q * S::BPitch) << lkw) + (c0 << lkw);
   };
+  int64_t piece_col[NP];  // col_off of a piece's first voxel, -1 past the last voxel
+  if (lkw >= 0) {
+#pragma unroll
+    for (int j = 0; j < NP; ++j) {
+      const int c0 = ((tid + j * kUtThreads) & ((1 << ng_l) - 1)) << lg;
+      piece_col[j] = col_o[0][c0] < -(1 << 29) ? -1 : col_off[c0];
+    }
+  }
+  const int rg_end = Kg >> (lkw > 0 ? lkw : 0), kdh = int(P.k[0]) * kh;
   auto load_stage = [&](int kk, int buf) {
     const uint32_t dst = smem0 + buf * S::StageBytes;
-    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
+    ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid, a_rows);
     const int k0 = kk * kUtBK;
     if (lkw >= 0) {
 #pragma unroll
       for (int j = 0; j < NP; ++j) {
-        const int p = tid + j * kUtThreads;
-        const int64_t off = gather_off(k0 + ((p >> ng_l) << lkw), (p & ((1 << ng_l) - 1)) << lg);
-        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), off >= 0 ? dy + off : dy, off >= 0 ? 16 : 0);
+        const int p = tid + j * kUtThreads, rg = (k0 >> lkw) + (p >> ng_l);
+        const int co = fast_div(rg, prm.kdh_magic), t2 = rg - co * kdh;
+        const int rd = fast_div(t2, prm.kh_magic), rh = t2 - rd * kh;
+        const bool in = rg < rg_end && piece_col[j] >= 0;
+        const int64_t off = co * P.yl.c + piece_col[j] + (rd * Ho + rh) * int64_t(Wo);
+        cp_async16(dst + S::ABytes + piece_dst(p) * int(sizeof(T)), in ? dy + off : dy, in ? 16 : 0);
       }
     } else {
       unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
@@ -395,7 +415,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
     if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
     cp_async_commit();
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
+    if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   }
   cp_async_wait(0);
   __syncthreads();  // every copy is in and every warp done with the stages: they become D
@@ -411,7 +431,10 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
       if (m0 + r >= cin_g || v0 + c0 >= vol) continue;  // vol is a multiple of VO here
       float v[VO];
 #pragma unroll
-      for (int j = 0; j < VO; ++j) v[j] = ds[r * S::DPitch + c0 + j];
+      for (int j = 0; j < VO; j += 4) {  // 16-byte reads (c0 is a multiple of VO): 2-way conflicts, not 8-way
+        const float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
+      }
       *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
     }
   } else {
@@ -458,6 +481,10 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kpad = Kpad;
   prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
   if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;  // kw = 1: a B register's k pair is not one word of dy
+  // the rows path's fast divisions need row groups and kd x kh below 2^16
+  if ((Kpad >> std::max(prm.rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) prm.rows_lkw = -1;
+  prm.kdh_magic = fast_div_magic(uint32_t(P.k[0] * P.k[1]));
+  prm.kh_magic = fast_div_magic(uint32_t(P.k[1]));
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;

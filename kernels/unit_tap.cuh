@@ -109,14 +109,15 @@ __device__ __forceinline__ uint32_t ut_stage_bits(uint32_t u) {
   else return __float_as_uint(round_tf32(__uint_as_float(u)));
 }
 
-// A of K step kk (the block's 128 rows x 32 of K of the arranged weight, wt at the block's
-// first row) into the stage at dst, 16-byte pieces by cp.async, by all the block's threads.
+// A of K step kk (the block's first `rows` of its 128 rows x 32 of K of the arranged weight,
+// wt at the block's first row) into the stage at dst, 16-byte pieces by cp.async, by all the
+// block's threads.
 template <typename T>
-__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid) {
+__device__ __forceinline__ void ut_copy_a(uint32_t dst, const T* wt, int64_t Kpad, int kk, int tid, int rows = kUtBM) {
   using S = UtShape<T>;
   constexpr int PPR = kUtBK * int(sizeof(T)) / 16;  // 16-byte pieces a row
 #pragma unroll
-  for (int p = tid; p < kUtBM * PPR; p += kUtThreads) {
+  for (int p = tid; p < rows * PPR; p += kUtThreads) {
     const int r = p / PPR, q = p % PPR;
     cp_async16(dst + (r * S::APitch) * int(sizeof(T)) + q * 16, wt + r * Kpad + kk * kUtBK + q * S::VEC, 16);
   }
@@ -131,7 +132,13 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
     return 0;
   }
   const int H = int(P.in[1]), W = int(P.in[2]);
-  const int id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+  int id, ih, iw;
+  if (P.in_vol() < (int64_t(1) << 31)) {  // 32-bit divisions where they suffice (a fraction of 64-bit's cost)
+    const int v32 = int(v), q = v32 / W;
+    id = q / H, ih = q - id * H, iw = v32 - q * W;
+  } else {
+    id = int(v / (int64_t(H) * W)), ih = int((v / W) % H), iw = int(v % W);
+  }
   const int od = id * int(P.s[0]) - int(P.p[0]), oh = ih * int(P.s[1]) - int(P.p[1]), ow = iw * int(P.s[2]) - int(P.p[2]);
   col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
   return ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v;
