@@ -3214,13 +3214,17 @@ template <typename T>
 static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                                 bool tf32) {
   using S = UtShape<T>;
-  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", 0);
+  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", -1);
   if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
   if (at::cuda::getDeviceProperties(dy.get_device())->major < 8) return false;
   const int64_t Kg = P.cout_g() * P.kvol();
   const int64_t Mpad = (P.cin_g() + kUtBM - 1) / kUtBM * kUtBM, Kpad = (Kg + kUtBK - 1) / kUtBK * kUtBK;
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  int rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  if (S::k16 && rows_lkw == 0) rows_lkw = -1;
+  if ((Kpad >> std::max(rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) rows_lkw = -1;
+  if (rows_lkw < 0 && enabled != 1) return false;
   auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
   UnitTapDgradParams prm{};
@@ -3231,9 +3235,7 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kg = Kg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
-  prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
-  if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;
-  if ((Kpad >> std::max(prm.rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) prm.rows_lkw = -1;
+  prm.rows_lkw = rows_lkw;
   prm.kdh_magic = fast_div_magic(uint32_t(P.k[0] * P.k[1]));
   prm.kh_magic = fast_div_magic(uint32_t(P.k[1]));
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;

@@ -529,11 +529,12 @@ UNIT_TAP_CASES = {
 def test_unit_tap_forward(case, mode, layout):
     """Kernel size = stride: the forward runs unit_tap_fwd_kernel in fp16, bf16 and TF32
     (its launch counter grows), the window kernel's 3xTF32 in fp32 strict and in fp32 with
-    groups (where cuDNN runs exact fp32, so do we: model_new.forward_tf32); all three
-    gradients against float64."""
+    groups (where cuDNN runs exact fp32, so do we: model_new.forward_tf32); grad input runs
+    unit_tap_dgrad_kernel where it stages dy rows (unit_tap_dgrad_rows_expected), else the
+    window kernel; all three gradients against float64."""
     ext = mn.load_extension()
     cfg = UNIT_TAP_CASES[case]
-    before = ext.unit_tap_launches(), ext.unit_tap_vec_out_launches()
+    before = ext.unit_tap_launches(), ext.unit_tap_vec_out_launches(), ext.unit_tap_dgrad_launches()
     check_against_truth(cfg, mode, layout=layout)
     took = ext.unit_tap_launches() > before[0]
     expect = mode in ("fp16", "bf16") or (mode == "fp32_tf32" and cfg["groups"] == 1)
@@ -544,6 +545,10 @@ def test_unit_tap_forward(case, mode, layout):
     vec = ext.unit_tap_vec_out_launches() > before[1]
     expect_vec = took and layout == "contiguous" and case in ("unet_k2", "groups", "pointwise", "unet_k4_w")
     assert vec == expect_vec, f"{case} [{mode}, {layout}]: 16-byte epilogue taken: {vec}"
+    # grad input: unit_tap_dgrad_kernel by default exactly where it stages dy rows
+    dgrad = ext.unit_tap_dgrad_launches() > before[2]
+    expect_dgrad = mode != "fp32_strict" and unit_tap_dgrad_rows_expected(case, mode, layout)
+    assert dgrad == expect_dgrad, f"{case} [{mode}, {layout}]: unit-tap grad input taken: {dgrad}"
 
 
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str = "WGMMA_CASES",
@@ -585,11 +590,12 @@ def unit_tap_dgrad_rows_expected(case: str, mode: str, layout: str) -> bool:
 
 
 @gpu
-def test_grad_input_unit_tap_opt_in():
-    """Grad input on unit_tap_dgrad_kernel (kernel size = stride; CT3D_UNIT_TAP_DGRAD=1):
-    every unit-tap case must take it in TF32, fp16 and bf16, both layouts (dy rows by 16-byte
-    cp.async where unit_tap_dgrad_rows_expected says, a counter proving which; else element
-    by element; dx stored either way), and pass the contract."""
+def test_grad_input_unit_tap_forced():
+    """Grad input on unit_tap_dgrad_kernel everywhere it applies (CT3D_UNIT_TAP_DGRAD=1; by
+    default only where it stages dy rows): every unit-tap case must take it in TF32, fp16 and
+    bf16, both layouts (dy rows by 16-byte cp.async where unit_tap_dgrad_rows_expected says,
+    a counter proving which; else the element-by-element gather; dx stored either way), and
+    pass the contract."""
     run_opt_in("CT3D_UNIT_TAP_DGRAD", "unit_tap_dgrad_launches", tuple(UNIT_TAP_CASES),
                ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
                layouts=("contiguous", "channels_last"), sub_counter="unit_tap_dgrad_rows_launches",

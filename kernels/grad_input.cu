@@ -14,7 +14,8 @@
 // position multiplier s and tap offsets r*d - p, one sub-problem per group; the default
 // otherwise. grad_input_tiled: common.cuh's FFMA tile (blockIdx.z = g), the fallback where
 // the window does not fit in shared memory, and algo="tiled". unit_tap_dgrad_kernel
-// (below, opt-in): where the kernel size is the stride, a plain GEMM over the input voxels.
+// (below): where the kernel size is the stride and dy is NCDHW with aligned rows, a plain
+// GEMM over the input voxels (CT3D_UNIT_TAP_DGRAD).
 //
 // Sections: the FFMA Gemm (gather rule + epilogue), the thin-group kernel, the unit-tap
 // kernel, launchers.
@@ -270,19 +271,21 @@ __global__ void __launch_bounds__(256, 2) thin_dgrad_kernel(const ThinDgradParam
 //   D[ci][i] = sum_m Wd[ci][m] * Gy[m][i],  m = (co, rd, rh, rw) (w's own inner order)
 //   Gy[m][i] = dy[n, g*Cout/G + co, i*s - p + r]   (0 where that lies outside dy: padding)
 //   M = Cin/G, N = the input voxels, K = Cout/G * kvol;  dx[n, g*Cin/G + ci, i] = D[ci][i]
-// Wd is w itself (K contiguous), zero-padded and rounded by unit_tap_weight_kernel. Both
-// operands by cp.async in a ring of Stages buffers (the forward's loop), so that several K
-// steps' loads are in flight: a block does little arithmetic a step (M = Cin/G is 64 on
-// unet_64_32_64), and v1, which held one step's dy in registers, waited a memory latency a
-// step (NOTES.md, unit-tap grad input). B, the gather of dy, where 16 bytes of a dy row are
-// the kw taps of 16 / sizeof(T) / kw consecutive voxels (unit_tap_vec_out's rule, kw >= 2
-// for 16-bit): dy rows staged as they lie, one 16-byte cp.async a piece, row group (co, rd,
-// rh) of kw rows holding the kw taps of each voxel side by side (ut_mma_stage's row-group
-// layout; TF32 rounded in place by the thread that copied it). Else element by element
-// into plain Bs[k][i] (the fallback: padding, channels_last_3d, odd widths, kw = 1 in 16-bit).
+// Wd is w itself (K contiguous), zero-padded and rounded by unit_tap_weight_kernel.
+// B, the gather of dy, where 16 bytes of a dy row are the kw taps of 16 / sizeof(T) / kw
+// consecutive voxels (unit_tap_vec_out's rule; kw >= 2 in 16-bit): dy rows staged as they
+// lie, one 16-byte cp.async a piece, into row groups (co, rd, rh) of kw rows that hold the
+// kw taps of each voxel side by side (ut_mma_stage's row-group layout; TF32 rounded in
+// place by the thread that copied it). Else element by element into plain Bs[k][i] (the
+// fallback: padding, channels_last_3d, odd widths, kw = 1 in 16-bit; only with
+// CT3D_UNIT_TAP_DGRAD=1). Both operands by cp.async in the forward's ring of Stages buffers.
+// Where the time went (NOTES.md, unit-tap grad input): v1 (dy one step ahead in registers)
+// and v2 (this ring) ran at the window kernel's speed; the profile showed an instruction-
+// latency-bound kernel, the gather's five integer divisions a piece; v3 does two fast
+// divisions, skips A's rows past Cin/G (copies and MMAs) and reads D by float4.
 // Epilogue: D through shared memory, then 16-byte stores of consecutive voxels where dx is
-// NCDHW and aligned, else one element at a time. Off by default until measured faster
-// (CT3D_UNIT_TAP_DGRAD=1); fp32 strict is not here (the window kernel's 3xTF32).
+// NCDHW and aligned, else one element at a time. fp32 strict is not here (the window
+// kernel's 3xTF32).
 struct UnitTapDgradParams {
   const void* dy;
   const void* wt;  // [G][Mpad][Kpad]
@@ -451,8 +454,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
 // ============================================================================
 
 // The unit-tap grad input (unit_tap_dgrad_kernel); false where it does not apply (see
-// unit_tap_fits; fp32 strict; a GPU older than sm_80; a grid past CUDA's limits) and unless
-// CT3D_UNIT_TAP_DGRAD=1 (off by default: written without a GPU, 2026-12-04).
+// unit_tap_fits; fp32 strict; a GPU older than sm_80; a grid past CUDA's limits).
+// CT3D_UNIT_TAP_DGRAD: unset, only where dy rows are staged by 16-byte cp.async (the path
+// measured faster than the window kernel and its dy pack on the H200: unet_64_32_64 bf16
+// 411 -> 244 us, TF32 659 -> 362; unet_320_256_16 bf16 146 -> 113, TF32 272 -> 198; NOTES.md);
+// 1, everywhere it applies (the element-by-element gather too: tests); 0, never (A/B).
 static std::atomic<int64_t> g_unit_tap_dgrad_launches{0};
 int64_t unit_tap_dgrad_launches() { return g_unit_tap_dgrad_launches.load(); }
 static std::atomic<int64_t> g_unit_tap_dgrad_rows_launches{0};
@@ -462,13 +468,18 @@ template <typename T>
 static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::Tensor& dx, const Problem& P,
                                 bool tf32) {
   using S = UtShape<T>;
-  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", 0);
+  static const int enabled = env_int("CT3D_UNIT_TAP_DGRAD", -1);
   if (enabled == 0 || !unit_tap_fits(P) || (std::is_same<T, float>::value && !tf32)) return false;
   if (at::cuda::getDeviceProperties(dy.get_device())->major < 8) return false;
   const int64_t Kg = P.cout_g() * P.kvol();
   const int64_t Mpad = (P.cin_g() + kUtBM - 1) / kUtBM * kUtBM, Kpad = (Kg + kUtBK - 1) / kUtBK * kUtBK;
   const int64_t gx = (P.in_vol() + kUtBN - 1) / kUtBN, gy = Mpad / kUtBM, gz = P.N * P.G;
   if (gx >= (int64_t(1) << 31) || gy > 65535 || gz > 65535) return false;
+  int rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
+  if (S::k16 && rows_lkw == 0) rows_lkw = -1;  // kw = 1: a B register's k pair is not one word of dy
+  // the rows path's fast divisions need row groups and kd x kh below 2^16
+  if ((Kpad >> std::max(rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) rows_lkw = -1;
+  if (rows_lkw < 0 && enabled != 1) return false;  // the element-by-element gather: only when asked for
   auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor wt = ut_arrange_weight<T>(w, P.G, P.cin_g() * Kg, Kg, 1, P.cin_g(), Kg, Mpad, Kpad);
   UnitTapDgradParams prm{};
@@ -479,10 +490,7 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.Kg = Kg;
   prm.Mpad = Mpad;
   prm.Kpad = Kpad;
-  prm.rows_lkw = unit_tap_vec_out(P, dy, S::VEC);
-  if (S::k16 && prm.rows_lkw == 0) prm.rows_lkw = -1;  // kw = 1: a B register's k pair is not one word of dy
-  // the rows path's fast divisions need row groups and kd x kh below 2^16
-  if ((Kpad >> std::max(prm.rows_lkw, 0)) >= (1 << 16) || P.k[0] * P.k[1] >= (1 << 16)) prm.rows_lkw = -1;
+  prm.rows_lkw = rows_lkw;
   prm.kdh_magic = fast_div_magic(uint32_t(P.k[0] * P.k[1]));
   prm.kh_magic = fast_div_magic(uint32_t(P.k[1]));
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;

@@ -2,7 +2,7 @@
 # ncu of the unit-tap kernels (forward and grad input, kernel size = stride) on a U-Net
 # layer: speed of light, warp stalls and the hottest SASS lines of each, in one device call.
 #   PROBLEM=unet_64_32_64 bash scripts/profile_unit_tap.sh [bf16|float]
-# Grad input's unit-tap kernel is opt-in (CT3D_UNIT_TAP_DGRAD=1, set here). Logs to $OUT.
+# CT3D_UNIT_TAP_DGRAD=1 is set here (grad input on the unit-tap kernel on every layout). Logs to $OUT.
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export CT3D_UNIT_TAP_DGRAD=1 PYTHONUNBUFFERED=1
