@@ -2364,6 +2364,25 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
     }
   }
 }
+template <typename T, typename Load, typename Round, typename Mma>
+__device__ __forceinline__ void ut_k_loop(int nk, Load&& load, Round&& round, Mma&& mma) {
+  constexpr int St = UtShape<T>::Stages;
+  for (int st = 0; st < St - 1; ++st) {
+    if (st < nk) load(st, st);
+    cp_async_commit();
+  }
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk % St;
+    cp_async_wait(St - 2);
+    round(buf);
+    __syncthreads();
+    if (kk + St - 1 < nk) load(kk + St - 1, (kk + St - 1) % St);
+    cp_async_commit();
+    mma(buf);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+}
 __device__ __forceinline__ void ut_acc_to_smem(float* ds, int pitch, const float (&acc)[kUtMI][4][4], int wm, int wn,
                                                int lane) {
   const int gq = lane >> 2, tq = lane & 3;
@@ -2692,21 +2711,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     }
   };
   float acc[kUtMI][4][4] = {};
-  for (int s = 0; s < S::Stages - 1; ++s) {
-    if (s < nk) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk % S::Stages;
-    cp_async_wait(S::Stages - 2);
-    round_stage(buf);
-    __syncthreads();
-    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
-    cp_async_commit();
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
-  }
-  cp_async_wait(0);
-  __syncthreads();
+  ut_k_loop<T>(nk, load_stage, round_stage,
+               [&](int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
   float* ds = reinterpret_cast<float*>(smem);
   ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
   __syncthreads();
@@ -3167,21 +3173,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   };
   const int blkw = lkw > 0 ? lkw : 0;
   float acc[kUtMI][4][4] = {};
-  for (int st = 0; st < S::Stages - 1; ++st) {
-    if (st < nk) load_stage(st, st);
-    cp_async_commit();
-  }
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk % S::Stages;
-    cp_async_wait(S::Stages - 2);
-    round_stage(buf);
-    __syncthreads();
-    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
-    cp_async_commit();
+  ut_k_loop<T>(nk, load_stage, round_stage, [&](int buf) {
     if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
-  }
-  cp_async_wait(0);
-  __syncthreads();
+  });
   float* ds = reinterpret_cast<float*>(smem);
   ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
   __syncthreads();

@@ -428,23 +428,10 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     }
   };
 
-  // ---- K loop: stages kk + 1 .. kk + Stages - 1 in flight while stage kk is multiplied ----
+  // ---- K loop (ut_k_loop): steps kk + 1 .. kk + Stages - 1 in flight while step kk is multiplied ----
   float acc[kUtMI][4][4] = {};
-  for (int s = 0; s < S::Stages - 1; ++s) {
-    if (s < nk) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk % S::Stages;
-    cp_async_wait(S::Stages - 2);  // stage kk has landed (this thread's copies)
-    round_stage(buf);
-    __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
-    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
-    cp_async_commit();
-    ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
-  }
-  cp_async_wait(0);
-  __syncthreads();  // every copy is in and every warp done with the stages: they become D
+  ut_k_loop<T>(nk, load_stage, round_stage,
+               [&](int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
 
   // ---- epilogue: D to shared memory (in the stage buffers) ----
   float* ds = reinterpret_cast<float*>(smem);

@@ -404,24 +404,12 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
     }
   };
 
-  // ---- K loop: stages kk + 1 .. kk + Stages - 1 in flight while stage kk is multiplied ----
+  // ---- K loop (ut_k_loop): steps kk + 1 .. kk + Stages - 1 in flight while step kk is multiplied ----
   const int blkw = lkw > 0 ? lkw : 0;  // Bs's row-group width (0: plain Bs[k][i])
   float acc[kUtMI][4][4] = {};
-  for (int st = 0; st < S::Stages - 1; ++st) {
-    if (st < nk) load_stage(st, st);
-    cp_async_commit();
-  }
-  for (int kk = 0; kk < nk; ++kk) {
-    const int buf = kk % S::Stages;
-    cp_async_wait(S::Stages - 2);  // stage kk has landed (this thread's copies)
-    round_stage(buf);
-    __syncthreads();  // everyone's stage kk is in; everyone is done with stage kk - 1
-    if (kk + S::Stages - 1 < nk) load_stage(kk + S::Stages - 1, (kk + S::Stages - 1) % S::Stages);
-    cp_async_commit();
+  ut_k_loop<T>(nk, load_stage, round_stage, [&](int buf) {
     if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
-  }
-  cp_async_wait(0);
-  __syncthreads();  // every copy is in and every warp done with the stages: they become D
+  });
 
   // ---- epilogue: D to shared memory (in the stage buffers), then dx ----
   float* ds = reinterpret_cast<float*>(smem);

@@ -215,6 +215,32 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
   }
 }
 
+// The K loop of both unit-tap kernels: a cp.async ring of Stages buffers, steps kk + 1 ..
+// kk + Stages - 1 in flight while step kk is multiplied. load(kk, buf) issues step kk's
+// copies into buffer buf (a synchronous fallback may store directly); round(buf) runs on
+// each thread's own landed copies before the barrier (TF32 rounding in place); mma(buf)
+// multiplies buffer buf. Ends with every copy landed and every warp done with the buffers
+// (they become D).
+template <typename T, typename Load, typename Round, typename Mma>
+__device__ __forceinline__ void ut_k_loop(int nk, Load&& load, Round&& round, Mma&& mma) {
+  constexpr int St = UtShape<T>::Stages;
+  for (int st = 0; st < St - 1; ++st) {
+    if (st < nk) load(st, st);
+    cp_async_commit();
+  }
+  for (int kk = 0; kk < nk; ++kk) {
+    const int buf = kk % St;
+    cp_async_wait(St - 2);  // step kk has landed (this thread's copies)
+    round(buf);
+    __syncthreads();  // everyone's step kk is in; everyone is done with step kk - 1
+    if (kk + St - 1 < nk) load(kk + St - 1, (kk + St - 1) % St);
+    cp_async_commit();
+    mma(buf);
+  }
+  cp_async_wait(0);
+  __syncthreads();
+}
+
 // This warp's accumulators into D in shared memory, ds[row][col], pitch floats a row.
 __device__ __forceinline__ void ut_acc_to_smem(float* ds, int pitch, const float (&acc)[kUtMI][4][4], int wm, int wn,
                                                int lane) {

@@ -1,0 +1,78 @@
+"""Whether a change altered the kernels' code: compiles the CUDA source of this tree and of
+a git revision to PTX (cicc only: no ptxas, no GPU; ~2.5 min each) and compares each
+kernel's PTX with comments and line-info dropped. For refactors made without a device: a
+kernel whose PTX is unchanged runs the same machine code as before.
+
+    python3 scripts/ptx_compare.py [REV (HEAD)] [--only unit_tap] [--nvcc PATH]
+
+Needs a CUDA build of torch and nvcc (CUDA_HOME); prints one line a kernel that differs,
+or that all are the same.
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def sources_at(rev: str) -> str:
+    """kernel_sources()'s CUDA text at git revision rev (its model_new.py and kernels/)."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(f"git -C {ROOT} archive {rev} model_new.py kernels | tar -x -C {d}", shell=True, check=True)
+        code = "import sys; sys.path.insert(0, sys.argv[1]); import model_new as mn; sys.stdout.write(mn.kernel_sources()[1])"
+        return subprocess.run([sys.executable, "-c", code, d], capture_output=True, text=True, check=True,
+                              cwd=d).stdout
+
+
+def ptx_of(cu_text: str, nvcc: str, work: Path, tag: str) -> str:
+    import torch.utils.cpp_extension as ce
+    src, out = work / f"{tag}.cu", work / f"{tag}.ptx"
+    src.write_text("#include <torch/types.h>\n#include <cuda.h>\n#include <cuda_runtime.h>\n" + cu_text)
+    inc = [a for p in ce.include_paths(device_type="cuda") for a in ("-isystem", p)]
+    inc += [f"-I{p}" for p in (Path(sys.prefix) / "lib").glob("python3*/site-packages/nvidia/cu13/include")]
+    flags = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+             "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr", "-gencode=arch=compute_90a,code=sm_90a",
+             "-O3", "-std=c++20", "-DTORCH_EXTENSION_NAME=ct3d_ext", "-DTORCH_API_INCLUDE_EXTENSION_H"]
+    import sysconfig
+    inc += ["-isystem", sysconfig.get_paths()["include"]]
+    r = subprocess.run([nvcc, *inc, *flags, "-ptx", str(src), "-o", str(out)], capture_output=True, text=True)
+    if r.returncode != 0:  # nvcc's warnings are many: shown only where it failed
+        sys.exit(f"nvcc failed on the {tag} source:\n{r.stderr[-4000:]}")
+    return out.read_text()
+
+
+def entries(ptx: str, only: str) -> dict:
+    out = {}
+    for m in re.finditer(r"\.visible \.entry (\S+)\(", ptx):
+        if only and only not in m.group(1):
+            continue
+        body = ptx[m.start():ptx.index("\n}\n", m.start())]
+        out[m.group(1)] = re.sub(r"\.loc[^\n]*|//[^\n]*", "", body)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rev", nargs="?", default="HEAD")
+    ap.add_argument("--only", default="", help="compare kernels whose mangled name contains this")
+    ap.add_argument("--nvcc", default=os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
+    a = ap.parse_args()
+    import model_new as mn
+    with tempfile.TemporaryDirectory() as d:
+        work = Path(d)
+        new = entries(ptx_of(mn.kernel_sources()[1], a.nvcc, work, "tree"), a.only)
+        old = entries(ptx_of(sources_at(a.rev), a.nvcc, work, "rev"), a.only)
+    diff = [k for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)]
+    for k in diff:
+        print("differs:" if k in new and k in old else "only in one:", k)
+    print(f"{len(new)} kernels in the tree, {len(old)} at {a.rev}: "
+          + ("all the same" if not diff else f"{len(diff)} differ"))
+
+
+if __name__ == "__main__":
+    main()
