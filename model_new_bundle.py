@@ -29,6 +29,7 @@ int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
+int64_t unit_tap_persist_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -54,6 +55,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
   m.def("unit_tap_dgrad_rows_launches", &ct3d::unit_tap_dgrad_rows_launches,
         "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
+  m.def("unit_tap_persist_launches", &ct3d::unit_tap_persist_launches,
+        "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -2378,7 +2381,7 @@ __device__ __forceinline__ void ut_k_loop(int nk, Load&& load, Round&& round, Mm
     __syncthreads();
     if (kk + St - 1 < nk) load(kk + St - 1, (kk + St - 1) % St);
     cp_async_commit();
-    mma(buf);
+    mma(kk, buf);
   }
   cp_async_wait(0);
   __syncthreads();
@@ -2633,9 +2636,10 @@ struct UnitTapParams {
   int vec;
   int crop;
   int vec_out_lkw;
+  int64_t ntiles;
 };
-template <typename T>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+template <typename T, bool PERSIST>
+__global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -2645,10 +2649,13 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
-  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM, v0_block = v0;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
   const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+  auto col_entry = [&](int c, int64_t v0t) {
+    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0t + c, col_o, c);
+  };
   if (tid < kUtBM) {
     const int64_t m = m0 + tid;
     if (m < prm.Mg) {
@@ -2661,16 +2668,18 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     } else {
       row_r[0][tid] = row_r[1][tid] = row_r[2][tid] = -(1 << 30);
     }
-  } else if (tid - kUtBM < kUtBN) {
-    const int c = tid - kUtBM;
-    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0 + c, col_o, c);
+  } else if (!PERSIST && tid - kUtBM < kUtBN) {
+    col_entry(tid - kUtBM, v0);
   }
+  auto tile_v0 = [&](int lt) { return (int64_t(blockIdx.x) + int64_t(lt) * gridDim.x) * kUtBN; };
   const T* __restrict__ x = static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
   const T* __restrict__ wt = static_cast<const T*>(prm.wt) + (int64_t(g) * prm.Mpad + m0) * prm.Kpad;
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   const bool cl = P.xl.c == 1;
-  auto load_stage = [&](int kk, int buf) {
+  auto load_stage = [&](int step, int buf) {
+    const int kk = PERSIST ? step % nk : step;
+    const int64_t v0 = PERSIST ? tile_v0(step / nk) : v0_block;
     const uint32_t dst = smem0 + buf * S::StageBytes;
     ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
@@ -2710,52 +2719,78 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       }
     }
   };
-  float acc[kUtMI][4][4] = {};
-  ut_k_loop<T>(nk, load_stage, round_stage,
-               [&](int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
-  float* ds = reinterpret_cast<float*>(smem);
-  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
-  __syncthreads();
-  T* __restrict__ y = static_cast<T*>(prm.y);
-  if (prm.vec_out_lkw >= 0) {
-    constexpr int VO = 16 / int(sizeof(T));
-    const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;
-    const int ngroups_l = __ffs(kUtBN) - 1 - lg;
-    for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
-      const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
-      if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;
-      const float b = row_bias[r0];
-      float v[VO];
+  auto store_tile = [&](const float* ds) {
+    T* __restrict__ y = static_cast<T*>(prm.y);
+    if (prm.vec_out_lkw >= 0) {
+      constexpr int VO = 16 / int(sizeof(T));
+      const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;
+      const int ngroups_l = __ffs(kUtBN) - 1 - lg;
+      for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
+        const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
+        if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;
+        const float b = row_bias[r0];
+        float v[VO];
 #pragma unroll
-      for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
-      const uint4 out = ut_pack16<T>(v);
-      *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
+        for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
+        const uint4 out = ut_pack16<T>(v);
+        *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
+      }
+      return;
     }
-    return;
-  }
-  const int kw = int(P.k[2]);
-  const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
-  int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
-  const int Do = int(P.out[0]);
-  for (; rg * kw < kUtBM;) {
-    const int r = rg * kw + rw;
-    if (r < kUtBM) {
-      const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
-                                         unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
-                                         unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
-                                   : row_r[0][r] >= 0 && col_o[0][c] >= 0;
-      if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+    const int kw = int(P.k[2]);
+    const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
+    int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
+    const int Do = int(P.out[0]);
+    for (; rg * kw < kUtBM;) {
+      const int r = rg * kw + rw;
+      if (r < kUtBM) {
+        const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
+                                           unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
+                                           unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
+                                     : row_r[0][r] >= 0 && col_o[0][c] >= 0;
+        if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+      }
+      rw += step_rw;
+      c += step_c;
+      if (rw >= kw) rw -= kw, ++c;
+      while (c >= kUtBN) c -= kUtBN, ++rg;
     }
-    rw += step_rw;
-    c += step_c;
-    if (rw >= kw) rw -= kw, ++c;
-    while (c >= kUtBN) c -= kUtBN, ++rg;
+  };
+  float acc[kUtMI][4][4] = {};
+  if constexpr (PERSIST) {
+    float* ds = reinterpret_cast<float*>(smem + S::Stages * S::StageBytes);
+    const int tiles = int((prm.ntiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
+    ut_k_loop<T>(tiles * nk, load_stage, round_stage, [&](int step, int buf) {
+      ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
+      if (step % nk == nk - 1) {
+        const int64_t vt = tile_v0(step / nk);
+        if (tid >= kUtBM && tid - kUtBM < kUtBN) col_entry(tid - kUtBM, vt);
+        ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+        __syncthreads();
+        store_tile(ds);
+#pragma unroll
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+      }
+    });
+  } else {
+    ut_k_loop<T>(nk, load_stage, round_stage,
+                 [&](int, int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
+    float* ds = reinterpret_cast<float*>(smem);
+    ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+    __syncthreads();
+    store_tile(ds);
   }
 }
 static std::atomic<int64_t> g_unit_tap_launches{0};
 int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
 static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
 int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
+static std::atomic<int64_t> g_unit_tap_persist_launches{0};
+int64_t unit_tap_persist_launches() { return g_unit_tap_persist_launches.load(); }
 template <typename T>
 bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
                       const Problem& P, bool tf32) {
@@ -2783,11 +2818,27 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   prm.vec_out_lkw = unit_tap_vec_out(P, y, S::VEC);
   if (prm.vec_out_lkw >= 0) ++g_unit_tap_vec_out_launches;
-  auto kernel = unit_tap_fwd_kernel<T>;
+  prm.ntiles = gx;
+  ++g_unit_tap_launches;
+  if constexpr (S::k16) {
+    static const int persist = env_int("CT3D_UT_PERSIST", 0), persist_grid = env_int("CT3D_UT_PERSIST_GRID", 0);
+    if (persist == 1) {
+      constexpr int smem = S::Stages * S::StageBytes + S::DBytes;
+      const int64_t slots = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;
+      int64_t bx = std::min(gx, std::max<int64_t>(1, slots / (gy * gz)));
+      if (persist_grid > 0) bx = std::min<int64_t>(bx, persist_grid);
+      auto kernel = unit_tap_fwd_kernel<T, true>;
+      set_smem_limit(kernel, smem);
+      kernel<<<dim3(unsigned(bx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      ++g_unit_tap_persist_launches;
+      return true;
+    }
+  }
+  auto kernel = unit_tap_fwd_kernel<T, false>;
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  ++g_unit_tap_launches;
   return true;
 }
 template <typename T, int MW, bool SPLIT>
@@ -3173,7 +3224,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   };
   const int blkw = lkw > 0 ? lkw : 0;
   float acc[kUtMI][4][4] = {};
-  ut_k_loop<T>(nk, load_stage, round_stage, [&](int buf) {
+  ut_k_loop<T>(nk, load_stage, round_stage, [&](int, int buf) {
     if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   });
   float* ds = reinterpret_cast<float*>(smem);

@@ -552,12 +552,14 @@ def test_unit_tap_forward(case, mode, layout):
 
 
 def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str = "WGMMA_CASES",
-               algo: str = "tc_wgmma", layouts=("contiguous",), sub_counter: str = "", sub_expect: str = ""):
+               algo: str = "tc_wgmma", layouts=("contiguous",), sub_counter: str = "", sub_expect: str = "",
+               extra_env: dict | None = None):
     """Runs `table`'s `cases` in `modes` and `layouts` in a process of its own with
     `env_var`=1 (an opt-in a process reads once), with outputs poisoned and all three
     gradients checked against float64; each must take the opt-in path (the extension's
     `counter` grows). With `sub_counter`, that counter must grow exactly where this module's
-    function `sub_expect`(case, mode, layout) says (a variant of the path)."""
+    function `sub_expect`(case, mode, layout) says (a variant of the path). `extra_env`: more
+    variables for that process."""
     sub = sub_counter or counter
     check_sub = (f"assert (ext.{sub}() > before[1]) == tp.{sub_expect}(case, mode, layout), "
                  f"f'{{case}} [{{mode}}, {{layout}}]: {sub} grew: {{ext.{sub}() > before[1]}}'"
@@ -575,7 +577,7 @@ def run_opt_in(env_var: str, counter: str, cases, modes, what: str, table: str =
                     {check_sub}
         print("opt-in cases passed")
     """)
-    env = dict(os.environ, **{env_var: "1"})
+    env = dict(os.environ, **{env_var: "1"}, **(extra_env or {}))
     r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "opt-in cases passed" in r.stdout, (r.stdout + r.stderr)[-4000:]
@@ -600,6 +602,19 @@ def test_grad_input_unit_tap_forced():
                ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
                layouts=("contiguous", "channels_last"), sub_counter="unit_tap_dgrad_rows_launches",
                sub_expect="unit_tap_dgrad_rows_expected")
+
+
+@gpu
+@pytest.mark.parametrize("grid", ["1", "0"])
+def test_unit_tap_forward_persistent_opt_in(grid):
+    """The persistent unit-tap forward (CT3D_UT_PERSIST=1, 16-bit, not yet measured): every
+    unit-tap case in fp16 and bf16, both layouts, must take it and pass the contract; with
+    CT3D_UT_PERSIST_GRID=1 one block along x takes every voxel tile in turn (the next tile's
+    steps in flight during an epilogue; unet_k2 and odd_voxels have 2-3 tiles), with 0 the
+    launcher's grid."""
+    run_opt_in("CT3D_UT_PERSIST", "unit_tap_persist_launches", tuple(UNIT_TAP_CASES), ("fp16", "bf16"),
+               "the persistent unit-tap forward", table="UNIT_TAP_CASES", algo="auto",
+               layouts=("contiguous", "channels_last"), extra_env={"CT3D_UT_PERSIST_GRID": grid})
 
 
 @gpu

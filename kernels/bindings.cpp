@@ -27,6 +27,7 @@ int64_t unit_tap_launches();
 int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
+int64_t unit_tap_persist_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -53,4 +54,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_dgrad_kernel launches (grad input, kernel size = stride; CT3D_UNIT_TAP_DGRAD=1)");
   m.def("unit_tap_dgrad_rows_launches", &ct3d::unit_tap_dgrad_rows_launches,
         "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
+  m.def("unit_tap_persist_launches", &ct3d::unit_tap_persist_launches,
+        "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
 }

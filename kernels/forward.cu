@@ -336,10 +336,19 @@ struct UnitTapParams {
   int vec;   // x by 16-byte pieces: NCDHW, voxels a multiple of VEC, aligned
   int crop;  // padding > 0: some taps' outputs fall outside y (checked in the epilogue)
   int vec_out_lkw;  // log2 kw where the epilogue stores 16 bytes at a time (unit_tap_vec_out), else -1
+  int64_t ntiles;   // PERSIST: voxel tiles along x, taken blockIdx.x, + gridDim.x, ...
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+// PERSIST (opt-in, CT3D_UT_PERSIST=1, 16-bit; not yet run on a GPU): a block takes voxel
+// tiles blockIdx.x, + gridDim.x, ... as one stream of K steps through the same ring, so the
+// next tile's first steps are in flight during this tile's epilogue (D then has shared
+// memory of its own, after the ring), and the row tables are made once a block. Why: a
+// block of unet_64_32_64 lives ~5 us for 2 K steps (317 us / 62 waves), mostly fixed cost
+// (tables, the ring's fill, the epilogue; NOTES.md, unit-tap grad input, profile). With the
+// epilogue inside the K loop it needs 168 registers (held to two blocks' 128 it spilled), so
+// one block an SM.
+template <typename T, bool PERSIST>
+__global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -351,12 +360,16 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
-  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM, v0_block = v0;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
   const int Ho = int(P.out[1]), Wo = int(P.out[2]);
 
   // ---- tables (read after the K loop's barriers) ----
+  // column c of the tile at v0t, by thread kUtBM + c (PERSIST: in each tile's epilogue)
+  auto col_entry = [&](int c, int64_t v0t) {
+    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0t + c, col_o, c);
+  };
   if (tid < kUtBM) {
     const int64_t m = m0 + tid;
     if (m < prm.Mg) {
@@ -369,10 +382,11 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     } else {
       row_r[0][tid] = row_r[1][tid] = row_r[2][tid] = -(1 << 30);
     }
-  } else if (tid - kUtBM < kUtBN) {
-    const int c = tid - kUtBM;
-    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0 + c, col_o, c);
+  } else if (!PERSIST && tid - kUtBM < kUtBN) {
+    col_entry(tid - kUtBM, v0);
   }
+  // PERSIST: this block's local tile lt is voxel tile blockIdx.x + lt * gridDim.x
+  auto tile_v0 = [&](int lt) { return (int64_t(blockIdx.x) + int64_t(lt) * gridDim.x) * kUtBN; };
 
   // ---- stage copies ----
   const T* __restrict__ x = static_cast<const T*>(prm.x) + n * P.xl.n + int64_t(g) * cin_g * P.xl.c;
@@ -385,7 +399,9 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   // where prm.vec, else one element at a time through registers (consecutive threads
   // along voxels in NCDHW, along channels in channels_last_3d; TF32-rounded on the way).
   const bool cl = P.xl.c == 1;
-  auto load_stage = [&](int kk, int buf) {
+  auto load_stage = [&](int step, int buf) {
+    const int kk = PERSIST ? step % nk : step;
+    const int64_t v0 = PERSIST ? tile_v0(step / nk) : v0_block;
     const uint32_t dst = smem0 + buf * S::StageBytes;
     ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
@@ -428,58 +444,85 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     }
   };
 
+  // ---- epilogue: D (in shared memory at ds) to y, by the row tables and this tile's column tables ----
+  auto store_tile = [&](const float* ds) {
+    T* __restrict__ y = static_cast<T*>(prm.y);
+    if (prm.vec_out_lkw >= 0) {
+      // 16-byte stores (prm.vec_out_lkw = log2 kw; unit_tap_vec_out says where): a segment is
+      // the VO = 16 / sizeof(T) consecutive outputs of one output row that the kw rows of a
+      // row group rg = (co, rd, rh) give for Gv = VO / kw consecutive voxels of one input row:
+      // output j = D[rg * kw + j % kw][c0 + j / kw]. Consecutive threads take consecutive
+      // voxel groups (along output w). The per-element loop below spends ~40 instructions
+      // an output, which bounded the kernel (NOTES.md, unit-tap forward).
+      constexpr int VO = 16 / int(sizeof(T));
+      const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;  // log2 kw, log2 Gv
+      const int ngroups_l = __ffs(kUtBN) - 1 - lg;                  // log2 of the voxel groups a tile
+      for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
+        const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
+        if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;  // rows of a group and voxels of a group are valid together
+        const float b = row_bias[r0];
+        float v[VO];
+#pragma unroll
+        for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
+        const uint4 out = ut_pack16<T>(v);
+        *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
+      }
+      return;
+    }
+    // Element e = ((row group rg) * BN + c) * kw + rw, row r = rg * kw + rw: consecutive
+    // threads along (c, rw), i.e. along output w. Walked with counters, not divisions.
+    const int kw = int(P.k[2]);
+    const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
+    int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
+    const int Do = int(P.out[0]);
+    for (; rg * kw < kUtBM;) {
+      const int r = rg * kw + rw;
+      if (r < kUtBM) {
+        // outside y: only past the last voxel or row, or (padding) cropped
+        const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
+                                           unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
+                                           unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
+                                     : row_r[0][r] >= 0 && col_o[0][c] >= 0;
+        if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
+      }
+      rw += step_rw;
+      c += step_c;
+      if (rw >= kw) rw -= kw, ++c;
+      while (c >= kUtBN) c -= kUtBN, ++rg;
+    }
+  };
+
   // ---- K loop (ut_k_loop): steps kk + 1 .. kk + Stages - 1 in flight while step kk is multiplied ----
   float acc[kUtMI][4][4] = {};
-  ut_k_loop<T>(nk, load_stage, round_stage,
-               [&](int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
-
-  // ---- epilogue: D to shared memory (in the stage buffers) ----
-  float* ds = reinterpret_cast<float*>(smem);
-  ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
-  __syncthreads();
-  T* __restrict__ y = static_cast<T*>(prm.y);
-  if (prm.vec_out_lkw >= 0) {
-    // 16-byte stores (prm.vec_out_lkw = log2 kw; unit_tap_vec_out says where): a segment is
-    // the VO = 16 / sizeof(T) consecutive outputs of one output row that the kw rows of a
-    // row group rg = (co, rd, rh) give for Gv = VO / kw consecutive voxels of one input row:
-    // output j = D[rg * kw + j % kw][c0 + j / kw]. Consecutive threads take consecutive
-    // voxel groups (along output w). The per-element loop below spends ~40 instructions
-    // an output, which bounded the kernel (NOTES.md, unit-tap forward).
-    constexpr int VO = 16 / int(sizeof(T));
-    const int lkw = prm.vec_out_lkw, lg = __ffs(VO) - 1 - lkw;  // log2 kw, log2 Gv
-    const int ngroups_l = __ffs(kUtBN) - 1 - lg;                  // log2 of the voxel groups a tile
-    for (int seg = tid; seg < (kUtBM * kUtBN) / VO; seg += kUtThreads) {
-      const int r0 = (seg >> ngroups_l) << lkw, c0 = (seg & ((1 << ngroups_l) - 1)) << lg;
-      if (row_r[0][r0] < 0 || col_o[0][c0] < 0) continue;  // rows of a group and voxels of a group are valid together
-      const float b = row_bias[r0];
-      float v[VO];
+  if constexpr (PERSIST) {
+    // D's own shared memory, after the ring: the next tile's steps land in the ring meanwhile
+    float* ds = reinterpret_cast<float*>(smem + S::Stages * S::StageBytes);
+    const int tiles = int((prm.ntiles - blockIdx.x + gridDim.x - 1) / gridDim.x);
+    ut_k_loop<T>(tiles * nk, load_stage, round_stage, [&](int step, int buf) {
+      ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane);
+      if (step % nk == nk - 1) {  // the tile's last step: its epilogue (block-uniform)
+        const int64_t vt = tile_v0(step / nk);
+        if (tid >= kUtBM && tid - kUtBM < kUtBN) col_entry(tid - kUtBM, vt);  // everyone is past the
+        // previous epilogue's reads of the tables and of D: a K step's barrier came between
+        ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+        __syncthreads();
+        store_tile(ds);
 #pragma unroll
-      for (int j = 0; j < VO; ++j) v[j] = ds[(r0 + (j & ((1 << lkw) - 1))) * S::DPitch + c0 + (j >> lkw)] + b;
-      const uint4 out = ut_pack16<T>(v);
-      *reinterpret_cast<uint4*>(y + row_off[r0] + col_off[c0]) = out;
-    }
-    return;
-  }
-  // Element e = ((row group rg) * BN + c) * kw + rw, row r = rg * kw + rw: consecutive
-  // threads along (c, rw), i.e. along output w. Walked with counters, not divisions.
-  const int kw = int(P.k[2]);
-  const int step_c = kUtThreads / kw, step_rw = kUtThreads % kw;
-  int rw = tid % kw, c = (tid / kw) % kUtBN, rg = tid / (kw * kUtBN);
-  const int Do = int(P.out[0]);
-  for (; rg * kw < kUtBM;) {
-    const int r = rg * kw + rw;
-    if (r < kUtBM) {
-      // outside y: only past the last voxel or row, or (padding) cropped
-      const bool inside = prm.crop ? unsigned(col_o[0][c] + row_r[0][r]) < unsigned(Do) &&
-                                         unsigned(col_o[1][c] + row_r[1][r]) < unsigned(Ho) &&
-                                         unsigned(col_o[2][c] + row_r[2][r]) < unsigned(Wo)
-                                   : row_r[0][r] >= 0 && col_o[0][c] >= 0;
-      if (inside) y[row_off[r] + col_off[c]] = T(ds[r * S::DPitch + c] + row_bias[r]);
-    }
-    rw += step_rw;
-    c += step_c;
-    if (rw >= kw) rw -= kw, ++c;
-    while (c >= kUtBN) c -= kUtBN, ++rg;
+        for (int mi = 0; mi < kUtMI; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+      }
+    });
+  } else {
+    ut_k_loop<T>(nk, load_stage, round_stage,
+                 [&](int, int buf) { ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane); });
+    // D to shared memory (in the stage buffers), then y
+    float* ds = reinterpret_cast<float*>(smem);
+    ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
+    __syncthreads();
+    store_tile(ds);
   }
 }
 
@@ -496,6 +539,13 @@ int64_t unit_tap_launches() { return g_unit_tap_launches.load(); }
 
 static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
 int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
+
+// Persistent unit-tap forward (unit_tap_fwd_kernel<T, true>): CT3D_UT_PERSIST=1 (opt-in, 16-bit
+// only), with gridDim.x = the voxel tiles or fewer: a block an SM over (gy, gz) (it holds
+// 168 registers a thread: see the kernel), at most CT3D_UT_PERSIST_GRID where that is set
+// (tests: several tiles a block).
+static std::atomic<int64_t> g_unit_tap_persist_launches{0};
+int64_t unit_tap_persist_launches() { return g_unit_tap_persist_launches.load(); }
 
 template <typename T>
 bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, at::Tensor& y,
@@ -524,11 +574,27 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
             reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0;
   prm.vec_out_lkw = unit_tap_vec_out(P, y, S::VEC);
   if (prm.vec_out_lkw >= 0) ++g_unit_tap_vec_out_launches;
-  auto kernel = unit_tap_fwd_kernel<T>;
+  prm.ntiles = gx;
+  ++g_unit_tap_launches;
+  if constexpr (S::k16) {
+    static const int persist = env_int("CT3D_UT_PERSIST", 0), persist_grid = env_int("CT3D_UT_PERSIST_GRID", 0);
+    if (persist == 1) {
+      constexpr int smem = S::Stages * S::StageBytes + S::DBytes;
+      const int64_t slots = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;  // a block an SM
+      int64_t bx = std::min(gx, std::max<int64_t>(1, slots / (gy * gz)));
+      if (persist_grid > 0) bx = std::min<int64_t>(bx, persist_grid);
+      auto kernel = unit_tap_fwd_kernel<T, true>;
+      set_smem_limit(kernel, smem);
+      kernel<<<dim3(unsigned(bx), unsigned(gy), unsigned(gz)), kUtThreads, smem, stream>>>(prm);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      ++g_unit_tap_persist_launches;
+      return true;
+    }
+  }
+  auto kernel = unit_tap_fwd_kernel<T, false>;
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  ++g_unit_tap_launches;
   return true;
 }
 

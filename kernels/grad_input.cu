@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const Uni
   // ---- K loop (ut_k_loop): steps kk + 1 .. kk + Stages - 1 in flight while step kk is multiplied ----
   const int blkw = lkw > 0 ? lkw : 0;  // Bs's row-group width (0: plain Bs[k][i])
   float acc[kUtMI][4][4] = {};
-  ut_k_loop<T>(nk, load_stage, round_stage, [&](int buf) {
+  ut_k_loop<T>(nk, load_stage, round_stage, [&](int, int buf) {
     if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   });
 

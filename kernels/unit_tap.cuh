@@ -218,8 +218,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
 // The K loop of both unit-tap kernels: a cp.async ring of Stages buffers, steps kk + 1 ..
 // kk + Stages - 1 in flight while step kk is multiplied. load(kk, buf) issues step kk's
 // copies into buffer buf (a synchronous fallback may store directly); round(buf) runs on
-// each thread's own landed copies before the barrier (TF32 rounding in place); mma(buf)
-// multiplies buffer buf. Ends with every copy landed and every warp done with the buffers
+// each thread's own landed copies before the barrier (TF32 rounding in place); mma(kk, buf)
+// multiplies buffer buf, step kk. Ends with every copy landed and every warp done with the buffers
 // (they become D).
 template <typename T, typename Load, typename Round, typename Mma>
 __device__ __forceinline__ void ut_k_loop(int nk, Load&& load, Round&& round, Mma&& mma) {
@@ -235,7 +235,7 @@ __device__ __forceinline__ void ut_k_loop(int nk, Load&& load, Round&& round, Mm
     __syncthreads();  // everyone's step kk is in; everyone is done with step kk - 1
     if (kk + St - 1 < nk) load(kk + St - 1, (kk + St - 1) % St);
     cp_async_commit();
-    mma(buf);
+    mma(kk, buf);
   }
   cp_async_wait(0);
   __syncthreads();

@@ -46,13 +46,23 @@ def ptx_of(cu_text: str, nvcc: str, work: Path, tag: str) -> str:
     return out.read_text()
 
 
-def entries(ptx: str, only: str) -> dict:
+def entries(ptx: str, only: str, drop: str = "", loose: bool = False) -> dict:
+    """Each kernel's PTX without comments and line info, labels numbered without the
+    function's index (which moves when kernels are added), by mangled name less `drop` (a
+    template argument the change added, as mangled, e.g. Lb0E for a trailing false);
+    `loose`: virtual register numbers dropped too (same instructions, renumbered)."""
     out = {}
     for m in re.finditer(r"\.visible \.entry (\S+)\(", ptx):
-        if only and only not in m.group(1):
+        name = m.group(1)
+        if only and only not in name:
             continue
-        body = ptx[m.start():ptx.index("\n}\n", m.start())]
-        out[m.group(1)] = re.sub(r"\.loc[^\n]*|//[^\n]*", "", body)
+        body = re.sub(r"\.loc[^\n]*|//[^\n]*", "", ptx[m.start():ptx.index("\n}\n", m.start())])
+        body = re.sub(r"\$L__BB\d+_", "$L__BB_", body)
+        if drop:
+            body = body.replace(drop, "")
+        if loose:
+            body = re.sub(r"%(rd|rs|r|p|fd|f)\d+", r"%\1", body)
+        out[name.replace(drop, "") if drop else name] = body
     return out
 
 
@@ -60,13 +70,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", nargs="?", default="HEAD")
     ap.add_argument("--only", default="", help="compare kernels whose mangled name contains this")
+    ap.add_argument("--drop", default="", help="removed from the tree's kernel names (an added template argument)")
+    ap.add_argument("--loose", action="store_true", help="ignore virtual register numbering")
     ap.add_argument("--nvcc", default=os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
     a = ap.parse_args()
     import model_new as mn
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
-        new = entries(ptx_of(mn.kernel_sources()[1], a.nvcc, work, "tree"), a.only)
-        old = entries(ptx_of(sources_at(a.rev), a.nvcc, work, "rev"), a.only)
+        new = entries(ptx_of(mn.kernel_sources()[1], a.nvcc, work, "tree"), a.only, a.drop, a.loose)
+        old = entries(ptx_of(sources_at(a.rev), a.nvcc, work, "rev"), a.only, loose=a.loose)
     diff = [k for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)]
     for k in diff:
         print("differs:" if k in new and k in old else "only in one:", k)
