@@ -2639,7 +2639,7 @@ struct UnitTapParams {
   int64_t ntiles;
 };
 template <typename T, bool PERSIST>
-__global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -2653,8 +2653,13 @@ __global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kern
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
   const int Ho = int(P.out[1]), Wo = int(P.out[2]);
+  __shared__ Problem P_cols;
+  if constexpr (PERSIST) {
+    if (tid == 0) P_cols = P;
+  }
   auto col_entry = [&](int c, int64_t v0t) {
-    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0t + c, col_o, c);
+    const Problem& Q = PERSIST ? P_cols : P;
+    col_off[c] = n * Q.yl.n + int64_t(g) * Q.cout_g() * Q.yl.c + ut_col_table(Q, v0t + c, col_o, c);
   };
   if (tid < kUtBM) {
     const int64_t m = m0 + tid;
@@ -2824,7 +2829,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     static const int persist = env_int("CT3D_UT_PERSIST", 0), persist_grid = env_int("CT3D_UT_PERSIST_GRID", 0);
     if (persist == 1) {
       constexpr int smem = S::Stages * S::StageBytes + S::DBytes;
-      const int64_t slots = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;
+      const int64_t slots = 2 * int64_t(at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount);
       int64_t bx = std::min(gx, std::max<int64_t>(1, slots / (gy * gz)));
       if (persist_grid > 0) bx = std::min<int64_t>(bx, persist_grid);
       auto kernel = unit_tap_fwd_kernel<T, true>;

@@ -344,11 +344,10 @@ struct UnitTapParams {
 // next tile's first steps are in flight during this tile's epilogue (D then has shared
 // memory of its own, after the ring), and the row tables are made once a block. Why: a
 // block of unet_64_32_64 lives ~5 us for 2 K steps (317 us / 62 waves), mostly fixed cost
-// (tables, the ring's fill, the epilogue; NOTES.md, unit-tap grad input, profile). With the
-// epilogue inside the K loop it needs 168 registers (held to two blocks' 128 it spilled), so
-// one block an SM.
+// (tables, the ring's fill, the epilogue; NOTES.md, unit-tap grad input, profile). Two
+// blocks an SM, as the default (128 registers: see P_cols).
 template <typename T, bool PERSIST>
-__global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -366,9 +365,16 @@ __global__ void __launch_bounds__(kUtThreads, PERSIST ? 1 : 2) unit_tap_fwd_kern
   const int Ho = int(P.out[1]), Wo = int(P.out[2]);
 
   // ---- tables (read after the K loop's barriers) ----
-  // column c of the tile at v0t, by thread kUtBM + c (PERSIST: in each tile's epilogue)
+  // column c of the tile at v0t, by thread kUtBM + c (PERSIST: in each tile's epilogue, from
+  // a shared-memory copy of the problem: read from the parameters, its fields were hoisted out
+  // of the tile loop into ~10 registers held throughout, and the kernel spilled)
+  __shared__ Problem P_cols;
+  if constexpr (PERSIST) {
+    if (tid == 0) P_cols = P;  // read after the K loop's first barrier
+  }
   auto col_entry = [&](int c, int64_t v0t) {
-    col_off[c] = n * P.yl.n + int64_t(g) * P.cout_g() * P.yl.c + ut_col_table(P, v0t + c, col_o, c);
+    const Problem& Q = PERSIST ? P_cols : P;
+    col_off[c] = n * Q.yl.n + int64_t(g) * Q.cout_g() * Q.yl.c + ut_col_table(Q, v0t + c, col_o, c);
   };
   if (tid < kUtBM) {
     const int64_t m = m0 + tid;
@@ -541,9 +547,8 @@ static std::atomic<int64_t> g_unit_tap_vec_out_launches{0};
 int64_t unit_tap_vec_out_launches() { return g_unit_tap_vec_out_launches.load(); }
 
 // Persistent unit-tap forward (unit_tap_fwd_kernel<T, true>): CT3D_UT_PERSIST=1 (opt-in, 16-bit
-// only), with gridDim.x = the voxel tiles or fewer: a block an SM over (gy, gz) (it holds
-// 168 registers a thread: see the kernel), at most CT3D_UT_PERSIST_GRID where that is set
-// (tests: several tiles a block).
+// only), with gridDim.x = the voxel tiles or fewer: two blocks an SM over (gy, gz), at most
+// CT3D_UT_PERSIST_GRID where that is set (tests: several tiles a block).
 static std::atomic<int64_t> g_unit_tap_persist_launches{0};
 int64_t unit_tap_persist_launches() { return g_unit_tap_persist_launches.load(); }
 
@@ -580,7 +585,7 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     static const int persist = env_int("CT3D_UT_PERSIST", 0), persist_grid = env_int("CT3D_UT_PERSIST_GRID", 0);
     if (persist == 1) {
       constexpr int smem = S::Stages * S::StageBytes + S::DBytes;
-      const int64_t slots = at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount;  // a block an SM
+      const int64_t slots = 2 * int64_t(at::cuda::getDeviceProperties(x.get_device())->multiProcessorCount);
       int64_t bx = std::min(gx, std::max<int64_t>(1, slots / (gy * gz)));
       if (persist_grid > 0) bx = std::min<int64_t>(bx, persist_grid);
       auto kernel = unit_tap_fwd_kernel<T, true>;
