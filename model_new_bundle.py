@@ -2649,7 +2649,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const Problem& P = prm.P;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / kUtWarpsN, wn = warp % kUtWarpsN;
-  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM, v0_block = v0;
+  const int64_t v0 = int64_t(blockIdx.x) * kUtBN, m0 = int64_t(blockIdx.y) * kUtBM;
   const int n = int(blockIdx.z / P.G), g = int(blockIdx.z % P.G);
   const int64_t vol = P.in_vol(), cin_g = P.cin_g();
   const int Ho = int(P.out[1]), Wo = int(P.out[2]);
@@ -2684,7 +2684,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
   const bool cl = P.xl.c == 1;
   auto load_stage = [&](int step, int buf) {
     const int kk = PERSIST ? step % nk : step;
-    const int64_t v0 = PERSIST ? tile_v0(step / nk) : v0_block;
+    const int64_t vt = PERSIST ? tile_v0(step / nk) : v0;
     const uint32_t dst = smem0 + buf * S::StageBytes;
     ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
@@ -2692,8 +2692,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
 #pragma unroll
       for (int j = 0; j < S::BPer / S::VEC; ++j) {
         const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
-        const bool in = k0 + k < cin_g && v0 + c < vol;
-        cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + v0 + c : x,
+        const bool in = k0 + k < cin_g && vt + c < vol;
+        cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + vt + c : x,
                    in ? 16 : 0);
       }
     } else {
@@ -2702,8 +2702,8 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
       for (int j = 0; j < S::BPer; ++j) {
         const int e = tid + j * kUtThreads;
         const int k = cl ? e % kUtBK : e / kUtBN, c = cl ? e / kUtBK : e % kUtBN;
-        const int64_t off = (k0 + k) * P.xl.c + (v0 + c) * P.xl.v;
-        const bool in = k0 + k < cin_g && v0 + c < vol;
+        const int64_t off = (k0 + k) * P.xl.c + (vt + c) * P.xl.v;
+        const bool in = k0 + k < cin_g && vt + c < vol;
         if constexpr (k16)
           reinterpret_cast<unsigned short*>(bs)[k * S::BPitch + c] = in ? reinterpret_cast<const unsigned short*>(x)[off] : 0;
         else
