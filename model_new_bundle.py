@@ -2638,10 +2638,12 @@ struct UnitTapParams {
   int vec_out_lkw;
   int64_t ntiles;
 };
-template <typename T, bool PERSIST>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+template <typename T, bool PERSIST, int MINB = 2>
+__global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
+  constexpr bool kVecOnly = MINB > 2;
+  static_assert(!kVecOnly || (k16 && !PERSIST), "unit_tap_fwd_kernel: three blocks an SM is 16-bit, not persistent");
   extern __shared__ __align__(128) unsigned char smem[];
   __shared__ int64_t row_off[kUtBM], col_off[kUtBN];
   __shared__ int row_r[3][kUtBM], col_o[3][kUtBN];
@@ -2688,7 +2690,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     const uint32_t dst = smem0 + buf * S::StageBytes;
     ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
-    if (prm.vec) {
+    if (kVecOnly || prm.vec) {
 #pragma unroll
       for (int j = 0; j < S::BPer / S::VEC; ++j) {
         const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
@@ -2696,7 +2698,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + vt + c : x,
                    in ? 16 : 0);
       }
-    } else {
+    } else if constexpr (!kVecOnly) {
       unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
       for (int j = 0; j < S::BPer; ++j) {
@@ -2841,6 +2843,10 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     }
   }
   auto kernel = unit_tap_fwd_kernel<T, false>;
+  if constexpr (S::k16) {
+    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 3);
+    if (prm.vec && blocks_env != 2) kernel = unit_tap_fwd_kernel<T, false, 3>;
+  }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -3137,8 +3143,8 @@ struct UnitTapDgradParams {
   int vec_out;
   uint32_t kdh_magic, kh_magic;
 };
-template <typename T>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+template <typename T, int MINB>
+__global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
   using S = UtShape<T>;
   constexpr int VO = S::VEC;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -3291,7 +3297,11 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  auto kernel = unit_tap_dgrad_kernel<T>;
+  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 3);
+  auto kernel = unit_tap_dgrad_kernel<T, 2>;
+  if constexpr (S::k16) {
+    if (blocks_env != 2) kernel = unit_tap_dgrad_kernel<T, 3>;
+  }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -346,10 +346,20 @@ struct UnitTapParams {
 // block of unet_64_32_64 lives ~5 us for 2 K steps (317 us / 62 waves), mostly fixed cost
 // (tables, the ring's fill, the epilogue; NOTES.md, unit-tap grad input, profile). Two
 // blocks an SM, as the default (128 registers: see P_cols).
-template <typename T, bool PERSIST>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitTapParams prm) {
+//
+// MINB: blocks an SM the registers are bounded for: 2, or 3 (16-bit with x by 16-byte
+// copies, prm.vec; not PERSIST, whose own D buffer lets only two fit). ncu of unet_64_32_64
+// bf16 at two blocks (16 warps an SM): 7.6 cycles between a warp's instructions, stalls
+// wait 25%, short scoreboard 20%, barrier 11%, DRAM 25% of peak: issue-latency-bound, so a
+// third block's warps are the cheapest cover. At 80 registers only the 16-byte path fits:
+// the element-by-element path (channels_last, odd widths) spilled there, so a MINB = 3
+// kernel has no such path (the launcher runs those at two).
+template <typename T, bool PERSIST, int MINB = 2>
+__global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_fwd_kernel(const UnitTapParams prm) {
   using S = UtShape<T>;
   constexpr bool k16 = S::k16;
+  constexpr bool kVecOnly = MINB > 2;  // x only by 16-byte copies (prm.vec)
+  static_assert(!kVecOnly || (k16 && !PERSIST), "unit_tap_fwd_kernel: three blocks an SM is 16-bit, not persistent");
   extern __shared__ __align__(128) unsigned char smem[];
   // Epilogue tables: output offset = row_off[r] + col_off[c]; output coordinate e of
   // element (r, c) = col_o[e][c] + row_r[e][r] (far negative for rows / voxels past the end)
@@ -411,7 +421,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
     const uint32_t dst = smem0 + buf * S::StageBytes;
     ut_copy_a<T>(dst, wt, prm.Kpad, kk, tid);
     const int64_t k0 = int64_t(kk) * kUtBK;
-    if (prm.vec) {
+    if (kVecOnly || prm.vec) {
 #pragma unroll
       for (int j = 0; j < S::BPer / S::VEC; ++j) {
         const int p = tid + j * kUtThreads, k = p / (kUtBN / S::VEC), c = (p % (kUtBN / S::VEC)) * S::VEC;
@@ -419,7 +429,7 @@ __global__ void __launch_bounds__(kUtThreads, 2) unit_tap_fwd_kernel(const UnitT
         cp_async16(dst + S::ABytes + (k * S::BPitch + c) * int(sizeof(T)), in ? x + (k0 + k) * P.xl.c + vt + c : x,
                    in ? 16 : 0);
       }
-    } else {
+    } else if constexpr (!kVecOnly) {
       unsigned char* bs = smem + buf * S::StageBytes + S::ABytes;
 #pragma unroll
       for (int j = 0; j < S::BPer; ++j) {
@@ -597,6 +607,10 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     }
   }
   auto kernel = unit_tap_fwd_kernel<T, false>;
+  if constexpr (S::k16) {  // three blocks an SM where x goes by 16-byte copies; CT3D_UT_FWD_BLOCKS=2: two (A/B)
+    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 3);
+    if (prm.vec && blocks_env != 2) kernel = unit_tap_fwd_kernel<T, false, 3>;
+  }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

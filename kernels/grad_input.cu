@@ -297,8 +297,14 @@ struct UnitTapDgradParams {
   uint32_t kdh_magic, kh_magic;  // fast_div_magic of kd x kh (row groups a channel) and kh (rows path)
 };
 
-template <typename T>
-__global__ void __launch_bounds__(kUtThreads, 2) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+// MINB: blocks an SM the registers are bounded for. 16-bit runs three (80 registers, no
+// spills; the ring's 59 KB a block lets three fit), TF32 two (its 83 KB ring fits two).
+// Why three: ncu of unet_64_32_64 bf16 at two (16 warps an SM) showed an issue-latency-bound
+// kernel (7.1 cycles between a warp's instructions; stalls wait 26%, barrier 24%: with
+// Cin/G = 64, the warps of rows past it skip the MMAs and wait at the K loop's barriers);
+// a third block's warps fill those gaps. CT3D_UT_DGRAD_BLOCKS=2 runs 16-bit at two (A/B).
+template <typename T, int MINB>
+__global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
   using S = UtShape<T>;
   constexpr int VO = S::VEC;  // elements of 16 bytes
   extern __shared__ __align__(128) unsigned char smem[];
@@ -484,7 +490,11 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  auto kernel = unit_tap_dgrad_kernel<T>;
+  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 3);
+  auto kernel = unit_tap_dgrad_kernel<T, 2>;
+  if constexpr (S::k16) {
+    if (blocks_env != 2) kernel = unit_tap_dgrad_kernel<T, 3>;
+  }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -6,7 +6,9 @@ definition, with explicit instantiations appended, compiled by nvcc with -Xptxas
         "unit_tap_fwd_kernel<at::BFloat16, true>(const UnitTapParams)" [more instantiations]
 
 An instantiation is written as inside namespace ct3d. Needs a CUDA build of torch and nvcc
-(CUDA_HOME); sm_90a, the extension's flags.
+(CUDA_HOME); sm_90a, the extension's flags. QUICK_PTXAS_SASS=FILE also writes the SASS
+(cuobjdump -sass; CUOBJDUMP=path where nvcc's folder has none) there, to find where
+spills (STL / LDL) sit.
 """
 import os
 import re
@@ -45,6 +47,11 @@ def main() -> None:
         f = Path(d) / "one.cu"
         f.write_text(src)
         r = subprocess.run([nvcc, *inc, *flags, str(f), "-o", str(Path(d) / "one.cubin")], capture_output=True, text=True)
+        if os.environ.get("QUICK_PTXAS_SASS") and r.returncode == 0:  # keep the SASS (where the spills are)
+            cuobjdump = os.environ.get("CUOBJDUMP", os.path.join(os.path.dirname(nvcc), "cuobjdump"))
+            sass = subprocess.run([cuobjdump, "-sass", str(Path(d) / "one.cubin")],
+                                  capture_output=True, text=True).stdout
+            Path(os.environ["QUICK_PTXAS_SASS"]).write_text(sass)
     if r.returncode != 0:
         sys.exit(r.stderr[-4000:])
     lines = r.stderr.splitlines()
