@@ -2844,8 +2844,8 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   }
   auto kernel = unit_tap_fwd_kernel<T, false>;
   if constexpr (S::k16) {
-    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 3);
-    if (prm.vec && blocks_env != 2) kernel = unit_tap_fwd_kernel<T, false, 3>;
+    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 2);
+    if (prm.vec && blocks_env == 3) kernel = unit_tap_fwd_kernel<T, false, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
@@ -3297,10 +3297,10 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 3);
+  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 2);
   auto kernel = unit_tap_dgrad_kernel<T, 2>;
   if constexpr (S::k16) {
-    if (blocks_env != 2) kernel = unit_tap_dgrad_kernel<T, 3>;
+    if (blocks_env == 3) kernel = unit_tap_dgrad_kernel<T, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);

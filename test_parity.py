@@ -598,8 +598,8 @@ def test_grad_input_unit_tap_forced(blocks):
     default only where it stages dy rows): every unit-tap case must take it in TF32, fp16 and
     bf16, both layouts (dy rows by 16-byte cp.async where unit_tap_dgrad_rows_expected says,
     a counter proving which; else the element-by-element gather; dx stored either way), and
-    pass the contract. blocks: the 16-bit kernel's register bound, three blocks an SM (the
-    default) or two (CT3D_UT_DGRAD_BLOCKS=2); TF32 runs two either way."""
+    pass the contract. blocks: the 16-bit kernel's register bound, two blocks an SM (the
+    default) or three (CT3D_UT_DGRAD_BLOCKS=3, opt-in); TF32 runs two either way."""
     run_opt_in("CT3D_UNIT_TAP_DGRAD", "unit_tap_dgrad_launches", tuple(UNIT_TAP_CASES),
                ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
                layouts=("contiguous", "channels_last"), sub_counter="unit_tap_dgrad_rows_launches",
@@ -620,13 +620,13 @@ def test_unit_tap_forward_persistent_opt_in(grid):
 
 
 @gpu
-def test_unit_tap_forward_two_blocks():
-    """The unit-tap forward's 16-bit kernel bounded for two blocks an SM (CT3D_UT_FWD_BLOCKS=2;
-    by default three where x goes by 16-byte copies, and two elsewhere): every unit-tap case
-    in fp16 and bf16, both layouts, on the unit-tap forward, against float64."""
+def test_unit_tap_forward_three_blocks_opt_in():
+    """The unit-tap forward's 16-bit kernel bounded for three blocks an SM
+    (CT3D_UT_FWD_BLOCKS=3, opt-in; where x goes by 16-byte copies, two elsewhere): every
+    unit-tap case in fp16 and bf16, both layouts, on the unit-tap forward, against float64."""
     run_opt_in("CT3D_UNIT_TAP", "unit_tap_launches", tuple(UNIT_TAP_CASES), ("fp16", "bf16"),
                "the unit-tap forward", table="UNIT_TAP_CASES", algo="auto",
-               layouts=("contiguous", "channels_last"), extra_env={"CT3D_UT_FWD_BLOCKS": "2"})
+               layouts=("contiguous", "channels_last"), extra_env={"CT3D_UT_FWD_BLOCKS": "3"})
 
 
 @gpu

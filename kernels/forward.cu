@@ -351,7 +351,8 @@ struct UnitTapParams {
 // copies, prm.vec; not PERSIST, whose own D buffer lets only two fit). ncu of unet_64_32_64
 // bf16 at two blocks (16 warps an SM): 7.6 cycles between a warp's instructions, stalls
 // wait 25%, short scoreboard 20%, barrier 11%, DRAM 25% of peak: issue-latency-bound, so a
-// third block's warps are the cheapest cover. At 80 registers only the 16-byte path fits:
+// third block's warps are the cheapest cover (prediction; opt-in through CT3D_UT_FWD_BLOCKS=3
+// until measured: the device was lost before it ran). At 80 registers only the 16-byte path fits:
 // the element-by-element path (channels_last, odd widths) spilled there, so a MINB = 3
 // kernel has no such path (the launcher runs those at two).
 template <typename T, bool PERSIST, int MINB = 2>
@@ -607,9 +608,9 @@ bool forward_unit_tap(const at::Tensor& x, const at::Tensor& w, const at::Tensor
     }
   }
   auto kernel = unit_tap_fwd_kernel<T, false>;
-  if constexpr (S::k16) {  // three blocks an SM where x goes by 16-byte copies; CT3D_UT_FWD_BLOCKS=2: two (A/B)
-    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 3);
-    if (prm.vec && blocks_env != 2) kernel = unit_tap_fwd_kernel<T, false, 3>;
+  if constexpr (S::k16) {  // CT3D_UT_FWD_BLOCKS=3 (opt-in, not yet run on a GPU): three blocks an SM where x goes by 16-byte copies
+    static const int blocks_env = env_int("CT3D_UT_FWD_BLOCKS", 2);
+    if (prm.vec && blocks_env == 3) kernel = unit_tap_fwd_kernel<T, false, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);

@@ -297,12 +297,13 @@ struct UnitTapDgradParams {
   uint32_t kdh_magic, kh_magic;  // fast_div_magic of kd x kh (row groups a channel) and kh (rows path)
 };
 
-// MINB: blocks an SM the registers are bounded for. 16-bit runs three (80 registers, no
-// spills; the ring's 59 KB a block lets three fit), TF32 two (its 83 KB ring fits two).
+// MINB: blocks an SM the registers are bounded for. 16-bit can run three (80 registers, no
+// spills; the ring's 59 KB a block lets three fit; opt-in through CT3D_UT_DGRAD_BLOCKS=3
+// until measured on a GPU), TF32 two (its 83 KB ring fits two).
 // Why three: ncu of unet_64_32_64 bf16 at two (16 warps an SM) showed an issue-latency-bound
 // kernel (7.1 cycles between a warp's instructions; stalls wait 26%, barrier 24%: with
 // Cin/G = 64, the warps of rows past it skip the MMAs and wait at the K loop's barriers);
-// a third block's warps fill those gaps. CT3D_UT_DGRAD_BLOCKS=2 runs 16-bit at two (A/B).
+// a third block's warps should fill those gaps (prediction, not yet measured).
 template <typename T, int MINB>
 __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
   using S = UtShape<T>;
@@ -490,10 +491,10 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
-  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 3);
+  static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 2);
   auto kernel = unit_tap_dgrad_kernel<T, 2>;
   if constexpr (S::k16) {
-    if (blocks_env != 2) kernel = unit_tap_dgrad_kernel<T, 3>;
+    if (blocks_env == 3) kernel = unit_tap_dgrad_kernel<T, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);
