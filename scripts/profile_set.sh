@@ -1,3 +1,9 @@
+#!/usr/bin/env bash
+# One device call of ncu profiles (speed of light, stalls, hottest SASS lines): the unit-tap
+# forward and grad input on unet_64_32_64 bf16 (profile_unit_tap.sh), then the wgmma window
+# kernel on kb58 TF32 at batch 4 (profile_src.sh). Seven files under $OUT (a device call
+# returns eight at most). Made for NOTES.md's "Unit-tap kernels at three blocks an SM".
+#   bash scripts/profile_set.sh
 set -uo pipefail
 OUT=${OUT:-out}
 export PYTHONUNBUFFERED=1
