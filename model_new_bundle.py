@@ -2306,10 +2306,12 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
   col_o[0][c] = od, col_o[1][c] = oh, col_o[2][c] = ow;
   return ((int64_t(od) * P.out[1] + oh) * P.out[2] + ow) * P.yl.v;
 }
-template <typename T>
+template <typename T, int KPARTS = 1>
 __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const unsigned char* stage, int wm, int wn,
-                                             int lane, int lkw = 0) {
+                                             int lane, int lkw = 0, int kpart = 0) {
   using S = UtShape<T>;
+  constexpr int NKS = kUtBK / (S::k16 ? 16 : 8);
+  static_assert(NKS % KPARTS == 0, "ut_mma_stage: K parts divide the sub-steps");
   const int gq = lane >> 2, tq = lane & 3;
   const unsigned char* as = stage;
   const unsigned char* bs = stage + S::ABytes;
@@ -2319,7 +2321,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
     const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
     const int l0 = boff(2 * tq, wn * 32 + gq) >> 1, l1 = boff(2 * tq + 8, wn * 32 + gq) >> 1;
 #pragma unroll
-    for (int ks = 0; ks < kUtBK / 16; ++ks) {
+    for (int kq = 0; kq < NKS / KPARTS; ++kq) {
+      const int ks = kpart * (NKS / KPARTS) + kq;
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
@@ -2348,7 +2351,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
     const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
     const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
 #pragma unroll
-    for (int ks = 0; ks < kUtBK / 8; ++ks) {
+    for (int kq = 0; kq < NKS / KPARTS; ++kq) {
+      const int ks = kpart * (NKS / KPARTS) + kq;
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi) {
@@ -3143,8 +3147,9 @@ struct UnitTapDgradParams {
   int vec_out;
   uint32_t kdh_magic, kh_magic;
 };
-template <typename T, int MINB>
+template <typename T, int MINB, bool KSPLIT = false>
 __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+  static_assert(!(KSPLIT && MINB > 2), "unit_tap_dgrad_kernel: the K split runs at two blocks an SM");
   using S = UtShape<T>;
   constexpr int VO = S::VEC;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -3166,7 +3171,10 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   const int a_rows = int(cin_g - m0 < kUtBM ? cin_g - m0 : kUtBM);
-  const bool warp_rows = wm * 16 * kUtMI < a_rows;
+  const bool ksplit = KSPLIT && a_rows <= kUtBM / 2;
+  constexpr int kHalfWm = kUtBM / 2 / (16 * kUtMI);
+  const int wm_a = ksplit ? wm % kHalfWm : wm;
+  const bool warp_rows = wm_a * 16 * kUtMI < a_rows;
   auto gather_off = [&](int m, int c) -> int64_t {
     if (m >= Kg || col_o[0][c] < -(1 << 29)) return -1;
     const int co = m / kvol, t = m % kvol;
@@ -3236,7 +3244,9 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
   const int blkw = lkw > 0 ? lkw : 0;
   float acc[kUtMI][4][4] = {};
   ut_k_loop<T>(nk, load_stage, round_stage, [&](int, int buf) {
-    if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
+    if (!warp_rows) return;
+    if (ksplit) ut_mma_stage<T, 2>(acc, smem + buf * S::StageBytes, wm_a, wn, lane, blkw, wm / kHalfWm);
+    else ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   });
   float* ds = reinterpret_cast<float*>(smem);
   ut_acc_to_smem(ds, S::DPitch, acc, wm, wn, lane);
@@ -3249,7 +3259,11 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
       float v[VO];
 #pragma unroll
       for (int j = 0; j < VO; j += 4) {
-        const float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        if (ksplit) {
+          const float4 h = *reinterpret_cast<const float4*>(ds + (r + kUtBM / 2) * S::DPitch + c0 + j);
+          q.x += h.x, q.y += h.y, q.z += h.z, q.w += h.w;
+        }
         v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
       }
       *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
@@ -3258,7 +3272,11 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
     const bool cl = P.xl.c == 1;
     for (int e = tid; e < kUtBM * kUtBN; e += kUtThreads) {
       const int r = cl ? e % kUtBM : e / kUtBN, c = cl ? e / kUtBM : e % kUtBN;
-      if (m0 + r < cin_g && v0 + c < vol) dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(ds[r * S::DPitch + c]);
+      if (m0 + r < cin_g && v0 + c < vol) {
+        float v = ds[r * S::DPitch + c];
+        if (ksplit) v += ds[(r + kUtBM / 2) * S::DPitch + c];
+        dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(v);
+      }
     }
   }
 }
@@ -3298,9 +3316,10 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
   static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 2);
-  auto kernel = unit_tap_dgrad_kernel<T, 2>;
+  static const int ksplit_env = env_int("CT3D_UT_DGRAD_KSPLIT", 0);
+  auto kernel = ksplit_env == 1 ? unit_tap_dgrad_kernel<T, 2, true> : unit_tap_dgrad_kernel<T, 2>;
   if constexpr (S::k16) {
-    if (blocks_env == 3) kernel = unit_tap_dgrad_kernel<T, 3>;
+    if (blocks_env == 3 && ksplit_env != 1) kernel = unit_tap_dgrad_kernel<T, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);

@@ -591,19 +591,27 @@ def unit_tap_dgrad_rows_expected(case: str, mode: str, layout: str) -> bool:
     return layout == "contiguous" and case in rows
 
 
+UNIT_TAP_DGRAD_VARIANTS = {
+    "default": {},
+    # 16-bit at three blocks an SM (opt-in; TF32 stays at two)
+    "three_blocks": {"CT3D_UT_DGRAD_BLOCKS": "3"},
+    # K split over the warps of the tile's empty rows (opt-in; every case here has Cin/G <= 64)
+    "ksplit": {"CT3D_UT_DGRAD_KSPLIT": "1"},
+}
+
+
 @gpu
-@pytest.mark.parametrize("blocks", ["3", "2"])
-def test_grad_input_unit_tap_forced(blocks):
+@pytest.mark.parametrize("variant", list(UNIT_TAP_DGRAD_VARIANTS))
+def test_grad_input_unit_tap_forced(variant):
     """Grad input on unit_tap_dgrad_kernel everywhere it applies (CT3D_UNIT_TAP_DGRAD=1; by
     default only where it stages dy rows): every unit-tap case must take it in TF32, fp16 and
     bf16, both layouts (dy rows by 16-byte cp.async where unit_tap_dgrad_rows_expected says,
     a counter proving which; else the element-by-element gather; dx stored either way), and
-    pass the contract. blocks: the 16-bit kernel's register bound, two blocks an SM (the
-    default) or three (CT3D_UT_DGRAD_BLOCKS=3, opt-in); TF32 runs two either way."""
+    pass the contract; in each of the kernel's variants (UNIT_TAP_DGRAD_VARIANTS)."""
     run_opt_in("CT3D_UNIT_TAP_DGRAD", "unit_tap_dgrad_launches", tuple(UNIT_TAP_CASES),
                ("fp32_tf32", "fp16", "bf16"), "unit_tap_dgrad_kernel", table="UNIT_TAP_CASES", algo="auto",
                layouts=("contiguous", "channels_last"), sub_counter="unit_tap_dgrad_rows_launches",
-               sub_expect="unit_tap_dgrad_rows_expected", extra_env={"CT3D_UT_DGRAD_BLOCKS": blocks})
+               sub_expect="unit_tap_dgrad_rows_expected", extra_env=UNIT_TAP_DGRAD_VARIANTS[variant])
 
 
 @gpu

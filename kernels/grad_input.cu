@@ -304,8 +304,11 @@ struct UnitTapDgradParams {
 // kernel (7.1 cycles between a warp's instructions; stalls wait 26%, barrier 24%: with
 // Cin/G = 64, the warps of rows past it skip the MMAs and wait at the K loop's barriers);
 // a third block's warps should fill those gaps (prediction, not yet measured).
-template <typename T, int MINB>
+// KSPLIT: the K split over the warps of empty rows (below; opt-in, two blocks an SM: at 80
+// registers it spilled 12 bytes).
+template <typename T, int MINB, bool KSPLIT = false>
 __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const UnitTapDgradParams prm) {
+  static_assert(!(KSPLIT && MINB > 2), "unit_tap_dgrad_kernel: the K split runs at two blocks an SM");
   using S = UtShape<T>;
   constexpr int VO = S::VEC;  // elements of 16 bytes
   extern __shared__ __align__(128) unsigned char smem[];
@@ -330,9 +333,17 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
   const int nk = int(prm.Kpad / kUtBK);
   const uint32_t smem0 = smem_u32(smem);
   // Rows of A past Cin/G are zeros: not copied, and warps whose 32 rows all lie there skip
-  // their MMAs (unet_64_32_64: Cin = 64 of the tile's 128 rows)
+  // their MMAs (unet_64_32_64: Cin = 64 of the tile's 128 rows). K split (KSPLIT,
+  // opt-in, where those rows fill half the tile or more): the warps of rows 64..127 compute
+  // rows 0..63 too, on the second half of each step's K sub-steps, into their own
+  // accumulators; those land in D's rows 64..127 (unused then), and the epilogue adds row
+  // r + 64 to row r. Each half runs its MMAs alone, so the busy warps' chain a step halves
+  // (ncu: a quarter of the samples were warps waiting at the step's barrier for them).
   const int a_rows = int(cin_g - m0 < kUtBM ? cin_g - m0 : kUtBM);
-  const bool warp_rows = wm * 16 * kUtMI < a_rows;
+  const bool ksplit = KSPLIT && a_rows <= kUtBM / 2;  // block-uniform
+  constexpr int kHalfWm = kUtBM / 2 / (16 * kUtMI);       // warp rows of half the tile (2)
+  const int wm_a = ksplit ? wm % kHalfWm : wm;             // the warp's rows of A
+  const bool warp_rows = wm_a * 16 * kUtMI < a_rows;
   // The gather rule: dy offset (inside the group's channel block) of tap row m's output for
   // voxel column c, or -1 where m is past K or that output lies outside dy (padding)
   auto gather_off = [&](int m, int c) -> int64_t {
@@ -415,7 +426,9 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
   const int blkw = lkw > 0 ? lkw : 0;  // Bs's row-group width (0: plain Bs[k][i])
   float acc[kUtMI][4][4] = {};
   ut_k_loop<T>(nk, load_stage, round_stage, [&](int, int buf) {
-    if (warp_rows) ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
+    if (!warp_rows) return;
+    if (ksplit) ut_mma_stage<T, 2>(acc, smem + buf * S::StageBytes, wm_a, wn, lane, blkw, wm / kHalfWm);
+    else ut_mma_stage<T>(acc, smem + buf * S::StageBytes, wm, wn, lane, blkw);
   });
 
   // ---- epilogue: D to shared memory (in the stage buffers), then dx ----
@@ -430,7 +443,11 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
       float v[VO];
 #pragma unroll
       for (int j = 0; j < VO; j += 4) {  // 16-byte reads (c0 is a multiple of VO): 2-way conflicts, not 8-way
-        const float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        float4 q = *reinterpret_cast<const float4*>(ds + r * S::DPitch + c0 + j);
+        if (ksplit) {  // the second half of K (rows r < 64 here)
+          const float4 h = *reinterpret_cast<const float4*>(ds + (r + kUtBM / 2) * S::DPitch + c0 + j);
+          q.x += h.x, q.y += h.y, q.z += h.z, q.w += h.w;
+        }
         v[j] = q.x, v[j + 1] = q.y, v[j + 2] = q.z, v[j + 3] = q.w;
       }
       *reinterpret_cast<uint4*>(dx + r * P.xl.c + v0 + c0) = ut_pack16<T>(v);
@@ -439,7 +456,11 @@ __global__ void __launch_bounds__(kUtThreads, MINB) unit_tap_dgrad_kernel(const 
     const bool cl = P.xl.c == 1;  // channels_last_3d: consecutive threads along channels
     for (int e = tid; e < kUtBM * kUtBN; e += kUtThreads) {
       const int r = cl ? e % kUtBM : e / kUtBN, c = cl ? e / kUtBM : e % kUtBN;
-      if (m0 + r < cin_g && v0 + c < vol) dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(ds[r * S::DPitch + c]);
+      if (m0 + r < cin_g && v0 + c < vol) {
+        float v = ds[r * S::DPitch + c];
+        if (ksplit) v += ds[(r + kUtBM / 2) * S::DPitch + c];  // the second half of K
+        dx[r * P.xl.c + (v0 + c) * P.xl.v] = T(v);
+      }
     }
   }
 }
@@ -488,13 +509,15 @@ static bool grad_input_unit_tap(const at::Tensor& dy, const at::Tensor& w, at::T
   prm.rows_lkw = rows_lkw;
   prm.kdh_magic = fast_div_magic(uint32_t(P.k[0] * P.k[1]));
   prm.kh_magic = fast_div_magic(uint32_t(P.k[1]));
+
   if (prm.rows_lkw >= 0) ++g_unit_tap_dgrad_rows_launches;
   prm.vec_out = P.xl.v == 1 && P.in_vol() % S::VEC == 0 && P.xl.c % S::VEC == 0 && P.xl.n % S::VEC == 0 &&
                 reinterpret_cast<uintptr_t>(dx.data_ptr()) % 16 == 0;
   static const int blocks_env = env_int("CT3D_UT_DGRAD_BLOCKS", 2);
-  auto kernel = unit_tap_dgrad_kernel<T, 2>;
+  static const int ksplit_env = env_int("CT3D_UT_DGRAD_KSPLIT", 0);  // opt-in: not yet run on a GPU
+  auto kernel = ksplit_env == 1 ? unit_tap_dgrad_kernel<T, 2, true> : unit_tap_dgrad_kernel<T, 2>;
   if constexpr (S::k16) {
-    if (blocks_env == 3) kernel = unit_tap_dgrad_kernel<T, 3>;
+    if (blocks_env == 3 && ksplit_env != 1) kernel = unit_tap_dgrad_kernel<T, 3>;
   }
   set_smem_limit(kernel, S::Smem);
   kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(gz)), kUtThreads, S::Smem, stream>>>(prm);

@@ -152,10 +152,14 @@ __device__ __forceinline__ int64_t ut_col_table(const Problem& P, int64_t v, int
 // lkw >= 1 by 32-bit loads (the pair k, k + 1 of an m16n8k16 B register is one word: k is
 // even and kw >= 2); TF32 by 32-bit loads. Conflict-free: a warp's words are 2 tq + gq
 // spread over rows that the pitch (36 kw words 16-bit, 72 kw TF32) puts 8 or 16 banks apart.
-template <typename T>
+// KPARTS > 1: only part kpart of the step's K sub-steps (k16 or k8 MMAs), the step split
+// between KPARTS sets of warps that each keep a partial sum (grad input's K split, below).
+template <typename T, int KPARTS = 1>
 __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const unsigned char* stage, int wm, int wn,
-                                             int lane, int lkw = 0) {
+                                             int lane, int lkw = 0, int kpart = 0) {
   using S = UtShape<T>;
+  constexpr int NKS = kUtBK / (S::k16 ? 16 : 8);  // MMA K sub-steps a step
+  static_assert(NKS % KPARTS == 0, "ut_mma_stage: K parts divide the sub-steps");
   const int gq = lane >> 2, tq = lane & 3;
   const unsigned char* as = stage;
   const unsigned char* bs = stage + S::ABytes;
@@ -166,7 +170,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
     const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
     const int l0 = boff(2 * tq, wn * 32 + gq) >> 1, l1 = boff(2 * tq + 8, wn * 32 + gq) >> 1;  // words (lkw >= 1)
 #pragma unroll
-    for (int ks = 0; ks < kUtBK / 16; ++ks) {
+    for (int kq = 0; kq < NKS / KPARTS; ++kq) {
+      const int ks = kpart * (NKS / KPARTS) + kq;
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi)
@@ -195,7 +200,8 @@ __device__ __forceinline__ void ut_mma_stage(float (&acc)[kUtMI][4][4], const un
     const uint32_t* au = reinterpret_cast<const uint32_t*>(as);
     const uint32_t* bu = reinterpret_cast<const uint32_t*>(bs);
 #pragma unroll
-    for (int ks = 0; ks < kUtBK / 8; ++ks) {
+    for (int kq = 0; kq < NKS / KPARTS; ++kq) {
+      const int ks = kpart * (NKS / KPARTS) + kq;
       uint32_t a[kUtMI][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < kUtMI; ++mi) {
