@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -89,6 +90,20 @@ def _arch_flags() -> list[str]:
     return flags
 
 
+def _ptxas_flags() -> list[str]:
+    """``--split-compile=0`` for ptxas where the toolkit's ptxas takes it: ptxas then compiles
+    the kernels on every CPU at once. Same machine code (cuobjdump -sass of the whole
+    extension is byte-identical), half the ptxas time on 2 cores (NOTES.md, "Build time").
+    Not nvcc's own --split-compile, which splits cicc's optimizer and changes the code."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    ptxas = os.path.join(CUDA_HOME or "", "bin", "ptxas")
+    if not os.access(ptxas, os.X_OK):
+        return []
+    usage = subprocess.run([ptxas, "--help"], capture_output=True, text=True).stdout
+    return ["-Xptxas=--split-compile=0"] if "--split-compile" in usage else []
+
+
 def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = ()):
     """Compile (or load from torch's extension cache) and return the CUDA extension.
 
@@ -99,7 +114,7 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
         from torch.utils.cpp_extension import load_inline
 
         cpp, cuda = kernel_sources()
-        flags = ["-O3", "-lineinfo"] + _arch_flags()  # the C++ standard is torch's choice
+        flags = ["-O3", "-lineinfo"] + _arch_flags() + _ptxas_flags()  # C++ standard: torch's
         if os.environ.get("CT3D_PTXAS_VERBOSE"):
             flags.append("-Xptxas=-v")
         if os.environ.get("CT3D_WG_TIMING"):  # debug: phase clocks of the wgmma window kernel

@@ -5378,6 +5378,7 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy_, const at::Tensor
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Optional, Sequence, Union
 import torch
@@ -5411,12 +5412,20 @@ def _arch_flags() -> list[str]:
     flags.append(f'-gencode=arch=compute_{major}{minor},code=compute_{major}{minor}')
     return flags
 
+def _ptxas_flags() -> list[str]:
+    from torch.utils.cpp_extension import CUDA_HOME
+    ptxas = os.path.join(CUDA_HOME or '', 'bin', 'ptxas')
+    if not os.access(ptxas, os.X_OK):
+        return []
+    usage = subprocess.run([ptxas, '--help'], capture_output=True, text=True).stdout
+    return ['-Xptxas=--split-compile=0'] if '--split-compile' in usage else []
+
 def load_extension(verbose: bool=False, extra_include_paths: Sequence[str]=()):
     global _ext
     if _ext is None:
         from torch.utils.cpp_extension import load_inline
         cpp, cuda = kernel_sources()
-        flags = ['-O3', '-lineinfo'] + _arch_flags()
+        flags = ['-O3', '-lineinfo'] + _arch_flags() + _ptxas_flags()
         if os.environ.get('CT3D_PTXAS_VERBOSE'):
             flags.append('-Xptxas=-v')
         if os.environ.get('CT3D_WG_TIMING'):

@@ -1319,6 +1319,27 @@ def test_tf32_fine_grained_settings():
         b.fp32_precision, b.cudnn.fp32_precision, b.cudnn.conv.fp32_precision = saved[2], saved[1], saved[0]
 
 
+def test_ptxas_split_compile_flag(tmp_path, monkeypatch):
+    """ptxas compiles on every CPU (--split-compile=0) only where the toolkit's ptxas lists
+    the option: an older ptxas would reject it and fail the build."""
+    import torch.utils.cpp_extension as cpp_ext
+
+    def toolkit(name, usage):
+        (tmp_path / name / "bin").mkdir(parents=True)
+        ptxas = tmp_path / name / "bin" / "ptxas"
+        ptxas.write_text(f"#!/bin/sh\necho '{usage}'\n")
+        ptxas.chmod(0o755)
+        return str(tmp_path / name)
+
+    cases = {toolkit("new", "--split-compile <N>   (-split-compile)"): ["-Xptxas=--split-compile=0"],
+             toolkit("old", "--maxrregcount <N>   (-maxrregcount)"): [],
+             str(tmp_path / "none"): [],  # no ptxas there
+             None: []}                    # torch found no toolkit
+    for home, want in cases.items():
+        monkeypatch.setattr(cpp_ext, "CUDA_HOME", home)
+        assert mn._ptxas_flags() == want, home
+
+
 def _cuda_build_env():
     """CUDA_HOME and include paths that let torch build our extension without a GPU,
     or the reason it cannot be done here."""
