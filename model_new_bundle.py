@@ -19,8 +19,6 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
 void set_poison(bool on);
 bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
-int64_t wgrad_ss_launches();
-int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
@@ -39,8 +37,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
   m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
-  m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
-  m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
   m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,
@@ -1655,46 +1651,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)
                  "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
                  "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
                  : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_RS_IN(a, db));
-  }
-#endif
-}
-#define CT3D_SS_IN(da, db) "l"(da), "l"(db), "r"(1)
-template <typename T, int NW>
-__device__ __forceinline__ void wgmma_ss_mk(float (&d)[NW / 2], uint64_t da, uint64_t db) {
-#ifdef CT3D_WGMMA
-  static_assert(!std::is_same<T, float>::value, "wgmma_ss_mk: M-major A is for 16-bit types");
-  static_assert(NW == 32 || NW == 48 || NW == 64, "wgmma_ss_mk: NW is 32, 48 or 64");
-  constexpr bool BF = std::is_same<T, at::BFloat16>::value;
-  if constexpr (NW == 32 && BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 48 && BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
-                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 48) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
-                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
-  } else if constexpr (BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
-  } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
   }
 #endif
 }
@@ -3517,13 +3473,8 @@ struct WgradTcParams {
   int rs;
   int xt_bytes;
   int64_t slice;
-  int64_t slice8;
   bool bulk;
   const void* zrow;
-  int xw_wp;
-  int xw_u_lo;
-  int xw_j;
-  int xw_nrg;
 };
 __host__ __device__ constexpr int wgrad_tpw(int mt, int nt, bool k16, bool split3, bool two) {
   if (split3) return mt >= 4 ? 1 : 4 / mt;
@@ -3833,29 +3784,11 @@ __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&
   }
   with_set_count<NS>(u, [&](auto c) { wgrad_wg_mmas<T, NW, NS, NC, decltype(c)::value, SPLIT>(acc, cor, a, as, db, dbs); });
 }
-template <typename T, int NW, int NS, int U>
-__device__ __forceinline__ void wgrad_ss_mmas(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
-                                              uint64_t db) {
-  wg_fence();
-#pragma unroll
-  for (int s = 0; s < U; ++s) wgmma_ss_mk<T, NW>(acc[s], da[s] + pos, db);
-  wg_commit();
-}
-template <typename T, int NW, int NS>
-__device__ __forceinline__ void wgrad_ss_step(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
-                                              uint64_t db, int u) {
-  if (u == NS) {
-    wgrad_ss_mmas<T, NW, NS, NS>(acc, da, pos, db);
-    return;
-  }
-  with_set_count<NS>(u, [&](auto c) { wgrad_ss_mmas<T, NW, NS, decltype(c)::value>(acc, da, pos, db); });
-}
-template <typename T, int NW, bool SPLIT, bool SS>
+template <typename T, int NW, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
 #ifdef CT3D_WGMMA
   constexpr bool K16 = !std::is_same<T, float>::value;
   static_assert(!K16 || !SPLIT, "3xTF32 is fp32 only");
-  static_assert(!SS || K16, "SS (M-major A) is for 16-bit types");
   using W = typename WinElem<T>::type;
   constexpr int NS = wgrad_wg_sets(NW, SPLIT), BM = wgrad_wg_bm<T>();
   constexpr int KW = K16 ? 16 : 8;
@@ -3894,14 +3827,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   };
   int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    if constexpr (SS) {
-      const int tl = (2 * s + wg) * 64 / CH;
-      off[s] = wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * 16;
-    } else {
-      off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-    }
-  }
+  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
   constexpr int NC = SPLIT ? NS : 1;
   float acc[NS][NW / 2], sum[NC][NW / 2], cor[NC][NW / 2];
 #pragma unroll
@@ -3919,7 +3845,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
-  const uint32_t slice_b = uint32_t(prm.window_bytes / (CH / 8));
   auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
     if (tp.m0 >= prm.tiles_per_plane * BM) {
@@ -3943,16 +3868,14 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
     if (prm.bulk && threadIdx.x < 32) {
       const uint32_t bar = bars + 8 * b;
-      const int nsl = SS ? CH / 8 : 1, ncp = Td * R * nsl;
+      const int ncp = Td * R;
       if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
       __syncwarp();
-      for (int i = lane; i < ncp; i += 32) {
-        const int rr = i / nsl, c8 = i - rr * nsl;
+      for (int rr = lane; rr < ncp; rr += 32) {
         const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
         const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
-                      ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
-                      bar);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
       }
     }
     for (int it = 0; it < iters; ++it) {
@@ -4045,19 +3968,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       wg_wait<1>();
       if (k0 + KW < BM) load_a(next, nexts, k0 + KW);
     };
-    if constexpr (SS) {
-      if (my_sets > 0) {
-        uint64_t da[NS];
-#pragma unroll
-        for (int s = 0; s < NS; ++s) da[s] = wg_desc(win + uint32_t(off[s]), 128, slice_b);
-        for (int k0 = 0; k0 < BM; k0 += KW) {
-          wgrad_ss_step<T, NW, NS>(acc, da, uint64_t(uint32_t(pos_tab[k0]) >> 4),
-                                   wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
-          wg_wait<1>();
-        }
-        wg_wait<0>();
-      }
-    } else if (my_sets > 0) {
+    if (my_sets > 0) {
       static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
       uint32_t a0[NS][4], a1[NS][4], s0[NS][4], s1[NS][4];
       load_a(a0, s0, 0);
@@ -4099,215 +4010,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
             else v = acc[s][4 * i + 2 * h + e];
             prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = v;
           }
-        }
-    }
-  }
-#endif
-}
-template <typename T, int NW, int NS, int U>
-__device__ __forceinline__ void wgrad_xw_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
-                                              uint64_t row_step) {
-  wg_fence();
-#pragma unroll
-  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a, db - uint64_t(s) * row_step);
-  wg_commit();
-}
-template <typename T, int NW, int NS>
-__device__ __forceinline__ void wgrad_xw_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
-                                              uint64_t row_step, int u) {
-  with_set_count<NS>(u, [&](auto c) { wgrad_xw_mmas<T, NW, NS, decltype(c)::value>(acc, a, db, row_step); });
-}
-template <typename T, int NW>
-__global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams prm) {
-#ifdef CT3D_WGMMA
-  constexpr bool K16 = !std::is_same<T, float>::value;
-  using W = typename WinElem<T>::type;
-  constexpr int NS = wgrad_wg_sets(NW, false);
-  constexpr int KW = K16 ? 16 : 8;
-  constexpr int EP = 16 / int(sizeof(W));
-  extern __shared__ __align__(128) unsigned char smem[];
-  const Problem& P = prm.P;
-  const int S = prm.windows, BR = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs, Wp = prm.xw_wp;
-  const int BM = BR * Wp, WC = Wp / EP;
-  unsigned char* xw0 = smem + S * prm.window_bytes;
-  int* pos_tab = reinterpret_cast<int*>(xw0 + S * prm.xt_bytes);
-  const uint32_t bars = smem_u32(pos_tab + BM);
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
-  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
-  const int chunk = blockIdx.y, split = blockIdx.x;
-  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int gq = lane / 4, tq = lane % 4;
-  const int kd = int(P.k[0]), kh = int(P.k[1]), kw = int(P.k[2]), J = prm.xw_j, NRG = prm.xw_nrg;
-  const int job = 2 * tg + wg, rd = job / NRG, rg = job % NRG;
-  const bool active = rd < kd && rg * J < kw;
-  const int rd0 = (2 * tg) / NRG, td_n = min(kd - 1, (2 * tg + 1) / NRG) - rd0 + 1;
-  const int my_sets = active ? kh : 0;
-  if (prm.bulk && threadIdx.x == 0) {
-    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
-    mbar_fence_init();
-  }
-  auto row_off = [&](int m) {
-    const int j = m / CH, co = m - j * CH, rw = active && rg * J + j < kw ? rg * J + j : (active ? rg * J : 0);
-    const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-    const int slot = K16 ? co : int(pair8_slot(co));
-    return (((active ? rd : rd0) - rd0) * BR * C + sw) * RS * int(sizeof(W)) + slot * int(sizeof(W));
-  };
-  const int off = row_off(16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-  for (int k = threadIdx.x; k < BM; k += blockDim.x) {
-    const int ur = k / Wp, jw = min(k - ur * Wp, int(P.in[2]) - 1);
-    pos_tab[k] = (ur * C + jw * wd[2].mult) * RS * int(sizeof(W));
-  }
-  __syncthreads();
-  float acc[NS][NW / 2];
-#pragma unroll
-  for (int s = 0; s < NS; ++s)
-#pragma unroll
-    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
-  const T* __restrict__ x = static_cast<const T*>(prm.x);
-  const int64_t t_begin = split * prm.tiles_per_split;
-  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  const int D = int(P.in[0]), H = int(P.in[1]), Wd = int(P.in[2]), plane = H * Wd;
-  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int reach = (kh - 1) * int(P.d[1]);
-  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
-  struct Tile { int64_t n; int jd, ut; };
-  auto tile_at = [&](int64_t t) {
-    const int64_t rest = t / prm.tiles_per_plane;
-    return Tile{rest / D, int(rest % D), int(t % prm.tiles_per_plane)};
-  };
-  auto next = [&](Tile& tp) {
-    if (++tp.ut == prm.tiles_per_plane) {
-      tp.ut = 0;
-      if (++tp.jd == D) tp.jd = 0, ++tp.n;
-    }
-  };
-  const int XR = BR + reach, x_pieces = XR * WC * NW;
-  const uint32_t half_magic = fast_div_magic(uint32_t(WC / 2)), c_magic = fast_div_magic(uint32_t(C));
-  const uint32_t r_magic = fast_div_magic(uint32_t(BR)), p_magic = fast_div_magic(uint32_t(CH * int(sizeof(W)) / 16));
-  const int pieces = CH * int(sizeof(W)) / 16;
-  const int win_pieces = prm.bulk ? 0 : td_n * BR * C * pieces;
-  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
-  auto x_piece = [&](int q, int& xr, int& ci, int& wc) {
-    const int r = q >> 1, rest = r / NW;
-    ci = r - rest * NW;
-    xr = fast_div(rest, half_magic);
-    wc = 2 * (rest - xr * (WC / 2)) + (q & 1);
-  };
-  auto issue_tile = [&](const Tile& tp, int b) {
-    const int u0 = prm.xw_u_lo + tp.ut * BR;
-    const int od0 = tp.jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = u0 + wd[1].off0;
-    const int ow0 = win_off_min(wd[2]);
-    const W* base = dy_g + tp.n * prm.pk_n;
-    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
-    if (prm.bulk && threadIdx.x < 32) {
-      const uint32_t bar = bars + 8 * b;
-      const int ncp = td_n * BR;
-      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
-      __syncwarp();
-      for (int rr = lane; rr < ncp; rr += 32) {
-        const int td = rr / BR, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * BR;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
-                      row_bytes, bar);
-      }
-    }
-    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
-    const uint32_t xdst = smem_u32(xw0 + b * prm.xt_bytes);
-    const int ih0 = u0 - reach;
-    for (int q = threadIdx.x; q < x_pieces + win_pieces; q += 256) {
-      if (q < x_pieces) {
-        int xr, ci, wc;
-        x_piece(q, xr, ci, wc);
-        const int ih = ih0 + xr;
-        const bool ok = ci < cin_g && unsigned(ih) < unsigned(H) && wc * EP < Wd;
-        cp_async16(xdst + ((xr * WC + wc) * NW + ci) * 16, ok ? xb + ci * P.xl.c + ih * Wd + wc * EP : x,
-                   ok ? 16 : 0);
-      } else {
-        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
-        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, BR, c_magic, r_magic,
-                       od0, oh0, ow0, wd[0].dstep, P);
-      }
-    }
-  };
-  Tile ahead = tile_at(t_begin);
-  for (int st = 0; st + 1 < S; ++st) {
-    if (t_begin + st < t_end) issue_tile(ahead, st);
-    cp_async_commit();
-    next(ahead);
-  }
-  Tile tp = tile_at(t_begin);
-  const uint64_t row_step = uint64_t(P.d[1]) * uint64_t(WC) * NW;
-  int buf = 0;
-  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
-    __syncthreads();
-    if (S == 1) issue_tile(tp, 0);
-    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
-    if (S > 1) next(ahead);
-    cp_async_commit();
-    cp_async_wait(S - 1);
-    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);
-    if constexpr (!K16) {
-      if (prm.round_a) {
-        float* xf = reinterpret_cast<float*>(xw0 + buf * prm.xt_bytes);
-        for (int q = threadIdx.x; q < x_pieces; q += 256) {
-          int xr, ci, wc;
-          x_piece(q, xr, ci, wc);
-          float4* v = reinterpret_cast<float4*>(xf + ((xr * WC + wc) * NW + ci) * 4);
-          *v = round_tf32_4(*v);
-        }
-      }
-    }
-    fence_proxy_async();
-    __syncthreads();
-    if (my_sets == 0) continue;
-    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
-    const uint32_t xw = smem_u32(xw0 + buf * prm.xt_bytes);
-    const unsigned char* wb = smem + buf * prm.window_bytes;
-    auto load_a = [&](uint32_t (&a)[4], int k0) {
-      if constexpr (K16) {
-        ldmatrix_x4_trans(a, win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] + off);
-      } else {
-        const uint2 u = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq] + off);
-        const uint2 v = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq + 4] + off);
-        a[0] = u.x, a[1] = u.y, a[2] = v.x, a[3] = v.y;
-      }
-    };
-    auto step = [&](const uint32_t (&a)[4], uint32_t (&nx)[4], int k0) {
-      const uint64_t db = wg_desc(xw + uint32_t(k0 / EP) * NW * 16, NW * 16, 128) + uint64_t(kh - 1) * row_step;
-      wgrad_xw_step<T, NW, NS>(acc, a, db, row_step, my_sets);
-      wg_wait<1>();
-      if (k0 + KW < BM) load_a(nx, k0 + KW);
-    };
-    uint32_t a0[4], a1[4];
-    load_a(a0, 0);
-    int k0 = 0;
-    for (; k0 + 2 * KW <= BM; k0 += 2 * KW) {
-      step(a0, a1, k0);
-      step(a1, a0, k0 + KW);
-    }
-    if (k0 < BM) step(a0, a1, k0);
-    wg_wait<0>();
-  }
-  cp_async_wait(0);
-  if (!active) return;
-  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
-#pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    if (s >= my_sets) continue;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = 16 * w4 + gq + 8 * h, j = m / CH, co = chunk * CH + m - j * CH, rw = rg * J + j;
-      if (j >= J || rw >= kw || co >= cout_g) continue;
-      const int tap = (rd * kh + s) * kw + rw;
-#pragma unroll
-      for (int i = 0; i < NW / 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int ci = 8 * i + 2 * tq + e;
-          if (ci < cin_g)
-            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = acc[s][4 * i + 2 * h + e];
         }
     }
   }
@@ -4625,26 +4327,15 @@ struct WgradPlan {
   bool wg = false;
   int64_t rs = 0;
   bool bulk = false;
-  bool ss = false;
   bool one_plane = false;
-  bool xw = false;
-  int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
 template <typename T, int NW>
-static WgradKernel wgrad_wg_instance(bool split, bool ss) {
+static WgradKernel wgrad_wg_instance(bool split) {
   if constexpr (std::is_same<T, float>::value) {
-    if (split) return wgrad_wg_kernel<T, NW, true, false>;
-  } else {
-    if (ss) return wgrad_wg_kernel<T, NW, false, true>;
+    if (split) return wgrad_wg_kernel<T, NW, true>;
   }
-  return wgrad_wg_kernel<T, NW, false, false>;
+  return wgrad_wg_kernel<T, NW, false>;
 }
-inline int wgrad_ss_env() {
-  static const int v = env_int("CT3D_WGRAD_SS", 0);
-  return v;
-}
-static std::atomic<int64_t> g_wgrad_ss_launches{0};
-int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
 inline int wgrad_one_plane_env() {
   static const int v = env_int("CT3D_WGRAD_ONE_PLANE", 1);
   return v;
@@ -4664,19 +4355,15 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t q = k16 ? 8 : 16;
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
-  const int64_t bm_rows = bm / wd[2].P;
-  const bool ss_geom = k16 && wgrad_ss_env() != 0 && wd[2].mult == 1 && wd[2].P % 16 == 0 &&
-                       bm % wd[2].P == 0 && bm_rows <= wd[1].P;
   auto bulk_rows = [&](int64_t cols) { return win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + cols <= P.out[2]; };
   for (int64_t chunks = (cout_g + 63) / 64; chunks <= (cout_g + 63) / 64 + 3; ++chunks) {
     const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;
     WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
-    const bool ss = ss_geom && ch == 64 && bulk_rows(geo.cols);
-    const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
+    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
     auto window_bytes = [&](const WgradGeometry& g) {
-      return (ss ? ch / 8 : 1) * ((g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+      return (g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
     };
     int64_t wbytes = window_bytes(geo);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);
@@ -4708,72 +4395,14 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.xt_bytes = xt;
     pl.windows = windows;
     pl.smem = smem_for(windows);
-    pl.ss = ss;
     pl.one_plane = one_plane;
   }
   if (best < 0) return false;
   pl.wg = true;
   pl.bulk = bulk_rows(pl.geo.cols);
-  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split, pl.ss)
-              : nw == 48 ? wgrad_wg_instance<T, 48>(split, pl.ss)
-                         : wgrad_wg_instance<T, 64>(split, pl.ss);
-  return true;
-}
-inline int wgrad_xw_env() {
-  static const int v = env_int("CT3D_WGRAD_XW", 0);
-  return v;
-}
-static std::atomic<int64_t> g_wgrad_xw_launches{0};
-int64_t wgrad_xw_launches() { return g_wgrad_xw_launches.load(); }
-template <typename T>
-bool plan_wgrad_xw(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
-  constexpr bool k16 = !std::is_same<T, float>::value;
-  if (wgrad_xw_env() == 0 || (!k16 && !tf32)) return false;
-  if (P.cin_g() < 17 || P.cin_g() > 64 || P.s[1] != 1 || !wgmma_available(dev)) return false;
-  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
-  const int64_t es = int64_t(sizeof(T)), ep = 16 / es, kstep = k16 ? 16 : 8;
-  const int64_t kd = P.k[0], kh = P.k[1], kw = P.k[2], H = P.in[1], W = P.in[2];
-  if (kh > wgrad_wg_sets(nw, false) || W % ep != 0) return false;
-  const int64_t wp = (W + kstep - 1) / kstep * kstep;
-  if (wp > 512) return false;
-  const WgradGeometry geo = wgrad_geometry(P, x, wgrad_wg_bm<T>(), 64, es);
-  if (!geo.x_async) return false;
-  const int64_t br = std::max<int64_t>(1, wgrad_wg_bm<T>() / wp), bm = br * wp;
-  const int64_t reach = (kh - 1) * P.d[1];
-  const int64_t u_lo = std::max<int64_t>(0, P.p[1]), u_hi = std::min<int64_t>(H + reach, P.p[1] + P.out[1]);
-  if (u_hi <= u_lo) return false;
-  const int64_t q = k16 ? 8 : 16, cout_g = P.cout_g(), chunks = (cout_g + 63) / 64;
-  const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
-  const int64_t J = std::max<int64_t>(1, 64 / ch), nrg = (kw + J - 1) / J;
-  const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
-  const int64_t xbytes = (br + reach) * wp * nw * es;
-  auto wbytes = [&](int64_t planes) { return (planes * br * geo.cols * rs * es + 127) / 128 * 128; };
-  auto smem_for = [&](int64_t planes, int64_t bufs) { return bufs * (wbytes(planes) + xbytes) + bm * 4 + bufs * 8; };
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
-  int64_t nrg_b = nrg, planes = kd > 1 && (nrg % 2 == 1) ? 2 : 1;
-  if (smem_for(planes, 2) > optin) nrg_b = nrg + (nrg & 1), planes = 1;
-  if (smem_for(planes, 2) > optin) return false;
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
-  pl.geo = geo;
-  pl.chunk_ch = ch;
-  pl.rs = rs;
-  pl.window_bytes = wbytes(planes);
-  pl.xt_bytes = xbytes;
-  pl.windows = smem_for(planes, 3) <= optin ? 3 : 2;
-  pl.smem = smem_for(planes, pl.windows);
-  pl.wg = true;
-  pl.xw = true;
-  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
-  pl.geo.rows = br;
-  pl.geo.win_planes = planes;
-  pl.xw_wp = wp;
-  pl.xw_u_lo = u_lo;
-  pl.xw_tiles_per_plane = (u_hi - u_lo + br - 1) / br;
-  pl.xw_j = J;
-  pl.xw_nrg = nrg_b;
-  pl.xw_groups = (kd * nrg_b + 1) / 2;
-  pl.kernel = nw == 32 ? wgrad_xw_kernel<T, 32> : nw == 48 ? wgrad_xw_kernel<T, 48> : wgrad_xw_kernel<T, 64>;
+  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split)
+              : nw == 48 ? wgrad_wg_instance<T, 48>(split)
+                         : wgrad_wg_instance<T, 64>(split);
   return true;
 }
 template <typename T>
@@ -4908,40 +4537,28 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     Pb.Cout = cout_g;
   }
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && ((nb == 1 && plan_wgrad_xw<T>(x, Pb, tf32, dev, prop, pl)) ||
-                                            plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl))) ||
+  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl)) ||
                        plan_wgrad_mma<T>(x, Pb, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
   const int per_sm = blocks_per_sm(pl.kernel, 256, pl.smem);
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t chunks = (cout_g + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
-  const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
-  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, cout_g, cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
   WgradTcParams prm{};
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
-  prm.slice = out_vol * cg_pad * (pl.ss ? pl.chunk_ch / 8 : 1);
-  prm.slice8 = out_vol * 8;
+  prm.slice = out_vol * cg_pad;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = Pb;
   pl.geo.fill(prm, Pb);
-  if (pl.xw) {
-    prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
-    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
-    prm.tap_groups = int(pl.xw_groups);
-    prm.xw_wp = int(pl.xw_wp);
-    prm.xw_u_lo = int(pl.xw_u_lo);
-    prm.xw_j = int(pl.xw_j);
-    prm.xw_nrg = int(pl.xw_nrg);
-  }
   prm.window_bytes = int(pl.window_bytes);
   prm.windows = pl.windows;
   prm.x_async = pl.geo.x_async;
@@ -4968,8 +4585,6 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
     pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (pl.ss) ++g_wgrad_ss_launches;
-    if (pl.xw) ++g_wgrad_xw_launches;
     if (pl.one_plane) ++g_wgrad_one_plane_launches;
     if (nb > 1) ++g_wgrad_cin_block_launches;
     const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);

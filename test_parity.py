@@ -423,19 +423,15 @@ WGMMA_CASES = {
     # stride 2 with 9 x 9 taps: phases of 16 to 25 (h, w) taps; in 3xTF32 they run in two
     # parts of unequal length
     "tap_parts_stride2": conv_cfg(8, 40, (1, 9, 9), s=2, p=(0, 4, 4), op=1, batch=1, size=(2, 8, 20)),
-    # grad weight on wgmma with 64 dy channels a block; with CT3D_WGRAD_SS=1 in the
-    # environment, A by descriptor too (SS, 16-bit): W = 32 (a k-step's 16 positions in one
-    # window row), 12-row planes: the second 256-position tile runs past the plane; h padding
-    # (window rows from the zero row)
-    "wgrad_ss": conv_cfg(24, 64, (2, 3, 3), p=(1, 1, 0), bias=True, batch=2, size=(3, 12, 32)),
-    # groups and two 64-channel chunks a group (SS: 16 slices of 8 channels), 5 w taps
-    "wgrad_ss_groups_chunks": conv_cfg(64, 256, (1, 3, 5), g=2, batch=1, size=(2, 8, 64)),
-    # grad weight with the height taps in B (wgrad_xw_kernel, CT3D_WGRAD_XW=1): dilation 2
-    # and padding 2 in h (x window rows outside x, rows u from p_h on), stride 2 in d and w
-    # (dy planes and columns 2 apart), 40 ci (N = 48, 3 of 5 sets), 24 dy channels (two w
-    # taps stacked in M, 48 of 64 rows), kD = 3 (blocks pair jobs across depth taps)
-    "wgrad_xw_dilation_strides": conv_cfg(40, 24, (3, 3, 2), s=(2, 1, 2), p=(1, 2, 0), op=(1, 0, 1),
-                                          d=(1, 2, 1), bias=True, batch=2, size=(2, 7, 16)),
+    # grad weight on wgmma with 64 dy channels a block: 12-row planes of 32 (the second
+    # 256-position tile runs past the plane); h padding (window rows from the zero row)
+    "wgrad_64_dy_channels": conv_cfg(24, 64, (2, 3, 3), p=(1, 1, 0), bias=True, batch=2, size=(3, 12, 32)),
+    # groups and two 64-channel chunks a group, 5 w taps
+    "wgrad_groups_chunks": conv_cfg(64, 256, (1, 3, 5), g=2, batch=1, size=(2, 8, 64)),
+    # dilation 2 and padding 2 in h, stride 2 in d and w (dy planes and columns 2 apart),
+    # output_padding in d and w, 40 ci (grad weight's N = 48), 24 dy channels, kD = 3
+    "wgrad_dilation_strides": conv_cfg(40, 24, (3, 3, 2), s=(2, 1, 2), p=(1, 2, 0), op=(1, 0, 1),
+                                       d=(1, 2, 1), bias=True, batch=2, size=(2, 7, 16)),
     # grad weight at stride 2 on whole 16 x 16 planes (U-Net upsampling, kernel 2): a tile's
     # 256 positions (16-bit) reach a 32 x 32 dy window, too large at two depth planes; so it
     # takes a window of one plane (two tap groups), 32 dy channels a block
@@ -635,31 +631,6 @@ def test_unit_tap_forward_three_blocks_opt_in():
     run_opt_in("CT3D_UNIT_TAP", "unit_tap_launches", tuple(UNIT_TAP_CASES), ("fp16", "bf16"),
                "the unit-tap forward", table="UNIT_TAP_CASES", algo="auto",
                layouts=("contiguous", "channels_last"), extra_env={"CT3D_UT_FWD_BLOCKS": "3"})
-
-
-@gpu
-def test_grad_weight_ss_opt_in():
-    """Grad weight's SS path (A by descriptor; opt-in through CT3D_WGRAD_SS=1): the wgrad_ss
-    cases must take it, in fp16 and bf16, and pass the contract."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("SS is a wgmma (sm_90a) path")
-    run_opt_in("CT3D_WGRAD_SS", "wgrad_ss_launches", ("wgrad_ss", "wgrad_ss_groups_chunks"),
-               ("fp16", "bf16"), "SS")
-
-
-@gpu
-def test_grad_weight_xw_opt_in():
-    """Grad weight with the height taps in B (wgrad_xw_kernel; opt-in through
-    CT3D_WGRAD_XW=1): the cases below must take it, in TF32, fp16 and bf16, and pass the
-    contract. W = 24 in 16-bit rows of 32 positions (x zero past W); 5 height taps with N =
-    48 (every set of a warpgroup); padding in h; 16 dy channels (4 w taps a set); two dy
-    chunks."""
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("wgrad_xw_kernel is a wgmma (sm_90a) kernel")
-    run_opt_in("CT3D_WGRAD_XW", "wgrad_xw_launches",
-               ("wgrad_thin_dy", "wgrad_wide_sub_groups", "wgrad_ss", "wgrad_ss_groups_chunks",
-                "stacked_taps", "wgrad_xw_dilation_strides"),
-               ("fp32_tf32", "fp16", "bf16"), "wgrad_xw_kernel")
 
 
 @gpu

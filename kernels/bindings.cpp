@@ -17,8 +17,6 @@ std::vector<at::Tensor> grad_weight_bias(const at::Tensor& dy, const at::Tensor&
 void set_poison(bool on);
 bool wgmma_ready(int64_t device);
 at::Tensor wgmma_stamps();
-int64_t wgrad_ss_launches();
-int64_t wgrad_xw_launches();
 int64_t thin_dgrad_launches();
 int64_t thin_wgrad_launches();
 int64_t wgrad_cin_block_launches();
@@ -38,8 +36,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wgmma_available", &ct3d::wgmma_ready, "whether a GPU runs the wgmma (sm_90a) kernels");
   m.def("wgmma_stamps", &ct3d::wgmma_stamps, "debug builds (CT3D_WG_TIMING): window_wg_kernel phase clocks");
   m.def("set_poison", &ct3d::set_poison, "tests: fill outputs with NaN before the kernels run");
-  m.def("wgrad_ss_launches", &ct3d::wgrad_ss_launches, "tests: grad weight SS launches in this process");
-  m.def("wgrad_xw_launches", &ct3d::wgrad_xw_launches, "tests: wgrad_xw_kernel launches in this process");
   m.def("thin_dgrad_launches", &ct3d::thin_dgrad_launches, "tests: thin-group grad input launches in this process");
   m.def("thin_wgrad_launches", &ct3d::thin_wgrad_launches, "tests: thin-group grad weight launches in this process");
   m.def("wgrad_cin_block_launches", &ct3d::wgrad_cin_block_launches,

@@ -188,14 +188,8 @@ struct WgradTcParams {
   int rs;                  // window elements a position (ch, or more: 8 mod 16)
   int xt_bytes;            // an x tile
   int64_t slice;           // dy packed slice-major (PackSlices): elements a (group, chunk) slice
-  int64_t slice8;          // SS: the pack's slices are 8 channels each; elements a slice
   bool bulk;               // window rows by bulk copies (each row inside dy: see plan_wgrad_wg)
   const void* zrow;        // zeros, a window row's worth: the source of rows outside dy
-  // wgrad_xw_kernel only (R: the rows u of a tile; tiles_per_plane: tiles along u):
-  int xw_wp;               // positions a tile row: W rounded up to a k-step
-  int xw_u_lo;             // the first row u (u = x row + rh * d_h)
-  int xw_j;                // width taps stacked in a set (64 / CH)
-  int xw_nrg;              // width-tap groups a depth tap (jobs: (rd, rg)), even where jobs pair by rd
 };
 
 // Taps per warp. One block per SM (the default): as many as keep the accumulators
@@ -542,14 +536,6 @@ __global__ void __launch_bounds__(256, wgrad_min_blocks(MT, TPW, NT, SPLIT3)) wg
 // B: the x tile as [position / EP][NW channels][EP positions] (EP positions = 16 bytes):
 // wgmma's no-swizzle K-major core matrices, LBO = NW * 16 bytes, SBO = 128. Channels past
 // Cin/G and positions past the plane are zero-filled by the copies.
-// SS (16-bit, blocks of 64 dy channels, so a set is one tap; stride 1 in w, W a multiple
-// of 16, tiles of whole rows, window rows by bulk copies): A by descriptor too, with no A
-// loads at all. The pack and the window hold dy as slices of 8 channels, [position][8
-// channels] = 16 bytes a position, so a set's 64 x 16 A is 8 slices (M-major core
-// matrices: 8 positions x 8 channels, LBO = 128 bytes along K, SBO = a slice along M) at
-// the tap's shift plus the k-step's first position; any shift is a whole 16-byte row.
-// A wgmma then reads 3 KB (m64n32k16) of shared memory, where the register form reads
-// 2 KB through LDS before it -- yet it measured slower; opt-in (see wgrad_ss_env).
 // A k-step: each warpgroup loads its sets' A fragments, fences, issues one wgmma a set in
 // straight-line code (a switch over the set count) and waits for them before the next
 // k-step's loads overwrite A; the other warpgroup's wgmmas keep the tensor pipe busy
@@ -617,32 +603,11 @@ __device__ __forceinline__ void wgrad_wg_step(float (&acc)[NS][NW / 2], float (&
   with_set_count<NS>(u, [&](auto c) { wgrad_wg_mmas<T, NW, NS, NC, decltype(c)::value, SPLIT>(acc, cor, a, as, db, dbs); });
 }
 
-// SS: the wgmmas of U sets after one fence, then their commit, A by descriptor too: set s
-// reads the window at descriptor da[s] + pos (pos: the k-step's window offset, 16-byte units).
-template <typename T, int NW, int NS, int U>
-__device__ __forceinline__ void wgrad_ss_mmas(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
-                                              uint64_t db) {
-  wg_fence();
-#pragma unroll
-  for (int s = 0; s < U; ++s) wgmma_ss_mk<T, NW>(acc[s], da[s] + pos, db);
-  wg_commit();
-}
-template <typename T, int NW, int NS>
-__device__ __forceinline__ void wgrad_ss_step(float (&acc)[NS][NW / 2], const uint64_t (&da)[NS], uint64_t pos,
-                                              uint64_t db, int u) {
-  if (u == NS) {
-    wgrad_ss_mmas<T, NW, NS, NS>(acc, da, pos, db);
-    return;
-  }
-  with_set_count<NS>(u, [&](auto c) { wgrad_ss_mmas<T, NW, NS, decltype(c)::value>(acc, da, pos, db); });
-}
-
-template <typename T, int NW, bool SPLIT, bool SS>
+template <typename T, int NW, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams prm) {
 #ifdef CT3D_WGMMA
   constexpr bool K16 = !std::is_same<T, float>::value;
   static_assert(!K16 || !SPLIT, "3xTF32 is fp32 only");
-  static_assert(!SS || K16, "SS (M-major A) is for 16-bit types");
   using W = typename WinElem<T>::type;
   constexpr int NS = wgrad_wg_sets(NW, SPLIT), BM = wgrad_wg_bm<T>();
   constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
@@ -687,17 +652,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   // 16-bit: ldmatrix.x4.trans matrix j = lane / 8 is A's rows 8 * (j % 2) .. + 7 (of the
   // warp's 16) at positions 8 * (j / 2) .. + 7, and this lane addresses its row lane % 8
   // (a position): a0..a3 as m16n8k16's A. TF32: this lane's rows gq and gq + 8 (one pair).
-  // SS (CH = 64: a set is one tap): the byte offset of set s's tap shift in each slice.
   int off[NS];
 #pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    if constexpr (SS) {
-      const int tl = (2 * s + wg) * 64 / CH;
-      off[s] = wgrad_tap_shift(P, wd, tap0 + (tl < ntaps ? tl : 0), rd0, R, C) * 16;
-    } else {
-      off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-    }
-  }
+  for (int s = 0; s < NS; ++s) off[s] = row_off((2 * s + wg) * 64 + 16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
 
   // acc: the sums. 3xTF32: acc is the big x big chain of the current tile, added into sum
   // and restarted after each tile (as wgrad_tc_kernel's blk: the tensor core's truncating
@@ -720,8 +677,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
   const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
   const int Td = prm.win_planes, Ho = int(P.out[1]), Wo = int(P.out[2]);
   const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;  // pk_v = RS
-  // SS: the window as CH / 8 slices [position][8 channels], slice_b bytes apart
-  const uint32_t slice_b = uint32_t(prm.window_bytes / (CH / 8));
   // tiles walked one at a time (next) rather than divided out each tile
   auto next = [&](WgradTile& tp) {
     tp.m0 += BM;
@@ -752,19 +707,17 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
     const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
     const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(jd) * plane);
     const uint32_t xdst = smem_u32(xt0 + b * prm.xt_bytes);
-    if (prm.bulk && threadIdx.x < 32) {  // warp 0: a copy a window row (SS: a row of one slice of 8
-                                         // channels), one a lane, so no warp waits on a serial loop
+    if (prm.bulk && threadIdx.x < 32) {  // warp 0: a copy a window row, one a lane, so no
+                                         // warp waits on a serial loop
       const uint32_t bar = bars + 8 * b;
-      const int nsl = SS ? CH / 8 : 1, ncp = Td * R * nsl;
+      const int ncp = Td * R;
       if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
       __syncwarp();
-      for (int i = lane; i < ncp; i += 32) {
-        const int rr = i / nsl, c8 = i - rr * nsl;
+      for (int rr = lane; rr < ncp; rr += 32) {
         const int td = rr / R, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * R;
         const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + c8 * slice_b + rr * row_bytes,
-                      ok ? base + c8 * prm.slice8 + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow, row_bytes,
-                      bar);
+        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
+                      row_bytes, bar);
       }
     }
     for (int it = 0; it < iters; ++it) {
@@ -868,22 +821,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
       wg_wait<1>();
       if (k0 + KW < BM) load_a(next, nexts, k0 + KW);
     };
-    if constexpr (SS) {
-      if (my_sets > 0) {
-        // No A loads: set s reads its tap's window rows at the k-step's positions, KW
-        // contiguous window positions (SS runs with row tiles, W a multiple of 16 and stride
-        // 1 in w); A's descriptor is M-major: LBO = 8 positions (128 bytes), SBO = a slice.
-        uint64_t da[NS];
-#pragma unroll
-        for (int s = 0; s < NS; ++s) da[s] = wg_desc(win + uint32_t(off[s]), 128, slice_b);
-        for (int k0 = 0; k0 < BM; k0 += KW) {
-          wgrad_ss_step<T, NW, NS>(acc, da, uint64_t(uint32_t(pos_tab[k0]) >> 4),
-                                   wg_desc(xt + (k0 / EP) * NW * 16, NW * 16, 128), my_sets);
-          wg_wait<1>();
-        }
-        wg_wait<0>();  // this tile's wgmmas are done with the buffer
-      }
-    } else if (my_sets > 0) {
+    if (my_sets > 0) {
       static_assert((BM / KW) % 2 == 0, "k-steps go in pairs");
       uint32_t a0[NS][4], a1[NS][4], s0[NS][4], s1[NS][4];  // s0, s1: 3xTF32 only
       load_a(a0, s0, 0);
@@ -928,264 +866,6 @@ __global__ void __launch_bounds__(256, 1) wgrad_wg_kernel(const WgradTcParams pr
             else v = acc[s][4 * i + 2 * h + e];
             prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap0 + tl] = v;
           }
-        }
-    }
-  }
-#endif
-}
-
-// ============================================================================
-// Tensor-core kernel on wgmma, the height taps carried by B (sm_90a)
-// ============================================================================
-// wgrad_xw_kernel: where the height stride is 1, the tap's row shift can move to x:
-//   dw[ci][co][rd, rh, rw] = sum over n, jd, u, jw of
-//       A[(rw, co)][k] = dy[co][jd*s_d - p_d + rd*d_d][u - p_h][jw*s_w - p_w + rw*d_w]
-//     x B[k][ci]       = x[ci][jd][u - rh*d_h][jw]
-//   with k = (u, jw), u = i_h + rh*d_h (the x row plus the tap's reach), so the dy row
-//   u - p_h does not depend on rh and the x row depends on it only by whole rows.
-// A warpgroup's job: one depth tap rd, J = 64 / CH width taps stacked in M (rows (j, co),
-// rw = J * rg + j), and every height tap rh, one set of 64 x NW accumulators each. The kh
-// sets differ only in B: each reads the x window through its own descriptor, rh * d_h
-// rows down, while A (the dy window at the job's (rd, rw) shifts) is loaded once a k-step
-// and serves all kh wgmmas. wgrad_wg_kernel loads A for every set a k-step: 2 KB of
-// shared memory reads a wgmma beside B's 1 KB (N = 32), which capped its k-loop at ~42%
-// of the tensor peak; one A load for 5-7 sets measured 65-75% (scripts/wgmma_rs_rate.cu).
-// Block: two warpgroups, jobs 2 * tg and 2 * tg + 1 of the (rd, rg) list (rg fastest;
-// xw_nrg rounded up to even where the two must share rd, so the dy window is one plane).
-// Tile: BR rows u of one input plane jd, each row Wp = W rounded up to a k-step (x is zero
-// past W), so a k-step's positions lie in one row and B's core matrices are contiguous:
-//   x window: BR + (kh - 1) * d_h rows x Wp positions x NW channels, [chunk of EP
-//     positions][NW][EP] (K-major core matrices: LBO = NW * 16, SBO = 128), zero outside x
-//     (rows above and below the plane, positions past W, channels past Cin/G);
-//   dy window: the block's depth planes x BR rows x C columns, [position][RS channels]
-//     (the pack of wgrad_wg_kernel), rows outside dy from the zero row.
-// The k-loop, copies (S buffers, tile t + S - 1 copied during tile t), splits and partials
-// are wgrad_wg_kernel's.
-template <typename T, int NW, int NS, int U>
-__device__ __forceinline__ void wgrad_xw_mmas(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
-                                              uint64_t row_step) {
-  wg_fence();
-#pragma unroll
-  for (int s = 0; s < U; ++s) wgmma_rs<T, NW>(acc[s], a, db - uint64_t(s) * row_step);
-  wg_commit();
-}
-// The wgmmas of a k-step for u sets (set s = height tap s reads B at db - s * row_step).
-template <typename T, int NW, int NS>
-__device__ __forceinline__ void wgrad_xw_step(float (&acc)[NS][NW / 2], const uint32_t (&a)[4], uint64_t db,
-                                              uint64_t row_step, int u) {
-  with_set_count<NS>(u, [&](auto c) { wgrad_xw_mmas<T, NW, NS, decltype(c)::value>(acc, a, db, row_step); });
-}
-
-template <typename T, int NW>
-__global__ void __launch_bounds__(256, 1) wgrad_xw_kernel(const WgradTcParams prm) {
-#ifdef CT3D_WGMMA
-  constexpr bool K16 = !std::is_same<T, float>::value;
-  using W = typename WinElem<T>::type;
-  constexpr int NS = wgrad_wg_sets(NW, false);
-  constexpr int KW = K16 ? 16 : 8;         // positions a wgmma
-  constexpr int EP = 16 / int(sizeof(W));  // positions a 16-byte piece
-  extern __shared__ __align__(128) unsigned char smem[];
-  const Problem& P = prm.P;
-  const int S = prm.windows, BR = prm.R, C = prm.C, CH = prm.ch, RS = prm.rs, Wp = prm.xw_wp;
-  const int BM = BR * Wp, WC = Wp / EP;  // positions a tile; chunks a window row
-  // S dy windows, S x windows, the position table (BM ints), S mbarriers (bulk copies)
-  unsigned char* xw0 = smem + S * prm.window_bytes;
-  int* pos_tab = reinterpret_cast<int*>(xw0 + S * prm.xt_bytes);
-  const uint32_t bars = smem_u32(pos_tab + BM);
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);  // dy coordinate o = i * mult + off0 + r * dstep
-  const int g = blockIdx.z / prm.tap_groups, tg = blockIdx.z % prm.tap_groups;
-  const int chunk = blockIdx.y, split = blockIdx.x;
-  const int wg = threadIdx.x / 128, w4 = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int gq = lane / 4, tq = lane % 4;
-  const int kd = int(P.k[0]), kh = int(P.k[1]), kw = int(P.k[2]), J = prm.xw_j, NRG = prm.xw_nrg;
-  const int job = 2 * tg + wg, rd = job / NRG, rg = job % NRG;
-  const bool active = rd < kd && rg * J < kw;
-  const int rd0 = (2 * tg) / NRG, td_n = min(kd - 1, (2 * tg + 1) / NRG) - rd0 + 1;  // the block's planes
-  const int my_sets = active ? kh : 0;
-  if (prm.bulk && threadIdx.x == 0) {
-    for (int b = 0; b < S; ++b) mbar_init(bars + 8 * b, 1);
-    mbar_fence_init();
-  }
-  // Window byte offset of row m of this warpgroup's sets: (w tap j = m / CH, channel m % CH)
-  // at the job's depth plane and width shift; rows past the job's taps read its first tap
-  // (never stored). TF32: the slot of the pair (co, co + 8) (pair8, see wgrad_wg_kernel).
-  auto row_off = [&](int m) {
-    const int j = m / CH, co = m - j * CH, rw = active && rg * J + j < kw ? rg * J + j : (active ? rg * J : 0);
-    const int sw = wd[2].off0 + rw * wd[2].dstep - win_off_min(wd[2]);
-    const int slot = K16 ? co : int(pair8_slot(co));
-    return (((active ? rd : rd0) - rd0) * BR * C + sw) * RS * int(sizeof(W)) + slot * int(sizeof(W));
-  };
-  const int off = row_off(16 * w4 + (K16 ? 8 * ((lane >> 3) & 1) : gq));
-  // Window byte offset of each tile position (the same for every tile): row k / Wp, column
-  // k % Wp (positions past W read column W - 1: x is zero there)
-  for (int k = threadIdx.x; k < BM; k += blockDim.x) {
-    const int ur = k / Wp, jw = min(k - ur * Wp, int(P.in[2]) - 1);
-    pos_tab[k] = (ur * C + jw * wd[2].mult) * RS * int(sizeof(W));
-  }
-  __syncthreads();
-
-  float acc[NS][NW / 2];
-#pragma unroll
-  for (int s = 0; s < NS; ++s)
-#pragma unroll
-    for (int i = 0; i < NW / 2; ++i) acc[s][i] = 0.f;
-
-  const T* __restrict__ x = static_cast<const T*>(prm.x);
-  const int64_t t_begin = split * prm.tiles_per_split;
-  const int64_t t_end = min(prm.total_tiles, t_begin + prm.tiles_per_split);
-  const int D = int(P.in[0]), H = int(P.in[1]), Wd = int(P.in[2]), plane = H * Wd;
-  const int Ho = int(P.out[1]), Wo = int(P.out[2]);
-  const int cin_g = int(P.cin_g()), cout_g = int(P.cout_g()), kvol = int(P.kvol());
-  const int reach = (kh - 1) * int(P.d[1]);  // x window rows above the tile's first
-  const W* dy_g = static_cast<const W*>(prm.dyp) + (int64_t(g) * gridDim.y + chunk) * prm.slice;
-  // tiles: batch item n, plane jd, rows u0 = xw_u_lo + ut * BR (tiles_per_plane of them)
-  struct Tile { int64_t n; int jd, ut; };
-  auto tile_at = [&](int64_t t) {
-    const int64_t rest = t / prm.tiles_per_plane;
-    return Tile{rest / D, int(rest % D), int(t % prm.tiles_per_plane)};
-  };
-  auto next = [&](Tile& tp) {
-    if (++tp.ut == prm.tiles_per_plane) {
-      tp.ut = 0;
-      if (++tp.jd == D) tp.jd = 0, ++tp.n;
-    }
-  };
-  const int XR = BR + reach, x_pieces = XR * WC * NW;
-  const uint32_t half_magic = fast_div_magic(uint32_t(WC / 2)), c_magic = fast_div_magic(uint32_t(C));
-  const uint32_t r_magic = fast_div_magic(uint32_t(BR)), p_magic = fast_div_magic(uint32_t(CH * int(sizeof(W)) / 16));
-  const int pieces = CH * int(sizeof(W)) / 16;  // a dy window position's
-  const int win_pieces = prm.bulk ? 0 : td_n * BR * C * pieces;
-  const uint32_t row_bytes = uint32_t(C * RS * int(sizeof(W)));
-  // x piece q: pairs of chunks (a lane pair reads one 32-byte sector) of channel
-  // (q / 2) % NW, chunk pair (q / 2 / NW) % (WC / 2), window row q / 2 / NW / (WC / 2)
-  auto x_piece = [&](int q, int& xr, int& ci, int& wc) {
-    const int r = q >> 1, rest = r / NW;
-    ci = r - rest * NW;
-    xr = fast_div(rest, half_magic);
-    wc = 2 * (rest - xr * (WC / 2)) + (q & 1);
-  };
-  auto issue_tile = [&](const Tile& tp, int b) {
-    const int u0 = prm.xw_u_lo + tp.ut * BR;
-    const int od0 = tp.jd * wd[0].mult + wd[0].off0 + rd0 * wd[0].dstep, oh0 = u0 + wd[1].off0;
-    const int ow0 = win_off_min(wd[2]);
-    const W* base = dy_g + tp.n * prm.pk_n;
-    const uint32_t wdst = smem_u32(smem + b * prm.window_bytes);
-    if (prm.bulk && threadIdx.x < 32) {  // warp 0: a bulk copy a dy window row, one a lane
-      const uint32_t bar = bars + 8 * b;
-      const int ncp = td_n * BR;
-      if (lane == 0) mbar_arrive_expect(bar, uint32_t(ncp) * row_bytes);
-      __syncwarp();
-      for (int rr = lane; rr < ncp; rr += 32) {
-        const int td = rr / BR, od = od0 + td * wd[0].dstep, oh = oh0 + rr - td * BR;
-        const bool ok = unsigned(od) < unsigned(P.out[0]) && unsigned(oh) < unsigned(Ho);
-        bulk_copy_g2s(wdst + rr * row_bytes, ok ? base + ((int64_t(od) * Ho + oh) * Wo + ow0) * RS : prm.zrow,
-                      row_bytes, bar);
-      }
-    }
-    const T* xb = x + P.xl.at(tp.n, int64_t(g) * cin_g, int64_t(tp.jd) * plane);
-    const uint32_t xdst = smem_u32(xw0 + b * prm.xt_bytes);
-    const int ih0 = u0 - reach;
-    for (int q = threadIdx.x; q < x_pieces + win_pieces; q += 256) {
-      if (q < x_pieces) {
-        int xr, ci, wc;
-        x_piece(q, xr, ci, wc);
-        const int ih = ih0 + xr;
-        const bool ok = ci < cin_g && unsigned(ih) < unsigned(H) && wc * EP < Wd;
-        cp_async16(xdst + ((xr * WC + wc) * NW + ci) * 16, ok ? xb + ci * P.xl.c + ih * Wd + wc * EP : x,
-                   ok ? 16 : 0);
-      } else {
-        const int qw = q - x_pieces, p = fast_div(qw, p_magic);
-        wgrad_dy_piece(wdst, RS * int(sizeof(W)), base, int64_t(RS), p, qw - p * pieces, C, BR, c_magic, r_magic,
-                       od0, oh0, ow0, wd[0].dstep, P);
-      }
-    }
-  };
-
-  Tile ahead = tile_at(t_begin);  // the next tile to copy
-  for (int st = 0; st + 1 < S; ++st) {
-    if (t_begin + st < t_end) issue_tile(ahead, st);
-    cp_async_commit();
-    next(ahead);
-  }
-  Tile tp = tile_at(t_begin);
-  // B's descriptors: set s (height tap s) reads x window rows reach - s * d_h on, so a
-  // k-step's descriptor for set s is set 0's minus s row steps (16-byte units)
-  const uint64_t row_step = uint64_t(P.d[1]) * uint64_t(WC) * NW;
-  int buf = 0;
-  for (int64_t tile = t_begin; tile < t_end; ++tile, buf = buf + 1 == S ? 0 : buf + 1, next(tp)) {
-    __syncthreads();  // the previous tile's loads and wgmmas are done with its buffer
-    if (S == 1) issue_tile(tp, 0);
-    else if (tile + S - 1 < t_end) issue_tile(ahead, buf == 0 ? S - 1 : buf - 1);
-    if (S > 1) next(ahead);
-    cp_async_commit();  // one group a tile, empty or not: the wait below counts groups
-    cp_async_wait(S - 1);  // this tile's copies have landed
-    if (prm.bulk) mbar_wait(bars + 8 * buf, uint32_t((tile - t_begin) / S) & 1u);  // and its dy rows
-    if constexpr (!K16) {
-      if (prm.round_a) {  // TF32: each thread rounds the x pieces it copied (the pack rounds dy)
-        float* xf = reinterpret_cast<float*>(xw0 + buf * prm.xt_bytes);
-        for (int q = threadIdx.x; q < x_pieces; q += 256) {
-          int xr, ci, wc;
-          x_piece(q, xr, ci, wc);
-          float4* v = reinterpret_cast<float4*>(xf + ((xr * WC + wc) * NW + ci) * 4);
-          *v = round_tf32_4(*v);
-        }
-      }
-    }
-    fence_proxy_async();  // the x window (cp.async and the rounding) visible to wgmma
-    __syncthreads();
-    if (my_sets == 0) continue;
-
-    const uint32_t win = smem_u32(smem + buf * prm.window_bytes);
-    const uint32_t xw = smem_u32(xw0 + buf * prm.xt_bytes);
-    const unsigned char* wb = smem + buf * prm.window_bytes;
-    auto load_a = [&](uint32_t (&a)[4], int k0) {
-      if constexpr (K16) {
-        ldmatrix_x4_trans(a, win + pos_tab[k0 + (lane & 7) + 8 * (lane >> 4)] + off);
-      } else {  // positions tq and tq + 4, rows gq and gq + 8 (a pair)
-        const uint2 u = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq] + off);
-        const uint2 v = *reinterpret_cast<const uint2*>(wb + pos_tab[k0 + tq + 4] + off);
-        a[0] = u.x, a[1] = u.y, a[2] = v.x, a[3] = v.y;
-      }
-    };
-    // k-step k0: set 0 (rh = 0) reads window rows from reach on; then the next k-step's A
-    auto step = [&](const uint32_t (&a)[4], uint32_t (&nx)[4], int k0) {
-      const uint64_t db = wg_desc(xw + uint32_t(k0 / EP) * NW * 16, NW * 16, 128) + uint64_t(kh - 1) * row_step;
-      wgrad_xw_step<T, NW, NS>(acc, a, db, row_step, my_sets);
-      wg_wait<1>();
-      if (k0 + KW < BM) load_a(nx, k0 + KW);
-    };
-    uint32_t a0[4], a1[4];
-    load_a(a0, 0);
-    int k0 = 0;
-    for (; k0 + 2 * KW <= BM; k0 += 2 * KW) {
-      step(a0, a1, k0);
-      step(a1, a0, k0 + KW);
-    }
-    if (k0 < BM) step(a0, a1, k0);  // an odd k-step count (BM / KW odd)
-    wg_wait<0>();  // this tile's wgmmas are done with the buffer
-  }
-  cp_async_wait(0);  // no copy may be in flight when the block exits
-
-  // ---- partials of this split: ws[split][g*Cin/G + ci][co][tap] ----
-  // accumulator d[4i + 2h + e] of set s holds D[row 16 * w4 + gq + 8h][column 8i + 2tq + e]
-  if (!active) return;
-  const int64_t numel = P.Cin * P.cout_g() * P.kvol();
-#pragma unroll
-  for (int s = 0; s < NS; ++s) {
-    if (s >= my_sets) continue;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = 16 * w4 + gq + 8 * h, j = m / CH, co = chunk * CH + m - j * CH, rw = rg * J + j;
-      if (j >= J || rw >= kw || co >= cout_g) continue;
-      const int tap = (rd * kh + s) * kw + rw;
-#pragma unroll
-      for (int i = 0; i < NW / 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int ci = 8 * i + 2 * tq + e;
-          if (ci < cin_g)
-            prm.ws[split * numel + ((int64_t(g) * cin_g + ci) * cout_g + co) * kvol + tap] = acc[s][4 * i + 2 * h + e];
         }
     }
   }
@@ -1617,34 +1297,16 @@ struct WgradPlan {
   bool wg = false;       // wgrad_wg_kernel (dy packed slice-major, RS elements a position)
   int64_t rs = 0;
   bool bulk = false;     // wgrad_wg_kernel: window rows by bulk copies
-  bool ss = false;       // wgrad_wg_kernel: A by descriptor too (16-bit, 64 dy channels a block)
   bool one_plane = false;  // wgrad_wg_kernel: a window of one depth plane (CT3D_WGRAD_ONE_PLANE=1)
-  bool xw = false;       // wgrad_xw_kernel (height taps in B); its tiling:
-  int64_t xw_wp = 0, xw_u_lo = 0, xw_tiles_per_plane = 0, xw_j = 0, xw_nrg = 0, xw_groups = 0;
 };
 
 template <typename T, int NW>
-static WgradKernel wgrad_wg_instance(bool split, bool ss) {
+static WgradKernel wgrad_wg_instance(bool split) {
   if constexpr (std::is_same<T, float>::value) {
-    if (split) return wgrad_wg_kernel<T, NW, true, false>;
-  } else {
-    if (ss) return wgrad_wg_kernel<T, NW, false, true>;
+    if (split) return wgrad_wg_kernel<T, NW, true>;
   }
-  return wgrad_wg_kernel<T, NW, false, false>;
+  return wgrad_wg_kernel<T, NW, false>;
 }
-
-// CT3D_WGRAD_SS=1 in the environment: grad weight's 16-bit wgmma kernel reads A by
-// descriptor (SS) where it can. Off by default: correct (test_grad_weight_ss_opt_in) but
-// measured slower than the register form (kb68 bf16 grad weight 5.69 -> 6.87 ms on an
-// H200; NOTES.md, "Session of 2026-11-23 (afternoon)"). Read once.
-inline int wgrad_ss_env() {
-  static const int v = env_int("CT3D_WGRAD_SS", 0);
-  return v;
-}
-
-// SS launches so far in this process (tests: that the cases meant to take SS did).
-static std::atomic<int64_t> g_wgrad_ss_launches{0};
-int64_t wgrad_ss_launches() { return g_wgrad_ss_launches.load(); }
 
 // Where the window of the depth planes a block's taps reach does not fit in shared memory
 // beside the x tiles (stride 2 with whole-plane tiles: a 16 x 16 plane's 256 positions reach
@@ -1675,14 +1337,8 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
   const int64_t cout_g = P.cout_g(), kvol = P.kvol(), ptaps = P.k[1] * P.k[2];
   int64_t best = -1;
   const int64_t q = k16 ? 8 : 16;  // chunk granule; TF32: channel pairs (co, co + 8), see the kernel
-  // SS (A by an M-major descriptor, no A loads): 16-bit, blocks of 64 dy channels (a set of
-  // M is one tap), window rows by bulk copies, and each k-step's KW positions contiguous in
-  // the window: stride 1 in w, W a multiple of KW, tiles of whole rows.
   WinDim wd[3];
   win_dims(P, kJobGradInput, 0, wd);
-  const int64_t bm_rows = bm / wd[2].P;
-  const bool ss_geom = k16 && wgrad_ss_env() != 0 && wd[2].mult == 1 && wd[2].P % 16 == 0 &&
-                       bm % wd[2].P == 0 && bm_rows <= wd[1].P;
   // Window rows whole from dy where each row's C columns lie inside dy's width (rows
   // outside dy come from a zero row): one bulk copy a row instead of 16-byte pieces
   auto bulk_rows = [&](int64_t cols) { return win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + cols <= P.out[2]; };
@@ -1691,11 +1347,10 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     if (ch < 8 || (chunks - 1) * ch >= cout_g) break;  // a chunk would be empty
     WgradGeometry geo = wgrad_geometry(P, x, bm, rows_cap / ch, int64_t(sizeof(T)));
     if (!geo.x_async) return false;
-    const bool ss = ss_geom && ch == 64 && bulk_rows(geo.cols);
-    // window bytes: SS, ch / 8 slices [position][8 channels]; else [position][rs channels]
-    const int64_t rs = ss ? 8 : ch % 16 == 8 ? ch : ch + 8;
+    // window bytes: [position][rs channels]
+    const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
     auto window_bytes = [&](const WgradGeometry& g) {
-      return (ss ? ch / 8 : 1) * ((g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128);
+      return (g.win_planes * g.rows * g.cols * rs * int64_t(sizeof(T)) + 127) / 128 * 128;
     };
     int64_t wbytes = window_bytes(geo);
     const int64_t xt = int64_t(nw) * bm * int64_t(sizeof(T)) * (split ? 2 : 1);  // 3xTF32: big, small
@@ -1727,84 +1382,14 @@ bool plan_wgrad_wg(const at::Tensor& x, const Problem& P, bool tf32, int dev, co
     pl.xt_bytes = xt;
     pl.windows = windows;
     pl.smem = smem_for(windows);
-    pl.ss = ss;
     pl.one_plane = one_plane;
   }
   if (best < 0) return false;
   pl.wg = true;
   pl.bulk = bulk_rows(pl.geo.cols);
-  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split, pl.ss)
-              : nw == 48 ? wgrad_wg_instance<T, 48>(split, pl.ss)
-                         : wgrad_wg_instance<T, 64>(split, pl.ss);
-  return true;
-}
-
-// CT3D_WGRAD_XW=1 in the environment: grad weight takes wgrad_xw_kernel (height taps in B)
-// where it runs; 0 (the default until it is measured faster): never. Read once.
-inline int wgrad_xw_env() {
-  static const int v = env_int("CT3D_WGRAD_XW", 0);
-  return v;
-}
-
-// wgrad_xw_kernel launches so far in this process (tests: that the cases meant to take it did).
-static std::atomic<int64_t> g_wgrad_xw_launches{0};
-int64_t wgrad_xw_launches() { return g_wgrad_xw_launches.load(); }
-
-// wgrad_xw_kernel where it runs: a wgmma build on an sm_90 GPU, TF32 or 16-bit, 17..64 input
-// channels a group, stride 1 in h, kh no more than the sets a warpgroup holds, W a multiple
-// of a 16-byte piece (x rows copied in pieces, by cp.async) and at most 512, two buffers
-// in shared memory. Jobs (rd, rg) pair into blocks across depth taps (a two-plane dy
-// window) where two buffers fit so, else within a depth tap (rg count rounded up to even).
-template <typename T>
-bool plan_wgrad_xw(const at::Tensor& x, const Problem& P, bool tf32, int dev, const cudaDeviceProp* prop, WgradPlan& pl) {
-  constexpr bool k16 = !std::is_same<T, float>::value;
-  if (wgrad_xw_env() == 0 || (!k16 && !tf32)) return false;
-  if (P.cin_g() < 17 || P.cin_g() > 64 || P.s[1] != 1 || !wgmma_available(dev)) return false;
-  const int nw = P.cin_g() <= 32 ? 32 : P.cin_g() <= 48 ? 48 : 64;
-  const int64_t es = int64_t(sizeof(T)), ep = 16 / es, kstep = k16 ? 16 : 8;
-  const int64_t kd = P.k[0], kh = P.k[1], kw = P.k[2], H = P.in[1], W = P.in[2];
-  if (kh > wgrad_wg_sets(nw, false) || W % ep != 0) return false;
-  const int64_t wp = (W + kstep - 1) / kstep * kstep;
-  if (wp > 512) return false;
-  const WgradGeometry geo = wgrad_geometry(P, x, wgrad_wg_bm<T>(), 64, es);  // x_async, window columns
-  if (!geo.x_async) return false;
-  const int64_t br = std::max<int64_t>(1, wgrad_wg_bm<T>() / wp), bm = br * wp;
-  const int64_t reach = (kh - 1) * P.d[1];
-  const int64_t u_lo = std::max<int64_t>(0, P.p[1]), u_hi = std::min<int64_t>(H + reach, P.p[1] + P.out[1]);
-  if (u_hi <= u_lo) return false;
-  // dy channels a block: the fewest chunks of at most 64 (multiples of 8; of 16 in TF32)
-  const int64_t q = k16 ? 8 : 16, cout_g = P.cout_g(), chunks = (cout_g + 63) / 64;
-  const int64_t ch = ((cout_g + chunks - 1) / chunks + q - 1) / q * q;
-  const int64_t J = std::max<int64_t>(1, 64 / ch), nrg = (kw + J - 1) / J;
-  const int64_t rs = ch % 16 == 8 ? ch : ch + 8;
-  const int64_t xbytes = (br + reach) * wp * nw * es;  // a multiple of 512
-  auto wbytes = [&](int64_t planes) { return (planes * br * geo.cols * rs * es + 127) / 128 * 128; };
-  auto smem_for = [&](int64_t planes, int64_t bufs) { return bufs * (wbytes(planes) + xbytes) + bm * 4 + bufs * 8; };
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
-  int64_t nrg_b = nrg, planes = kd > 1 && (nrg % 2 == 1) ? 2 : 1;
-  if (smem_for(planes, 2) > optin) nrg_b = nrg + (nrg & 1), planes = 1;
-  if (smem_for(planes, 2) > optin) return false;
-  WinDim wd[3];
-  win_dims(P, kJobGradInput, 0, wd);
-  pl.geo = geo;
-  pl.chunk_ch = ch;
-  pl.rs = rs;
-  pl.window_bytes = wbytes(planes);
-  pl.xt_bytes = xbytes;
-  pl.windows = smem_for(planes, 3) <= optin ? 3 : 2;
-  pl.smem = smem_for(planes, pl.windows);
-  pl.wg = true;
-  pl.xw = true;
-  pl.bulk = win_off_min(wd[2]) >= 0 && win_off_min(wd[2]) + geo.cols <= P.out[2];
-  pl.geo.rows = br;
-  pl.geo.win_planes = planes;
-  pl.xw_wp = wp;
-  pl.xw_u_lo = u_lo;
-  pl.xw_tiles_per_plane = (u_hi - u_lo + br - 1) / br;
-  pl.xw_j = J;
-  pl.xw_nrg = nrg_b;
-  pl.xw_groups = (kd * nrg_b + 1) / 2;
-  pl.kernel = nw == 32 ? wgrad_xw_kernel<T, 32> : nw == 48 ? wgrad_xw_kernel<T, 48> : wgrad_xw_kernel<T, 64>;
+  pl.kernel = nw == 32   ? wgrad_wg_instance<T, 32>(split)
+              : nw == 48 ? wgrad_wg_instance<T, 48>(split)
+                         : wgrad_wg_instance<T, 64>(split);
   return true;
 }
 
@@ -1978,8 +1563,7 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     Pb.Cout = cout_g;
   }
   WgradPlan pl;
-  const bool planned = (algo != kTcMma && ((nb == 1 && plan_wgrad_xw<T>(x, Pb, tf32, dev, prop, pl)) ||
-                                            plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl))) ||
+  const bool planned = (algo != kTcMma && plan_wgrad_wg<T>(x, Pb, tf32, dev, prop, pl)) ||
                        plan_wgrad_mma<T>(x, Pb, tf32, prop, pl);
   if (!planned) return false;
   set_smem_limit(pl.kernel, pl.smem);
@@ -1989,14 +1573,12 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   // dy packed channels-innermost in its own type (fp32 TF32: rounded to nearest-even),
   // zero-padded to whole chunks, so the window copies are 16-byte cp.async pieces
   // (wgmma: slice-major, each (group, chunk) slice [N][vol][RS], so a window row is contiguous)
-  // (SS: slices of 8 channels, [N][slice][vol][8], a block's 64 channels 8 slices in a row).
   // One pack of all G groups, whatever the input-channel blocks.
   const int64_t chunks = (cout_g + pl.chunk_ch - 1) / pl.chunk_ch, out_vol = P.out_vol();
-  const int64_t pk_chunks = pl.ss ? chunks * pl.chunk_ch / 8 : chunks, pk_ch = pl.ss ? 8 : pl.chunk_ch;
-  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? pk_chunks : 1) * cg_pad;
+  const int64_t cg_pad = pl.wg ? pl.rs : chunks * pl.chunk_ch, gc = P.G * (pl.wg ? chunks : 1) * cg_pad;
   const at::Tensor dyp =
       pack_src<T, T>(dy, P.yl, P.N, out_vol, P.G, cout_g, cg_pad, !k16 && tf32, stream, db,
-                     pl.wg ? PackSlices{pk_chunks, pk_ch, true, !k16} : PackSlices{1, 0, false});
+                     pl.wg ? PackSlices{chunks, pl.chunk_ch, true, !k16} : PackSlices{1, 0, false});
   at::Tensor zrow;
   if (pl.bulk) zrow = at::zeros({pl.geo.cols * pl.rs}, dy.options());
 
@@ -2004,21 +1586,11 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
   prm.pk_n = out_vol * gc;
   prm.pk_v = gc;
   prm.cg_pad = cg_pad;
-  prm.slice = out_vol * cg_pad * (pl.ss ? pl.chunk_ch / 8 : 1);  // SS: a block's 8 slices
-  prm.slice8 = out_vol * 8;
+  prm.slice = out_vol * cg_pad;
   prm.bulk = pl.bulk;
   prm.zrow = pl.bulk ? zrow.data_ptr() : nullptr;
   prm.P = Pb;
   pl.geo.fill(prm, Pb);
-  if (pl.xw) {  // tiles of rows u (see wgrad_xw_kernel), jobs paired into tap groups
-    prm.tiles_per_plane = int(pl.xw_tiles_per_plane);
-    prm.total_tiles = P.N * P.in[0] * prm.tiles_per_plane;
-    prm.tap_groups = int(pl.xw_groups);
-    prm.xw_wp = int(pl.xw_wp);
-    prm.xw_u_lo = int(pl.xw_u_lo);
-    prm.xw_j = int(pl.xw_j);
-    prm.xw_nrg = int(pl.xw_nrg);
-  }
   prm.window_bytes = int(pl.window_bytes);
   prm.windows = pl.windows;
   prm.x_async = pl.geo.x_async;
@@ -2050,8 +1622,6 @@ bool grad_weight_tc(const at::Tensor& dy, const at::Tensor& x, at::Tensor& dw, a
     if (poison_enabled()) ws.fill_(std::numeric_limits<float>::quiet_NaN());
     pl.kernel<<<grid, 256, pl.smem, stream>>>(prm);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (pl.ss) ++g_wgrad_ss_launches;
-    if (pl.xw) ++g_wgrad_xw_launches;
     if (pl.one_plane) ++g_wgrad_one_plane_launches;
     if (nb > 1) ++g_wgrad_cin_block_launches;
     const int64_t blocks = std::min<int64_t>((numel + 255) / 256, 65535);

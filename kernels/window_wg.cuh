@@ -394,50 +394,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[NW / 2], const uint32_t (&a)
 #endif
 }
 
-// d (64 x NW, fp32) += A (64 x 16) * B (16 x NW), fp16/bf16, both through descriptors: A
-// M-major (imm-trans-a = 1: each core matrix is 8 positions of 16 bytes = 8 rows of M; LBO
-// steps K by 8, SBO steps M by 8), B K-major as in wgmma_rs (grad weight on wgmma, SS).
-#define CT3D_SS_IN(da, db) "l"(da), "l"(db), "r"(1)
-template <typename T, int NW>
-__device__ __forceinline__ void wgmma_ss_mk(float (&d)[NW / 2], uint64_t da, uint64_t db) {
-#ifdef CT3D_WGMMA
-  static_assert(!std::is_same<T, float>::value, "wgmma_ss_mk: M-major A is for 16-bit types");
-  static_assert(NW == 32 || NW == 48 || NW == 64, "wgmma_ss_mk: NW is 32, 48 or 64");
-  constexpr bool BF = std::is_same<T, at::BFloat16>::value;
-  if constexpr (NW == 32 && BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 32) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-                 "%16, %17, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 48 && BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
-                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
-  } else if constexpr (NW == 48) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n48k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23}, "
-                 "%24, %25, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16) : CT3D_SS_IN(da, db));
-  } else if constexpr (BF) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
-  } else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                 "%32, %33, p, 1, 1, 1, 0;\n}\n"
-                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24) : CT3D_SS_IN(da, db));
-  }
-#endif
-}
-
 // ============================================================================
 // Kernels
 // ============================================================================
