@@ -958,7 +958,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   const E* src_n = src + n * prm.pk_n + int64_t(g) * prm.cg_pad;
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
-  const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
+  const int b_pieces = BS ? Thw * NT8 * 16 : 0;
   struct Stage {
     int tdi, chunk, buf;
   };
@@ -1401,7 +1401,7 @@ struct WgShape {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define CT3D_WGMMA 1
 #endif
-constexpr int kWgStampBlocks = 16384;
+[[maybe_unused]] constexpr int kWgStampBlocks = 16384;
 #ifdef CT3D_WG_TIMING
 __device__ long long g_wg_stamps[kWgStampBlocks][5];
 #define CT3D_WG_STAMP(i)                                                                           \
@@ -4178,20 +4178,20 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
             for (int e = 0; e < 4; ++e) acc[i][e] += t[e];
           }
         }
-        continue;
-      }
+      } else {
 #pragma unroll
-      for (int ks = 0; ks < 2 * MW; ++ks) {
-        const int xs = u * RW + ks * 8 + tq;
-        uint32_t a[4];
-        a[0] = xw[xs * 4];
-        a[2] = xw[xs * 4 + 16];
-        a[1] = a[3] = 0u;
+        for (int ks = 0; ks < 2 * MW; ++ks) {
+          const int xs = u * RW + ks * 8 + tq;
+          uint32_t a[4];
+          a[0] = xw[xs * 4];
+          a[2] = xw[xs * 4 + 16];
+          a[1] = a[3] = 0u;
 #pragma unroll
-        for (int i = 0; i < TPW; ++i) {
-          if (tap0 + warp + 8 * i >= tap_end) break;
-          const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
-          mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
+          for (int i = 0; i < TPW; ++i) {
+            if (tap0 + warp + 8 * i >= tap_end) break;
+            const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
+            mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
+          }
         }
       }
     }

@@ -1111,21 +1111,21 @@ __global__ void __launch_bounds__(256, 2) thin_wgrad_kernel(const ThinWgradParam
             for (int e = 0; e < 4; ++e) acc[i][e] += t[e];
           }
         }
-        continue;
-      }
+      } else {
 #pragma unroll
-      for (int ks = 0; ks < 2 * MW; ++ks) {
-        // Slots xs and xs + 4 (16 words on); channel gq of each (xw, ww: 4 words a slot).
-        const int xs = u * RW + ks * 8 + tq;
-        uint32_t a[4];
-        a[0] = xw[xs * 4];
-        a[2] = xw[xs * 4 + 16];
-        a[1] = a[3] = 0u;
+        for (int ks = 0; ks < 2 * MW; ++ks) {
+          // Slots xs and xs + 4 (16 words on); channel gq of each (xw, ww: 4 words a slot).
+          const int xs = u * RW + ks * 8 + tq;
+          uint32_t a[4];
+          a[0] = xw[xs * 4];
+          a[2] = xw[xs * 4 + 16];
+          a[1] = a[3] = 0u;
 #pragma unroll
-        for (int i = 0; i < TPW; ++i) {
-          if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
-          const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
-          mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
+          for (int i = 0; i < TPW; ++i) {
+            if (tap0 + warp + 8 * i >= tap_end) break;  // uniform in the warp
+            const int p0 = s_toff[warp][i] + urow + ks * 8 + tq;
+            mma_tf32(acc[i], a, ww[p0 * 4], ww[p0 * 4 + 16]);
+          }
         }
       }
     }

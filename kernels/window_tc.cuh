@@ -901,7 +901,7 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
   const uint32_t smem0 = smem_u32(smem);
   // B of this block: group g, its n8 tiles from co0 / 8; + chunk and tap offsets
   const uint32_t* wb_blk = prm.wt_big + int64_t(g) * P.kvol() * tap_stride + (co0 / 8) * 64;
-  const int win_pieces = R * C * 2, b_pieces = BS ? Thw * NT8 * 16 : 0;
+  const int b_pieces = BS ? Thw * NT8 * 16 : 0;
   struct Stage {
     int tdi, chunk, buf;
   };

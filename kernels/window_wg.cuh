@@ -95,7 +95,7 @@ struct WgShape {
 // window_wg_kernel launch records clock64() at its start, after the tables, after the
 // first stages' copies are issued, after the stage loop and at its end; wg_stamps() reads
 // them (scripts/wg_phases.py). Nothing of it exists in a normal build.
-constexpr int kWgStampBlocks = 16384;
+[[maybe_unused]] constexpr int kWgStampBlocks = 16384;  // unused in a normal build's device pass
 #ifdef CT3D_WG_TIMING
 __device__ long long g_wg_stamps[kWgStampBlocks][5];
 #define CT3D_WG_STAMP(i)                                                                           \
