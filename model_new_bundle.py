@@ -28,6 +28,7 @@ int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
+int64_t wg_skip_idle_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -53,6 +54,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
   m.def("unit_tap_persist_launches", &ct3d::unit_tap_persist_launches,
         "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
+  m.def("wg_skip_idle_launches", &ct3d::wg_skip_idle_launches,
+        "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -368,6 +371,7 @@ struct WinParams {
   int q_step;
   int wt_taps;
   bool round_a;
+  bool skip_idle;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
   const bool fwd = job == kJobForward;
@@ -1382,6 +1386,7 @@ bool run_window_tc(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   return true;
 }
 }
+#include <atomic>
 #include <vector>
 namespace ct3d {
 constexpr int kWgM = 64;
@@ -1831,6 +1836,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;
+  const bool live = !prm.skip_idle || q0 + __shfl_sync(0xffffffffu, wg, 0) * S::N < Ph * C;
   if constexpr (WS) {
     if (__shfl_sync(0xffffffffu, threadIdx.x / 128, 0) >= kWgGroups) {
       const int tid = threadIdx.x - kWgConsumers;
@@ -1861,7 +1867,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         }
         const uint32_t bufa = smem0 + buf * prm.stage_bytes;
         const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-        const int t0 = part * hp, nt = part_taps(part);
+        const int t0 = part * hp, nt = live ? part_taps(part) : 0;
         for (int t = 0; t < nt; t += kWgChunk)
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
         wg_commit();
@@ -1887,7 +1893,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       fence_proxy_async();
       __syncthreads();
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part);
+      const int t0 = part * hp, nt = live ? part_taps(part) : 0;
       if (lead == 2) {
         for (int t = 0; t < nt; t += kWgChunk)
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
@@ -1930,7 +1936,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       fence_proxy_async();
       __syncthreads();
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part);
+      const int t0 = part * hp, nt = live ? part_taps(part) : 0;
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
       bool pend1 = false;
       for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
@@ -2065,6 +2071,12 @@ inline int wg_parts_env() {
   static const int v = std::max(0, env_int("CT3D_WG_PARTS", 0));
   return v;
 }
+inline int wg_skip_idle_env() {
+  static const int v = env_int("CT3D_WG_SKIP_IDLE", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wg_skip_idle_launches{0};
+int64_t wg_skip_idle_launches() { return g_wg_skip_idle_launches.load(); }
 template <typename T>
 bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, bool tf32, bool force) {
   using E = typename WinElem<T>::type;
@@ -2088,12 +2100,15 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t nz = prm.job == kJobForward ? P.s[0] * P.s[1] * P.s[2] : 1;
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);
+  bool idle_wg = false;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + q_step - 1) / q_step);
+    const int64_t tiles = (wd[1].P * C + q_step - 1) / q_step;
+    tpp = std::max<int64_t>(tpp, tiles);
+    idle_wg = idle_wg || wd[1].P * C - (tiles - 1) * q_step <= Q / kWgGroups;
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
@@ -2152,6 +2167,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.q_step = q_step;
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
+  prm.skip_idle = wg_skip_idle_env() != 0;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -2164,6 +2180,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   set_smem_limit(kernel, smem);
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   return true;
 }
 }

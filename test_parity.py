@@ -634,6 +634,22 @@ def test_unit_tap_forward_three_blocks_opt_in():
 
 
 @gpu
+def test_wgmma_skip_idle_opt_in():
+    """The wgmma window kernel with CT3D_WG_SKIP_IDLE=1 (opt-in, prepared without a GPU): a
+    warpgroup whose positions all lie past its plane (the last tile of a plane) issues no
+    wgmmas. Cases whose planes end in warpgroup 0's positions in every mode (256 positions a
+    warpgroup, 128 in 3xTF32): stacked taps with dilation (the stacked epilogue reads D up to
+    the plane's end), stride phases with dilation and groups. Every gradient against float64,
+    outputs poisoned; each case must have skipped (a launch counter the host keeps)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("window_wg_kernel is a wgmma (sm_90a) kernel")
+    run_opt_in("CT3D_WG_SKIP_IDLE", "wg_skip_idle_launches",
+               ("stacked_dilation", "wgrad_stride2_dilation_groups", "wgrad_dilation_strides"),
+               ("fp32_tf32", "fp32_strict", "bf16", "fp16"), "the idle-warpgroup skip",
+               layouts=("contiguous", "channels_last"))
+
+
+@gpu
 def test_grad_weight_one_plane_opt_in():
     """Grad weight's one-plane window (on by default; CT3D_WGRAD_ONE_PLANE=0 turns it off):
     the stride-2 U-Net case must take it, in TF32, fp16 and bf16, and pass the contract."""

@@ -26,6 +26,7 @@ int64_t unit_tap_vec_out_launches();
 int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
+int64_t wg_skip_idle_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -52,4 +53,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: unit_tap_dgrad_kernel launches with dy rows staged by 16-byte cp.async");
   m.def("unit_tap_persist_launches", &ct3d::unit_tap_persist_launches,
         "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
+  m.def("wg_skip_idle_launches", &ct3d::wg_skip_idle_launches,
+        "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
 }

@@ -106,6 +106,7 @@ struct WinParams {
   int q_step;             // window_wg.cuh: virtual positions between blocks' first positions
   int wt_taps;            // window_wg.cuh: taps (stacked taps) a group in the weight layout
   bool round_a;           // TF32 with the source used in place: round each stage's window
+  bool skip_idle;         // window_wg.cuh: a warpgroup with no positions in the plane issues no wgmmas
 };
 
 // The tensors and sizes of a job: forward reads x (Cin channels) and writes y (Cout);

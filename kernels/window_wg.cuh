@@ -63,6 +63,7 @@
 #pragma once
 #include "window_tc.cuh"
 
+#include <atomic>
 #include <vector>
 
 namespace ct3d {
@@ -626,6 +627,12 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
   CT3D_WG_STAMP(2);
   const int wg = threadIdx.x / 128;
   const uint32_t b_off = uint32_t(qoff + wg * S::N) * 16;  // this warpgroup's positions at shift 0
+  // Whether this warpgroup has positions in the plane (prm.skip_idle; else always): the
+  // last tile of a plane can end inside warpgroup 0's positions (kb58: 191 of 512), and
+  // warpgroup 1's wgmmas would then compute positions that are never stored. Computed
+  // from a shuffled warpgroup index, a value ptxas knows is warp-uniform: wgmmas under a
+  // branch it takes for divergent are serialized (C7520, see below).
+  const bool live = !prm.skip_idle || q0 + __shfl_sync(0xffffffffu, wg, 0) * S::N < Ph * C;
   if constexpr (WS) {
     // The role as a value the compiler knows to be warp-uniform (a shuffle from lane 0):
     // wgmmas under a branch it takes for divergent are serialized, each waited for before
@@ -670,7 +677,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
         }
         const uint32_t bufa = smem0 + buf * prm.stage_bytes;
         const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-        const int t0 = part * hp, nt = part_taps(part);
+        const int t0 = part * hp, nt = live ? part_taps(part) : 0;
         for (int t = 0; t < nt; t += kWgChunk)
           wg_taps<T>(acc, min(kWgChunk, nt - t), a_base + t * kWgTapBytes, b_base, sh_tab + t0 + t, slice_bytes);
         wg_commit();
@@ -703,7 +710,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       fence_proxy_async();
       __syncthreads();  // everyone's copies of stage kk are in, visible to wgmma
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part);
+      const int t0 = part * hp, nt = live ? part_taps(part) : 0;
       if (lead == 2) {
         // every tap of stage kk, then: stage kk - 2 done (wgmma groups kk - 1 and kk may
         // run), everywhere, so its buffer takes the copy of stage kk + stages - 2
@@ -757,7 +764,7 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(co
       fence_proxy_async();
       __syncthreads();
       const uint32_t a_base = bufa + prm.window_bytes, b_base = bufa + b_off;
-      const int t0 = part * hp, nt = part_taps(part);
+      const int t0 = part * hp, nt = live ? part_taps(part) : 0;
       const int nchain = max(1, (nt + kWgFlushTaps - 1) / kWgFlushTaps), clen = (nt + nchain - 1) / nchain;
       bool pend1 = false;  // ch1 holds a chain not yet added
       for (int c = 0, t = 0; c < nchain; c += 2, t += 2 * clen) {
@@ -923,6 +930,19 @@ inline int wg_parts_env() {
   return v;
 }
 
+// CT3D_WG_SKIP_IDLE=1 in the environment: a warpgroup whose positions all lie past its
+// plane (the last tile of a plane) issues no wgmmas (prm.skip_idle). Off by default until
+// it has run on a GPU (prepared in a session without one). Read once.
+inline int wg_skip_idle_env() {
+  static const int v = env_int("CT3D_WG_SKIP_IDLE", 0);
+  return v;
+}
+
+// Launches with skip_idle on that have a tile with an idle warpgroup (tests: that the cases
+// meant to skip did; the host knows from the geometry).
+static std::atomic<int64_t> g_wg_skip_idle_launches{0};
+int64_t wg_skip_idle_launches() { return g_wg_skip_idle_launches.load(); }
+
 // Runs the window convolution on wgmma. force: wherever it can run (tests); else only
 // where it is expected to beat window_tc.cuh's kernel: more than 32 output channels a
 // group (with 32, half of M is zero rows: kb68's grad input measured 7.1 ms against 6.7
@@ -963,12 +983,15 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // the taps of a stage, over the sub-problems (phases).
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);  // a block stores its first q_step positions
+  bool idle_wg = false;  // some plane's last tile ends inside warpgroup 0's positions
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
-    tpp = std::max<int64_t>(tpp, (wd[1].P * C + q_step - 1) / q_step);
+    const int64_t tiles = (wd[1].P * C + q_step - 1) / q_step;
+    tpp = std::max<int64_t>(tpp, tiles);
+    idle_wg = idle_wg || wd[1].P * C - (tiles - 1) * q_step <= Q / kWgGroups;
     pd_max = std::max<int64_t>(pd_max, wd[0].P);
     const int64_t rows = (Q - 1) / C + 1 + win_span(wd[1]) + 2;
     slice_pos = std::max<int64_t>(slice_pos, rows * C);
@@ -1044,6 +1067,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.q_step = q_step;
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
+  prm.skip_idle = wg_skip_idle_env() != 0;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -1060,6 +1084,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   set_smem_limit(kernel, smem);
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   return true;
 }
 
