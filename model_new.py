@@ -142,6 +142,8 @@ if torch.cuda.is_available():
 # Arguments: normalization and checks (messages follow PyTorch's)
 # ----------------------------------------------------------------------------------------
 def _triple(v: IntOr3, name: str) -> list[int]:
+    if type(v) is tuple and len(v) == 3 and type(v[0]) is int and type(v[1]) is int and type(v[2]) is int:
+        return list(v)  # the module's own (normalized) arguments: the common case, kept cheap
     if isinstance(v, int):
         return [v, v, v]
     v = list(v)

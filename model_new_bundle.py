@@ -5069,6 +5069,8 @@ if torch.cuda.is_available():
         load_extension().wgmma_available(_dev)
 
 def _triple(v: IntOr3, name: str) -> list[int]:
+    if type(v) is tuple and len(v) == 3 and (type(v[0]) is int) and (type(v[1]) is int) and (type(v[2]) is int):
+        return list(v)
     if isinstance(v, int):
         return [v, v, v]
     v = list(v)
