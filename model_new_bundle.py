@@ -29,6 +29,7 @@ int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
 int64_t wg_skip_idle_launches();
+int64_t wg_two_blocks_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -56,6 +57,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
   m.def("wg_skip_idle_launches", &ct3d::wg_skip_idle_launches,
         "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
+  m.def("wg_two_blocks_launches", &ct3d::wg_two_blocks_launches,
+        "tests: window_wg_kernel launches of the half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -1395,9 +1398,9 @@ constexpr int kWgTapBytes = 2 * kWgM * 16;
 constexpr int kWgFlushTaps = 8;
 constexpr int kWgConsumers = 256;
 constexpr int kWgMaxStages = 4;
-template <bool SPLIT>
+template <bool SPLIT, bool HALF = false>
 struct WgShape {
-  static constexpr int N = SPLIT ? 128 : 256;
+  static constexpr int N = SPLIT || HALF ? 128 : 256;
   static constexpr int Q = N * kWgGroups;
   static constexpr int TapBytes = SPLIT ? 2 * kWgTapBytes : kWgTapBytes;
   static constexpr int EpPitch = Q + 8;
@@ -1542,26 +1545,48 @@ __device__ __forceinline__ void wgmma_n128_tf32(float (&d)[64], uint64_t da, uin
                : "l"(da), "l"(db), "r"(scale_d));
 #endif
 }
+template <typename T>
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CT3D_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                   CT3D_F8(d, 48), CT3D_F8(d, 56)
+                 : "l"(da), "l"(db), "r"(1));
+  } else if constexpr (std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " CT3D_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                   CT3D_F8(d, 48), CT3D_F8(d, 56)
+                 : "l"(da), "l"(db), "r"(1));
+  } else {
+    wgmma_n128_tf32(d, da, db, 1);
+  }
+#endif
+}
 template <int R>
 __device__ __forceinline__ void wg_fence_operands(float (&d)[R]) {
 #pragma unroll
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 constexpr int kWgChunk = 8;
-template <typename T, int N>
-__device__ __forceinline__ void wg_taps_n(float (&acc)[128], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
+template <typename T, int N, int NACC>
+__device__ __forceinline__ void wg_taps_n(float (&acc)[NACC], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
   int shift[N];
 #pragma unroll
   for (int j = 0; j < N; ++j) shift[j] = sh[j];
   wg_fence();
 #pragma unroll
-  for (int j = 0; j < N; ++j)
-    wgmma_n256<T>(acc, wg_desc(a + j * kWgTapBytes, kWgM * 16, 128),
-                  wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128));
+  for (int j = 0; j < N; ++j) {
+    const uint64_t da = wg_desc(a + j * kWgTapBytes, kWgM * 16, 128);
+    const uint64_t db = wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128);
+    if constexpr (NACC == 128) wgmma_n256<T>(acc, da, db);
+    else wgmma_n128<T>(acc, da, db);
+  }
 }
-template <typename T>
-__device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, uint32_t b, const int* sh,
+template <typename T, int NACC>
+__device__ __forceinline__ void wg_taps(float (&acc)[NACC], int n, uint32_t a, uint32_t b, const int* sh,
                                         int slice_bytes) {
+  static_assert(NACC == 128 || NACC == 64, "wg_taps: m64n256 or m64n128 accumulators");
   switch (n) {
     case 1: wg_taps_n<T, 1>(acc, a, b, sh, slice_bytes); break;
     case 2: wg_taps_n<T, 2>(acc, a, b, sh, slice_bytes); break;
@@ -1732,11 +1757,12 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
     o[co * cstride] = T(v);
   }
 }
-template <typename T, bool SPLIT, int PW>
-__global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(const WinParams prm) {
+template <typename T, bool SPLIT, int PW, bool HALF = false>
+__global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
-  using S = WgShape<SPLIT>;
+  using S = WgShape<SPLIT, HALF>;
+  static_assert(!HALF || (!SPLIT && PW == 0), "window_wg_kernel: two blocks an SM only without 3xTF32 and producers");
   static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
   static_assert(!(SPLIT && PW > 0), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
   constexpr bool WS = PW > 0;
@@ -2075,6 +2101,12 @@ inline int wg_skip_idle_env() {
   static const int v = env_int("CT3D_WG_SKIP_IDLE", 0);
   return v;
 }
+inline int wg_two_blocks_env() {
+  static const int v = env_int("CT3D_WG_TWO_BLOCKS", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wg_two_blocks_launches{0};
+int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
 static std::atomic<int64_t> g_wg_skip_idle_launches{0};
 int64_t wg_skip_idle_launches() { return g_wg_skip_idle_launches.load(); }
 template <typename T>
@@ -2084,9 +2116,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const Problem& P = prm.P;
   const int dev = w.get_device();
   const bool split = std::is_same<T, float>::value && !tf32;
-  const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
+  const bool half = !split && wg_two_blocks_env() != 0;
+  const int Q = split ? WgShape<true>::Q : half ? WgShape<false, true>::Q : WgShape<false>::Q;
   const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
-  const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
+  const int ep_bytes = split ? WgShape<true>::EpBytes : half ? WgShape<false, true>::EpBytes : WgShape<false>::EpBytes;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
   const int kw = int(P.k[2]);
   int stack = prm.out_cg <= 32 && P.s[2] == 1 && wg_stack_env() != 0
@@ -2119,11 +2152,12 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  const int64_t optin = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
+                             : int64_t(prop->sharedMemPerBlockOptin);
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
-  if (!split && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
     for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
       if (3 * stage_of(p) + table_bytes <= optin) {
         parts = p;
@@ -2133,8 +2167,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (wg_parts_env() > parts) parts = std::min<int64_t>(wg_parts_env(), thw_max);
   const int64_t stage_bytes = stage_of(parts);
   if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
-  int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  int stages = win_stages(stage_bytes, table_bytes, half ? 2 : 1, prop);
+  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
   static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
@@ -2171,8 +2205,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
-  const int pw = split ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
-  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
+  const int pw = split || half ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
+  auto kernel = half ? window_wg_kernel<T, false, 0, true> : pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
   if constexpr (std::is_same<T, float>::value) {
     if (split) kernel = window_wg_kernel<T, true, 0>;
   }
@@ -2181,6 +2215,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
+  if (half) ++g_wg_two_blocks_launches;
   return true;
 }
 }

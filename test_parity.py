@@ -650,6 +650,22 @@ def test_wgmma_skip_idle_opt_in():
 
 
 @gpu
+def test_wgmma_two_blocks_opt_in():
+    """The wgmma window kernel's half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1,
+    opt-in, prepared without a GPU; m64n128 wgmmas, 256 positions a block, stages in half an
+    SM's shared memory): the cases below that run the window kernel in the forward (and at
+    stride 1 in grad input) must take it in TF32, fp16 and bf16, both layouts, and pass the
+    contract: several tiles a plane, two output-channel tiles, padding and dilation, stride
+    phases with groups, tap parts (63 taps' weights in half the memory), stacked taps."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("window_wg_kernel is a wgmma (sm_90a) kernel")
+    run_opt_in("CT3D_WG_TWO_BLOCKS", "wg_two_blocks_launches",
+               ("multi_tile_two_co_tiles", "pad_dilation", "stride2_groups", "tap_parts", "stacked_taps",
+                "stacked_dilation", "stacked_phases_groups"),
+               ("fp32_tf32", "fp16", "bf16"), "the two-block window kernel", layouts=("contiguous", "channels_last"))
+
+
+@gpu
 def test_grad_weight_one_plane_opt_in():
     """Grad weight's one-plane window (on by default; CT3D_WGRAD_ONE_PLANE=0 turns it off):
     the stride-2 U-Net case must take it, in TF32, fp16 and bf16, and pass the contract."""

@@ -27,6 +27,7 @@ int64_t unit_tap_dgrad_launches();
 int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
 int64_t wg_skip_idle_launches();
+int64_t wg_two_blocks_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -55,4 +56,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: persistent unit_tap_fwd_kernel launches (CT3D_UT_PERSIST=1)");
   m.def("wg_skip_idle_launches", &ct3d::wg_skip_idle_launches,
         "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
+  m.def("wg_two_blocks_launches", &ct3d::wg_two_blocks_launches,
+        "tests: window_wg_kernel launches of the half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1)");
 }

@@ -76,11 +76,12 @@ constexpr int kWgConsumers = 256;        // the MMA threads of a block (kWgGroup
 constexpr int kWgMaxStages = 4;
 
 // The shape of a variant: positions a warpgroup (wgmma N: 256, or 128 for 3xTF32, which
-// keeps two accumulator sets), positions a block, a tap's weight bytes in a stage (big,
-// then small for 3xTF32), the epilogue's row pitch (floats) and bytes.
-template <bool SPLIT>
+// keeps two accumulator sets, and for HALF, the shape bounded for two blocks an SM),
+// positions a block, a tap's weight bytes in a stage (big, then small for 3xTF32), the
+// epilogue's row pitch (floats) and bytes.
+template <bool SPLIT, bool HALF = false>
 struct WgShape {
-  static constexpr int N = SPLIT ? 128 : 256;
+  static constexpr int N = SPLIT || HALF ? 128 : 256;
   static constexpr int Q = N * kWgGroups;
   static constexpr int TapBytes = SPLIT ? 2 * kWgTapBytes : kWgTapBytes;
   static constexpr int EpPitch = Q + 8;
@@ -257,6 +258,27 @@ __device__ __forceinline__ void wgmma_n128_tf32(float (&d)[64], uint64_t da, uin
 #endif
 }
 
+// d (64 x 128, fp32) += A * B, both through descriptors, K-major (fp16/bf16: K = 16; TF32:
+// K = 8): the half-width shape (WgShape<false, true>, two blocks an SM).
+template <typename T>
+__device__ __forceinline__ void wgmma_n128(float (&d)[64], uint64_t da, uint64_t db) {
+#ifdef CT3D_WGMMA
+  if constexpr (std::is_same<T, at::BFloat16>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CT3D_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                   CT3D_F8(d, 48), CT3D_F8(d, 56)
+                 : "l"(da), "l"(db), "r"(1));
+  } else if constexpr (std::is_same<T, at::Half>::value) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\nwgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " CT3D_WG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : CT3D_F8(d, 0), CT3D_F8(d, 8), CT3D_F8(d, 16), CT3D_F8(d, 24), CT3D_F8(d, 32), CT3D_F8(d, 40),
+                   CT3D_F8(d, 48), CT3D_F8(d, 56)
+                 : "l"(da), "l"(db), "r"(1));
+  } else {
+    wgmma_n128_tf32(d, da, db, 1);
+  }
+#endif
+}
+
 // Pins accumulator registers at this point of the program: the compiler may not move their
 // reads or writes across it (around wgmma.wait_group, which does not name them).
 template <int R>
@@ -269,20 +291,25 @@ constexpr int kWgChunk = 8;  // taps issued together after one wgmma.fence
 
 // The wgmmas of n (1..kWgChunk) consecutive taps, straight-line after one fence: tap j's A
 // (weights) at a + j * kWgTapBytes, its B (window) at b + sh[j] positions.
-template <typename T, int N>
-__device__ __forceinline__ void wg_taps_n(float (&acc)[128], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
+// NACC: the accumulators a thread (128: m64n256; 64: m64n128, the half-width shape).
+template <typename T, int N, int NACC>
+__device__ __forceinline__ void wg_taps_n(float (&acc)[NACC], uint32_t a, uint32_t b, const int* sh, int slice_bytes) {
   int shift[N];
 #pragma unroll
   for (int j = 0; j < N; ++j) shift[j] = sh[j];
   wg_fence();
 #pragma unroll
-  for (int j = 0; j < N; ++j)
-    wgmma_n256<T>(acc, wg_desc(a + j * kWgTapBytes, kWgM * 16, 128),
-                  wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128));
+  for (int j = 0; j < N; ++j) {
+    const uint64_t da = wg_desc(a + j * kWgTapBytes, kWgM * 16, 128);
+    const uint64_t db = wg_desc(b + uint32_t(shift[j]) * 16, uint32_t(slice_bytes), 128);
+    if constexpr (NACC == 128) wgmma_n256<T>(acc, da, db);
+    else wgmma_n128<T>(acc, da, db);
+  }
 }
-template <typename T>
-__device__ __forceinline__ void wg_taps(float (&acc)[128], int n, uint32_t a, uint32_t b, const int* sh,
+template <typename T, int NACC>
+__device__ __forceinline__ void wg_taps(float (&acc)[NACC], int n, uint32_t a, uint32_t b, const int* sh,
                                         int slice_bytes) {
+  static_assert(NACC == 128 || NACC == 64, "wg_taps: m64n256 or m64n128 accumulators");
   switch (n) {
     case 1: wg_taps_n<T, 1>(acc, a, b, sh, slice_bytes); break;
     case 2: wg_taps_n<T, 2>(acc, a, b, sh, slice_bytes); break;
@@ -492,11 +519,16 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
 // warps (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
 // stages between them and the MMA warps, which only wait and issue wgmmas (NOTES.md,
 // producer warps). PW = 0: the MMA warps issue the copies between their wgmmas.
-template <typename T, bool SPLIT, int PW>
-__global__ void __launch_bounds__(kWgConsumers + 32 * PW, 1) window_wg_kernel(const WinParams prm) {
+// HALF (PW = 0, not SPLIT; opt-in, CT3D_WG_TWO_BLOCKS=1): m64n128 wgmmas, 256 positions a
+// block, 64 accumulators a thread, bounded for two blocks an SM, so that one block's
+// tables, first copies and epilogue run beside the other's wgmmas (one block an SM leaves
+// the tensor pipe idle then: kb58's blocks keep it busy ~65% of their time; NOTES.md).
+template <typename T, bool SPLIT, int PW, bool HALF = false>
+__global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
   using E = typename WinElem<T>::type;
-  using S = WgShape<SPLIT>;
+  using S = WgShape<SPLIT, HALF>;
+  static_assert(!HALF || (!SPLIT && PW == 0), "window_wg_kernel: two blocks an SM only without 3xTF32 and producers");
   static_assert(!SPLIT || std::is_same<T, float>::value, "window_wg_kernel: 3xTF32 is for fp32");
   static_assert(!(SPLIT && PW > 0), "window_wg_kernel: the warp-specialized loop is not for 3xTF32");
   constexpr bool WS = PW > 0;
@@ -938,6 +970,17 @@ inline int wg_skip_idle_env() {
   return v;
 }
 
+// CT3D_WG_TWO_BLOCKS=1 in the environment: the window convolution without 3xTF32 runs the
+// half-width shape, two blocks an SM (window_wg_kernel<T, false, 0, true>), where two
+// stages of it fit in half an SM's shared memory. Off by default until it has run on a GPU
+// (prepared in a session without one). Read once.
+inline int wg_two_blocks_env() {
+  static const int v = env_int("CT3D_WG_TWO_BLOCKS", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wg_two_blocks_launches{0};
+int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
+
 // Launches with skip_idle on that have a tile with an idle warpgroup (tests: that the cases
 // meant to skip did; the host knows from the geometry).
 static std::atomic<int64_t> g_wg_skip_idle_launches{0};
@@ -957,9 +1000,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   const Problem& P = prm.P;
   const int dev = w.get_device();
   const bool split = std::is_same<T, float>::value && !tf32;
-  const int Q = split ? WgShape<true>::Q : WgShape<false>::Q;
+  const bool half = !split && wg_two_blocks_env() != 0;  // two blocks an SM (opt-in)
+  const int Q = split ? WgShape<true>::Q : half ? WgShape<false, true>::Q : WgShape<false>::Q;
   const int tap_bytes = split ? WgShape<true>::TapBytes : WgShape<false>::TapBytes;
-  const int ep_bytes = split ? WgShape<true>::EpBytes : WgShape<false>::EpBytes;
+  const int ep_bytes = split ? WgShape<true>::EpBytes : half ? WgShape<false, true>::EpBytes : WgShape<false>::EpBytes;
   if (prm.job == kJobGradInput && (P.s[1] != 1 || P.s[2] != 1)) return false;
   // Taps stacked in M (see the header) where out_cg <= 32 and w has stride 1: J w taps a
   // wgmma, J * out_cg <= 64 rows. Not forced, it runs where the rows of a kW taps' worth of
@@ -1008,7 +1052,10 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // A stage: the window, then the weights of a part of the (th, tw) taps: all of them, or
   // the fewest parts that let two stages fit.
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
-  const int64_t optin = int64_t(prop->sharedMemPerBlockOptin);
+  // half (two blocks an SM): each block gets half an SM's shared memory (less the 1 KB
+  // the SM keeps a block, as win_stages counts it).
+  const int64_t optin = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
+                             : int64_t(prop->sharedMemPerBlockOptin);
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
   while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
@@ -1016,7 +1063,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // tap): with two, the producers refill a buffer only while the one stage queued runs
   // (kb68: 25 taps a stage, two stages; split in two parts of 13 and 12 taps, three fit).
   // Only while a part keeps 8 taps or more (a stage's wgmmas outlast its copy).
-  if (!split && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
     for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
       if (3 * stage_of(p) + table_bytes <= optin) {
         parts = p;
@@ -1029,8 +1076,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of
   // wgmmas ahead of each copy: `lead` in the kernel); CT3D_WIN_STAGES, where set, decides
   // as for window_tc.cuh.
-  int stages = win_stages(stage_bytes, table_bytes, 1, prop);
-  if (!split && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  int stages = win_stages(stage_bytes, table_bytes, half ? 2 : 1, prop);
+  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
   static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
@@ -1075,8 +1122,8 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // two, the producers could refill a buffer only while the tensor pipe runs the one stage
   // queued, and kb68 measured no faster (6.02 -> 6.31 ms TF32, 3.43 -> 3.43 bf16).
   // Not for 3xTF32, whose loop waits for each chain of wgmmas anyway.
-  const int pw = split ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
-  auto kernel = pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
+  const int pw = split || half ? 0 : wg_ws_env() >= 0 ? wg_ws_env() : stages >= 3 ? 4 : 0;
+  auto kernel = half ? window_wg_kernel<T, false, 0, true> : pw == 4 ? window_wg_kernel<T, false, 4> : window_wg_kernel<T, false, 0>;
   if constexpr (std::is_same<T, float>::value) {
     if (split) kernel = window_wg_kernel<T, true, 0>;
   }
@@ -1085,6 +1132,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   kernel<<<dim3{unsigned(gx), unsigned(ncot), unsigned(nsub)}, threads, smem, stream>>>(prm);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
+  if (half) ++g_wg_two_blocks_launches;
   return true;
 }
 

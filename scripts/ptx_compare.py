@@ -108,8 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", nargs="?", default="HEAD")
     ap.add_argument("--only", default="", help="compare kernels whose mangled name contains this")
-    ap.add_argument("--drop", default="", help="removed from the tree's kernel names (an added template argument), "
-                    "or OLD=NEW: OLD replaced by NEW")
+    ap.add_argument("--drop", action="append", default=[],
+                    help="removed from the tree's kernel names (an added template argument), or OLD=NEW: OLD "
+                    "replaced by NEW; repeatable")
     ap.add_argument("--drop-rev", action="append", default=[],
                     help="as --drop, for the revision's names (a removed template argument); repeatable")
     ap.add_argument("--loose", action="store_true", help="ignore virtual register numbering")
