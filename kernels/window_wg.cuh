@@ -43,7 +43,8 @@
 // first taps are issued and the previous stage's are done, that buffer gets the copy of a
 // later stage while the tensor pipe works; then the stage's other taps.
 //
-// Accumulators: m64n256 fp32, 128 registers a thread; thread (warp w of its warpgroup,
+// Accumulators: m64n256 fp32, 128 registers a thread (m64n128 and 64 in the half-width
+// shape, HALF, which runs two blocks an SM; opt-in); thread (warp w of its warpgroup,
 // lane l) holds D[16w + l/4 + 8h][8i + 2(l%4) + e] in d[4i + 2h + e]. The epilogue puts
 // the block's D through shared memory so that the stores run along positions (coalesced
 // in NCDHW), one thread a position, 64 channels each. (Stored straight from the
