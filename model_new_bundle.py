@@ -1141,6 +1141,20 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
     }
 #endif
 }
+template <typename T>
+at::Tensor thin_weights(const at::Tensor& w, const Problem& P, int job, int64_t w_words, bool split,
+                        cudaStream_t stream, const uint32_t*& big, const uint32_t*& small) {
+  const int64_t wt_numel = P.G * w_words;
+  at::Tensor wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
+      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, job, 1, 1,
+      split ? kWeightSplit : kWeightTf32);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  big = wt_ptr;
+  small = split ? wt_ptr + wt_numel : nullptr;
+  return wt;
+}
 template <typename T, typename E>
 at::Tensor pack_src(const at::Tensor& src, const Layout& l, int64_t N, int64_t vol, int64_t G, int64_t cg,
                     int64_t cg_pad, bool round, cudaStream_t stream, at::Tensor* bias = nullptr,
@@ -2916,16 +2930,8 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   const int64_t blocks = P.N * P.G * P.out[0] * prm.tiles_h * prm.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t wt_numel = P.G * int64_t(prm.w_words);
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
-  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
-  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
-      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobForward, 1, 1,
-      split ? kWeightSplit : kWeightTf32);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor wt = thin_weights<T>(w, P, kJobForward, prm.w_words, split, stream, prm.wt_big, prm.wt_small);
   prm.x = x.data_ptr();
-  prm.wt_big = wt_ptr;
-  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.bias = bias ? bias->data_ptr() : nullptr;
   prm.y = y.data_ptr();
   if constexpr (std::is_same<T, float>::value) {
@@ -3375,16 +3381,8 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   const int64_t blocks = P.N * P.G * P.in[0] * prm.pl.tiles_h * prm.pl.tiles_w;
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t wt_numel = P.G * w_words;
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
-  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
-  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
-      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobGradInput, 1, 1,
-      split ? kWeightSplit : kWeightTf32);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor wt = thin_weights<T>(w, P, kJobGradInput, w_words, split, stream, prm.wt_big, prm.wt_small);
   prm.dy = dy.data_ptr();
-  prm.wt_big = wt_ptr;
-  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.dx = dx.data_ptr();
   ++g_thin_dgrad_launches;
   if constexpr (std::is_same<T, float>::value) {

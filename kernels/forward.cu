@@ -680,16 +680,8 @@ bool forward_thin(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bi
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
 
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t wt_numel = P.G * int64_t(prm.w_words);
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
-  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
-  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
-      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobForward, 1, 1,
-      split ? kWeightSplit : kWeightTf32);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor wt = thin_weights<T>(w, P, kJobForward, prm.w_words, split, stream, prm.wt_big, prm.wt_small);
   prm.x = x.data_ptr();
-  prm.wt_big = wt_ptr;
-  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.bias = bias ? bias->data_ptr() : nullptr;
   prm.y = y.data_ptr();
   if constexpr (std::is_same<T, float>::value) {

@@ -578,16 +578,8 @@ static bool grad_input_thin(const at::Tensor& dy, const at::Tensor& w, at::Tenso
   TORCH_CHECK(blocks < (int64_t(1) << 31), "conv_transpose3d: problem too large for the thin-group grid");
 
   auto stream = at::cuda::getCurrentCUDAStream();
-  const int64_t wt_numel = P.G * w_words;
-  auto wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
-  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
-  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
-      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, kJobGradInput, 1, 1,
-      split ? kWeightSplit : kWeightTf32);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor wt = thin_weights<T>(w, P, kJobGradInput, w_words, split, stream, prm.wt_big, prm.wt_small);
   prm.dy = dy.data_ptr();
-  prm.wt_big = wt_ptr;
-  prm.wt_small = split ? wt_ptr + wt_numel : nullptr;
   prm.dx = dx.data_ptr();
   ++g_thin_dgrad_launches;
   if constexpr (std::is_same<T, float>::value) {

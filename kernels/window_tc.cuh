@@ -1100,6 +1100,25 @@ __global__ void __launch_bounds__(256, (SPLIT3 || BM / WARPS_M >= 64) ? 1 : 2) w
 // ============================================================================
 // Host
 // ============================================================================
+// The thin kernels' B (thin_fwd_kernel, thin_dgrad_kernel): every tap's fragments of each
+// group, w_words words a group, by transform_weight_kernel (one chunk, one n8 tile), TF32-
+// rounded, or split for 3xTF32 (big, then small wt_numel words on). Sets big and small
+// (null unless split); returns the tensor, to keep alive until the kernel has run.
+template <typename T>
+at::Tensor thin_weights(const at::Tensor& w, const Problem& P, int job, int64_t w_words, bool split,
+                        cudaStream_t stream, const uint32_t*& big, const uint32_t*& small) {
+  const int64_t wt_numel = P.G * w_words;
+  at::Tensor wt = at::empty({split ? 2 * wt_numel : wt_numel}, w.options().dtype(at::kInt));
+  uint32_t* wt_ptr = reinterpret_cast<uint32_t*>(wt.data_ptr<int>());
+  transform_weight_kernel<T><<<unsigned(std::min<int64_t>((wt_numel + 255) / 256, 4096)), 256, 0, stream>>>(
+      w.data_ptr<T>(), wt_ptr, split ? wt_ptr + wt_numel : nullptr, P, job, 1, 1,
+      split ? kWeightSplit : kWeightTf32);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  big = wt_ptr;
+  small = split ? wt_ptr + wt_numel : nullptr;
+  return wt;
+}
+
 // src (strides l: N batch items x G groups of cg channels x vol positions) packed by
 // pack_src_kernel into a new [N][vol][G][cg_pad] tensor of type E (TF32-rounded when round;
 // sl: other slicings, see PackSlices).
