@@ -2166,27 +2166,27 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   if (!win_table_ok(prm.src_sz[1], prm.src_sz[2], window_source<T>(prm, src_t).pos_bytes())) return false;
   const int64_t slice_bytes = (slice_pos * 16 + 127) / 128 * 128;
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
-  const int64_t optin = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
+  const int64_t smem_limit = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
                              : int64_t(prop->sharedMemPerBlockOptin);
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
-  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
-  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > smem_limit) ++parts;
+  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > smem_limit) {
     for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
-      if (3 * stage_of(p) + table_bytes <= optin) {
+      if (3 * stage_of(p) + table_bytes <= smem_limit) {
         parts = p;
         break;
       }
   }
   if (wg_parts_env() > parts) parts = std::min<int64_t>(wg_parts_env(), thw_max);
   const int64_t stage_bytes = stage_of(parts);
-  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
+  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > smem_limit) return false;
   int stages = win_stages(stage_bytes, table_bytes, half ? 2 : 1, prop);
-  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= smem_limit && win_stages_env() == 0) stages = 4;
   static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);
   const int64_t smem = body + table_bytes;
-  if (smem > optin) return false;
+  if (smem > smem_limit) return false;
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;
   const int64_t wt_taps = P.k[0] * P.k[1] * groups_w;

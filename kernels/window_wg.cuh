@@ -1053,36 +1053,36 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   // A stage: the window, then the weights of a part of the (th, tw) taps: all of them, or
   // the fewest parts that let two stages fit.
   const int64_t window_bytes = (split ? 4 : 2) * slice_bytes;
-  // half (two blocks an SM): each block gets half an SM's shared memory (less the 1 KB
-  // the SM keeps a block, as win_stages counts it).
-  const int64_t optin = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
+  // Shared memory a block may take: the opt-in limit, or with half (two blocks an SM) half
+  // an SM's (less the 1 KB the SM keeps a block, as win_stages counts it).
+  const int64_t smem_limit = half ? std::min<int64_t>(prop->sharedMemPerBlockOptin, int64_t(prop->sharedMemPerMultiprocessor) / 2 - 1024)
                              : int64_t(prop->sharedMemPerBlockOptin);
   auto stage_of = [&](int64_t parts) { return window_bytes + (thw_max + parts - 1) / parts * tap_bytes; };
   int64_t parts = 1;
-  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > optin) ++parts;
+  while (parts < thw_max && 2 * stage_of(parts) + table_bytes > smem_limit) ++parts;
   // Warp-specialized, a third stage is worth copying the window once more a (chunk, depth
   // tap): with two, the producers refill a buffer only while the one stage queued runs
   // (kb68: 25 taps a stage, two stages; split in two parts of 13 and 12 taps, three fit).
   // Only while a part keeps 8 taps or more (a stage's wgmmas outlast its copy).
-  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > optin) {
+  if (!split && !half && wg_ws_env() != 0 && 3 * stage_of(parts) + table_bytes > smem_limit) {
     for (int64_t p = parts + 1; p <= parts + 2 && (thw_max + p - 1) / p >= 8; ++p)
-      if (3 * stage_of(p) + table_bytes <= optin) {
+      if (3 * stage_of(p) + table_bytes <= smem_limit) {
         parts = p;
         break;
       }
   }
   if (wg_parts_env() > parts) parts = std::min<int64_t>(wg_parts_env(), thw_max);  // A/B only
   const int64_t stage_bytes = stage_of(parts);
-  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > optin) return false;
+  if (slice_bytes >= (int64_t(1) << 18) || 2 * stage_bytes + table_bytes > smem_limit) return false;
   // Stages: up to 4 where a stage is short enough (then the kernel queues a stage of
   // wgmmas ahead of each copy: `lead` in the kernel); CT3D_WIN_STAGES, where set, decides
   // as for window_tc.cuh.
   int stages = win_stages(stage_bytes, table_bytes, half ? 2 : 1, prop);
-  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= optin && win_stages_env() == 0) stages = 4;
+  if (!split && !half && stages == 3 && 4 * stage_bytes + table_bytes <= smem_limit && win_stages_env() == 0) stages = 4;
   static_assert(kWgMaxStages >= 4, "run_window_wg: the kernel's barriers a buffer");
   const int64_t body = std::max<int64_t>(stages * stage_bytes, ep_bytes);  // stages, then the epilogue's D
   const int64_t smem = body + table_bytes;
-  if (smem > optin) return false;
+  if (smem > smem_limit) return false;
 
   const int64_t nchunks = (prm.src_cg + KC - 1) / KC;
   const int64_t ncot = stack > 1 ? 1 : (prm.out_cg + kWgM - 1) / kWgM;

@@ -60,9 +60,9 @@ def ptx_of(cu_text: str, nvcc: str, work: Path, tag: str, sass: bool = False) ->
     return subprocess.run([cuobjdump, "-sass", str(out)], capture_output=True, text=True, check=True).stdout
 
 
-def sass_entries(sass: str, only: str, drop: str = "") -> dict:
+def sass_entries(sass: str, only: str, drops=()) -> dict:
     """Each kernel's SASS (cuobjdump -sass) without addresses and encodings, constant-bank
-    offsets masked, by mangled name less `drop`."""
+    offsets masked, by mangled name renamed by `drops`."""
     out = {}
     for part in re.split(r"\n\s*Function : ", sass)[1:]:
         name, _, body = part.partition("\n")
@@ -71,22 +71,22 @@ def sass_entries(sass: str, only: str, drop: str = "") -> dict:
             continue
         body = re.sub(r"/\*\s*0x[0-9a-f]+\s*\*/|/\*[0-9a-f]{4,}\*/", "", body)
         body = re.sub(r"c\[0x0\]\[0x[0-9a-f]+\]", "c[0x0][_]", body)
-        out[renamed(name, drop)] = "\n".join(l.strip() for l in body.splitlines() if l.strip())
+        out[renamed(name, drops)] = "\n".join(l.strip() for l in body.splitlines() if l.strip())
     return out
 
 
-def renamed(name: str, drop) -> str:
-    """name less `drop`; or, where drop is OLD=NEW, with OLD replaced by NEW; drop may be a
-    list of such, applied in turn."""
-    for d in [drop] if isinstance(drop, str) else drop or []:
+def renamed(name: str, drops) -> str:
+    """name with each of `drops` applied in turn: a string removed, or OLD=NEW, OLD replaced
+    by NEW (a template argument the change added or removed)."""
+    for d in drops:
         old, _, new = d.partition("=")
-        name = name.replace(old, new) if old else name
+        name = name.replace(old, new)
     return name
 
 
-def entries(ptx: str, only: str, drop: str = "", loose: bool = False) -> dict:
+def entries(ptx: str, only: str, drops=(), loose: bool = False) -> dict:
     """Each kernel's PTX without comments and line info, labels numbered without the
-    function's index (which moves when kernels are added), by mangled name less `drop` (a
+    function's index (which moves when kernels are added), by mangled name renamed by `drops` (a
     template argument the change added, as mangled, e.g. Lb0E for a trailing false);
     `loose`: virtual register numbers dropped too (same instructions, renumbered)."""
     out = {}
@@ -96,11 +96,11 @@ def entries(ptx: str, only: str, drop: str = "", loose: bool = False) -> dict:
             continue
         body = re.sub(r"\.loc[^\n]*|//[^\n]*", "", ptx[m.start():ptx.index("\n}\n", m.start())])
         body = re.sub(r"\$L__BB\d+_", "$L__BB_", body)
-        if drop:  # the PTX names its parameters after the kernel
-            body = body.replace(name, renamed(name, drop))
+        if drops:  # the PTX names its parameters after the kernel
+            body = body.replace(name, renamed(name, drops))
         if loose:
             body = re.sub(r"%(rd|rs|r|p|fd|f)\d+", r"%\1", body)
-        out[renamed(name, drop)] = body
+        out[renamed(name, drops)] = body
     return out
 
 
