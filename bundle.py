@@ -59,6 +59,8 @@ def library_code() -> str:
     text = text[:start] + (
         "def kernel_sources():\n"
         "    return _CPP_SOURCE, _CUDA_SOURCE\n"
+        "def prebuilt_extension(flags):\n"
+        "    return None\n"
     ) + text[end:]
     text = text[:text.index("# KernelBench model")]
     text = text.replace('OP_NAMESPACE = "ct3d"', f'OP_NAMESPACE = "{BUNDLE_NAMESPACE}"')

@@ -63,6 +63,54 @@ def kernel_sources() -> tuple[str, str]:
     )
     cpp = "\n".join((KERNEL_DIR / f).read_text() for f in CPP_FILES)
     return cpp, cuda
+
+
+PREBUILT_META = "prebuilt.json"
+
+
+def build_key(flags: Sequence[str]) -> str:
+    """What the extension's machine code depends on, besides its GPU target: the sources, the
+    nvcc flags that change code, and the torch and Python versions it is built against."""
+    import hashlib
+    import sys
+
+    same_code = ("-gencode", "-Xptxas=-v", "-Xptxas=--split-compile")  # target; report; speed
+    h = hashlib.sha256()
+    for part in (*kernel_sources(), " ".join(f for f in flags if not f.startswith(same_code)),
+                 torch.__version__, "%d.%d" % sys.version_info[:2]):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def prebuilt_extension(flags: Sequence[str]):
+    """A copy of the extension built elsewhere for this exact source (development only:
+    device machines start bare, and scripts/prebuild.sh builds the extension on a machine
+    without a GPU for the device's torch and Python). CT3D_PREBUILT names its folder. Returns
+    the module, or None (with a warning: then the extension is built as usual) where the copy
+    is for other sources, flags, versions or GPUs, or does not load."""
+    folder = os.environ.get("CT3D_PREBUILT")
+    if not folder:
+        return None
+    import importlib.util
+    import json
+    import warnings
+
+    meta = json.loads((Path(folder) / PREBUILT_META).read_text())
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    if meta["key"] != build_key(flags):
+        why = "it was built from other sources, flags, torch or Python"
+    elif caps != [tuple(meta["capability"])]:
+        why = f"it was built for compute capability {tuple(meta['capability'])}, the GPUs are {caps}"
+    else:
+        try:
+            spec = importlib.util.spec_from_file_location(EXTENSION_NAME, Path(folder) / meta["file"])
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        except (ImportError, OSError) as e:
+            why = f"it does not load ({e})"
+    warnings.warn(f"CT3D_PREBUILT={folder} not used: {why}. Building the extension.")
+    return None
 # <<< kernel sources
 
 
@@ -104,6 +152,16 @@ def _ptxas_flags() -> list[str]:
     return ["-Xptxas=--split-compile=0"] if "--split-compile" in usage else []
 
 
+def cuda_flags() -> list[str]:
+    """nvcc's flags for the extension (the C++ standard is torch's)."""
+    flags = ["-O3", "-lineinfo"] + _arch_flags() + _ptxas_flags()
+    if os.environ.get("CT3D_PTXAS_VERBOSE"):
+        flags.append("-Xptxas=-v")
+    if os.environ.get("CT3D_WG_TIMING"):  # debug: phase clocks of the wgmma window kernel
+        flags.append("-DCT3D_WG_TIMING")
+    return flags
+
+
 def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = ()):
     """Compile (or load from torch's extension cache) and return the CUDA extension.
 
@@ -113,12 +171,11 @@ def load_extension(verbose: bool = False, extra_include_paths: Sequence[str] = (
     if _ext is None:
         from torch.utils.cpp_extension import load_inline
 
+        flags = cuda_flags()
+        _ext = prebuilt_extension(flags)
+        if _ext is not None:
+            return _ext
         cpp, cuda = kernel_sources()
-        flags = ["-O3", "-lineinfo"] + _arch_flags() + _ptxas_flags()  # C++ standard: torch's
-        if os.environ.get("CT3D_PTXAS_VERBOSE"):
-            flags.append("-Xptxas=-v")
-        if os.environ.get("CT3D_WG_TIMING"):  # debug: phase clocks of the wgmma window kernel
-            flags.append("-DCT3D_WG_TIMING")
         _ext = load_inline(
             name=EXTENSION_NAME,
             cpp_sources=[cpp],

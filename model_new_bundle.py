@@ -5059,6 +5059,9 @@ EXTENSION_NAME = 'ct3d_bundle_ext'
 
 def kernel_sources():
     return (_CPP_SOURCE, _CUDA_SOURCE)
+
+def prebuilt_extension(flags):
+    return None
 _ALGOS = {'auto': 0, 'tiled': 1, 'direct': 2, 'tc': 3, 'tc_mma': 4, 'tc_wgmma': 5}
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)
 _ext = None
@@ -5085,16 +5088,23 @@ def _ptxas_flags() -> list[str]:
     usage = subprocess.run([ptxas, '--help'], capture_output=True, text=True).stdout
     return ['-Xptxas=--split-compile=0'] if '--split-compile' in usage else []
 
+def cuda_flags() -> list[str]:
+    flags = ['-O3', '-lineinfo'] + _arch_flags() + _ptxas_flags()
+    if os.environ.get('CT3D_PTXAS_VERBOSE'):
+        flags.append('-Xptxas=-v')
+    if os.environ.get('CT3D_WG_TIMING'):
+        flags.append('-DCT3D_WG_TIMING')
+    return flags
+
 def load_extension(verbose: bool=False, extra_include_paths: Sequence[str]=()):
     global _ext
     if _ext is None:
         from torch.utils.cpp_extension import load_inline
+        flags = cuda_flags()
+        _ext = prebuilt_extension(flags)
+        if _ext is not None:
+            return _ext
         cpp, cuda = kernel_sources()
-        flags = ['-O3', '-lineinfo'] + _arch_flags() + _ptxas_flags()
-        if os.environ.get('CT3D_PTXAS_VERBOSE'):
-            flags.append('-Xptxas=-v')
-        if os.environ.get('CT3D_WG_TIMING'):
-            flags.append('-DCT3D_WG_TIMING')
         _ext = load_inline(name=EXTENSION_NAME, cpp_sources=[cpp], cuda_sources=[cuda], extra_cuda_cflags=flags, extra_cflags=['-O2'], extra_include_paths=list(extra_include_paths), verbose=verbose or bool(os.environ.get('CT3D_VERBOSE_BUILD')))
     return _ext
 if torch.cuda.is_available():

@@ -1343,6 +1343,47 @@ def test_ptxas_split_compile_flag(tmp_path, monkeypatch):
         assert mn._ptxas_flags() == want, home
 
 
+def test_prebuilt_extension_rules(tmp_path, monkeypatch):
+    """A prebuilt extension (CT3D_PREBUILT, scripts/prebuild.sh) is loaded only where its build
+    key matches this tree's sources and flags and its GPU target matches every visible GPU;
+    anything else warns and returns None (then load_extension builds as usual). A .py file
+    stands in for the .so (the same import machinery loads either)."""
+    flags = ["-O3", "-lineinfo"]
+    (tmp_path / "fake_ext.py").write_text("MARK = 'prebuilt'\n")
+    (tmp_path / "broken.so").write_bytes(b"not an ELF file")
+
+    def use(key=None, capability=(9, 0), file="fake_ext.py", gpus=((9, 0),)):
+        meta = {"key": key or mn.build_key(flags), "capability": list(capability), "file": file}
+        (tmp_path / mn.PREBUILT_META).write_text(__import__("json").dumps(meta))
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: gpus[i])
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            module = mn.prebuilt_extension(flags)
+        return module, " ".join(str(w.message) for w in seen)
+
+    monkeypatch.delenv("CT3D_PREBUILT", raising=False)
+    assert mn.prebuilt_extension(flags) is None           # not asked for: no warning, no file read
+    monkeypatch.setenv("CT3D_PREBUILT", str(tmp_path))
+    module, said = use()
+    assert module is not None and module.MARK == "prebuilt" and said == ""
+    for kwargs, why in [(dict(key="0" * 64), "other sources"),               # another tree
+                        (dict(gpus=((8, 0),)), "compute capability"),        # another GPU
+                        (dict(gpus=((9, 0), (10, 0))), "compute capability"),  # one GPU of two
+                        (dict(file="broken.so"), "does not load")]:          # wrong platform
+        module, said = use(**kwargs)
+        assert module is None and why in said and "Building the extension" in said, kwargs
+
+    # The key: what changes the machine code counts, the target and report flags do not.
+    key = mn.build_key(flags)
+    assert mn.build_key(flags + ["-gencode=arch=compute_90a,code=sm_90a", "-Xptxas=-v",
+                                 "-Xptxas=--split-compile=0"]) == key
+    assert mn.build_key(flags + ["-DCT3D_WG_TIMING"]) != key
+    cpp, cuda = mn.kernel_sources()
+    monkeypatch.setattr(mn, "kernel_sources", lambda: (cpp, cuda + "\n// edited"))
+    assert mn.build_key(flags) != key
+
+
 def _cuda_build_env():
     """CUDA_HOME and include paths that let torch build our extension without a GPU,
     or the reason it cannot be done here."""
@@ -1352,6 +1393,7 @@ def _cuda_build_env():
     if nvcc is None and not os.environ.get("CUDA_HOME"):
         return None, "no nvcc on PATH and no CUDA_HOME: no CUDA compiler on this machine"
     env = dict(os.environ)
+    env.pop("CT3D_PREBUILT", None)  # a real build, never a prebuilt copy
     if "CUDA_HOME" not in env:
         # nvcc may be a wrapper script: follow it to the real toolkit
         real = Path(nvcc).resolve()
