@@ -1343,6 +1343,29 @@ def test_ptxas_split_compile_flag(tmp_path, monkeypatch):
         assert mn._ptxas_flags() == want, home
 
 
+def test_bench_tables(capsys, monkeypatch):
+    """bench.py's tables print every row kind: a timed row (with and without its graph-replay
+    time) and a wrong result (not timed). Synthetic numbers; the timings need a GPU."""
+    import bench
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a test GPU")
+    timed = {"problem": "kb58", "mode": "tf32", "correct": True, "ref_peak_mib": 170.0,
+             "ours_peak_mib": 120.0, "ours_fwd_graph_ms": 0.40, "fwd_graph_roofline_pct": 35.0}
+    for t, ms in (("fwd", 0.5), ("fwdbwd", 1.5)):
+        timed.update({f"ref_{t}_ms": 9.0, f"rw_{t}_ms": 1.2, f"ours_{t}_ms": ms, f"{t}_speedup": 9.0 / ms,
+                      f"{t}_speedup_best": 1.2 / ms, f"{t}_tflops": 100.0, f"{t}_floor_ms": 0.14,
+                      f"{t}_roofline_pct": 100 * 0.14 / ms})
+    no_graph = dict(timed, mode="bf16", ours_fwd_graph_ms=None, fwd_graph_roofline_pct=None)
+    wrong = {"problem": "kb61", "mode": "fp32", "correct": False, "check_rel_err": [1.0, 0.0, 0.0]}
+    bench.print_table([timed, no_graph, wrong],
+                      {"tf32_tflops": 399, "fp32_tflops": 50, "bf16_tflops": 749, "copy_gbs": 4170})
+    out = capsys.readouterr().out
+    assert "| kb58 | tf32 | 9.000 | 1.200 | 0.500 | 18.00x | 2.40x |" in out
+    assert "| kb58 | tf32 | 0.500 | 0.400 | 20% | 28.0% | 35.0% |" in out
+    assert "| kb58 | bf16 | 0.500 | - | - | 28.0% | - |" in out
+    assert "| kb61 | fp32 | WRONG RESULT" in out
+
+
 def test_prebuilt_extension_rules(tmp_path, monkeypatch):
     """A prebuilt extension (CT3D_PREBUILT, scripts/prebuild.sh) is loaded only where its build
     key matches this tree's sources and flags and its GPU target matches every visible GPU;
