@@ -30,6 +30,7 @@ int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
 int64_t wg_skip_idle_launches();
 int64_t wg_two_blocks_launches();
+int64_t wg_pair_out_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -59,6 +60,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
   m.def("wg_two_blocks_launches", &ct3d::wg_two_blocks_launches,
         "tests: window_wg_kernel launches of the half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1)");
+  m.def("wg_pair_out_launches", &ct3d::wg_pair_out_launches,
+        "tests: window_wg_kernel launches whose epilogue stores position pairs (CT3D_WG_PAIR_OUT=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -375,6 +378,7 @@ struct WinParams {
   int wt_taps;
   bool round_a;
   bool skip_idle;
+  bool pair_out;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
   const bool fwd = job == kJobForward;
@@ -1771,6 +1775,34 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
     o[co * cstride] = T(v);
   }
 }
+template <typename T>
+__device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float2*>(p) = make_float2(float(T(a)), float(T(b)));
+  } else {
+    const T lo = T(a), hi = T(b);
+    uint16_t ul, uh;
+    memcpy(&ul, &lo, 2);
+    memcpy(&uh, &hi, 2);
+    *reinterpret_cast<uint32_t*>(p) = uint32_t(ul) | uint32_t(uh) << 16;
+  }
+}
+template <int JC, typename T>
+__device__ __forceinline__ void wg_store_stacked_pair(T* o, int64_t cstride, const float* ep, int pitch,
+                                                      int row_j, int nco, const T* bias, int64_t c0, int J = JC) {
+  for (int co = 0; co < nco; ++co, o += cstride) {
+    const float* e = ep + co * pitch;
+    float v0 = e[0], v1 = e[1];
+    if constexpr (JC > 0) {
+#pragma unroll
+      for (int j = 1; j < JC; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
+    } else {
+      for (int j = 1; j < J; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
+    }
+    const float b = bias ? float(bias[c0 + co]) : 0.f;
+    wg_store_pair(o, v0 + b, v1 + b);
+  }
+}
 template <typename T, bool SPLIT, int PW, bool HALF = false>
 __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_wg_kernel(const WinParams prm) {
 #ifdef CT3D_WGMMA
@@ -2044,14 +2076,16 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
   const int nco = J > 1 ? int(prm.out_cg) : min(kWgM, int(prm.out_cg) - co0);
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
   const int row_j = int(prm.out_cg) * S::EpPitch + (J > 1 ? abs(wd[2].dstep) : 0);
-#pragma unroll
-  for (int half = 0; half < S::Q / 256; ++half) {
-    const int ql = threadIdx.x + 256 * half, q = q0 + ql;
-    const int jh = q / C, jw = q - jh * C;
-    if (ql >= prm.q_step || jh >= Ph || jw >= Pw) continue;
+  auto out_at = [&](int ql, T*& o) {
+    const int q = q0 + ql, jh = q / C, jw = q - jh * C;
+    if (jh >= Ph || jw >= Pw) return false;
     const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
-    const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
-    T* o = out + prm.out_l.at(n, c0, pos);
+    o = out + prm.out_l.at(n, c0, (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow);
+    return true;
+  };
+  auto store_one = [&](int ql) {
+    T* o;
+    if (!out_at(ql, o)) return;
     if (J == 1) {
       for (int co = 0; co < nco; ++co) {
         const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
@@ -2063,6 +2097,40 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
       wg_store_stacked<4>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
     } else {
       wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
+    }
+  };
+  if (prm.pair_out) {
+    const int par = q0 & 1;
+    for (int ql = 2 * int(threadIdx.x) + par; ql + 1 < prm.q_step; ql += 2 * kWgConsumers) {
+      T* o;
+      if (!out_at(ql, o)) continue;
+      const float* e = ep + ql;
+      if (J == 1 && bias == nullptr) {
+        for (int co = 0; co < nco; ++co, o += prm.out_l.c, e += S::EpPitch) {
+          const float2 v = *reinterpret_cast<const float2*>(e);
+          wg_store_pair(o, v.x, v.y);
+        }
+      } else if (J == 1) {
+        for (int co = 0; co < nco; ++co, o += prm.out_l.c, e += S::EpPitch) {
+          const float2 v = *reinterpret_cast<const float2*>(e);
+          const float b = float(bias[c0 + co]);
+          wg_store_pair(o, v.x + b, v.y + b);
+        }
+      } else if (J == 2) {
+        wg_store_stacked_pair<2>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0);
+      } else if (J == 4) {
+        wg_store_stacked_pair<4>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0);
+      } else {
+        wg_store_stacked_pair<0>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0, J);
+      }
+    }
+    if (threadIdx.x == 0 && par) store_one(0);
+    if (threadIdx.x == kWgConsumers - 1 && (prm.q_step - par) % 2 == 1) store_one(prm.q_step - 1);
+  } else {
+#pragma unroll
+    for (int half = 0; half < S::Q / 256; ++half) {
+      const int ql = threadIdx.x + 256 * half;
+      if (ql < prm.q_step) store_one(ql);
     }
   }
   CT3D_WG_STAMP(4);
@@ -2121,6 +2189,12 @@ inline int wg_two_blocks_env() {
 }
 static std::atomic<int64_t> g_wg_two_blocks_launches{0};
 int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
+inline int wg_pair_out_env() {
+  static const int v = env_int("CT3D_WG_PAIR_OUT", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wg_pair_out_launches{0};
+int64_t wg_pair_out_launches() { return g_wg_pair_out_launches.load(); }
 static std::atomic<int64_t> g_wg_skip_idle_launches{0};
 int64_t wg_skip_idle_launches() { return g_wg_skip_idle_launches.load(); }
 template <typename T>
@@ -2148,11 +2222,16 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);
   bool idle_wg = false;
+  const int64_t esize = int64_t(sizeof(T));
+  bool pair_out = wg_pair_out_env() != 0 && prm.out_l.v == 1 &&
+                  prm.out_l.c % 2 == 0 && prm.out_l.n % 2 == 0 && prm.out_sz[2] % 2 == 0 &&
+                  reinterpret_cast<uintptr_t>(prm.out) % uintptr_t(2 * esize) == 0;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
+    pair_out = pair_out && wd[2].os == 1 && wd[2].oc % 2 == 0 && C % 2 == 0 && wd[2].P % 2 == 0;
     const int64_t tiles = (wd[1].P * C + q_step - 1) / q_step;
     tpp = std::max<int64_t>(tpp, tiles);
     idle_wg = idle_wg || wd[1].P * C - (tiles - 1) * q_step <= Q / kWgGroups;
@@ -2216,6 +2295,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   prm.skip_idle = wg_skip_idle_env() != 0;
+  prm.pair_out = pair_out;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -2230,6 +2310,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   if (half) ++g_wg_two_blocks_launches;
+  if (pair_out) ++g_wg_pair_out_launches;
   return true;
 }
 }

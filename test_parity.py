@@ -666,6 +666,21 @@ def test_wgmma_two_blocks_opt_in():
 
 
 @gpu
+def test_wgmma_pair_out_opt_in():
+    """The wgmma window kernel's epilogue storing two adjacent positions at once
+    (CT3D_WG_PAIR_OUT=1, opt-in, prepared without a GPU): NCDHW outputs with even widths and
+    even window rows, in every mode. The cases: bias with one row of taps (pad_dilation,
+    wgrad_64_dy_channels, tap_parts: 63 taps in parts), stacked taps whose blocks start at
+    odd positions (stacked_taps: J = 4 in the forward, q_step 509, and J = 2 in grad input,
+    so each block stores one position alone), J = 5 (stacked_dilation: the generic loop)."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("window_wg_kernel is a wgmma (sm_90a) kernel")
+    run_opt_in("CT3D_WG_PAIR_OUT", "wg_pair_out_launches",
+               ("pad_dilation", "wgrad_64_dy_channels", "tap_parts", "stacked_taps", "stacked_dilation"),
+               ("fp32_tf32", "fp32_strict", "fp16", "bf16"), "the paired epilogue stores")
+
+
+@gpu
 def test_grad_weight_one_plane_opt_in():
     """Grad weight's one-plane window (on by default; CT3D_WGRAD_ONE_PLANE=0 turns it off):
     the stride-2 U-Net case must take it, in TF32, fp16 and bf16, and pass the contract."""

@@ -515,6 +515,41 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
   }
 }
 
+// Two adjacent outputs p[0], p[1] (p aligned to both) in one store, each rounded once as
+// T(v) rounds it: the bits of two element stores (the epilogue's pair_out).
+template <typename T>
+__device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float2*>(p) = make_float2(float(T(a)), float(T(b)));
+  } else {
+    const T lo = T(a), hi = T(b);
+    uint16_t ul, uh;
+    memcpy(&ul, &lo, 2);
+    memcpy(&uh, &hi, 2);
+    *reinterpret_cast<uint32_t*>(p) = uint32_t(ul) | uint32_t(uh) << 16;
+  }
+}
+
+// wg_store_stacked for two adjacent positions (e: D's column of the first; the second's is
+// the next float) into o[0], o[1] with one store a channel: the same sums in the same order.
+// Scalar loads: e + j * row_j is not 8-byte aligned where row_j is odd.
+template <int JC, typename T>
+__device__ __forceinline__ void wg_store_stacked_pair(T* o, int64_t cstride, const float* ep, int pitch,
+                                                      int row_j, int nco, const T* bias, int64_t c0, int J = JC) {
+  for (int co = 0; co < nco; ++co, o += cstride) {
+    const float* e = ep + co * pitch;
+    float v0 = e[0], v1 = e[1];
+    if constexpr (JC > 0) {
+#pragma unroll
+      for (int j = 1; j < JC; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
+    } else {
+      for (int j = 1; j < J; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
+    }
+    const float b = bias ? float(bias[c0 + co]) : 0.f;
+    wg_store_pair(o, v0 + b, v1 + b);
+  }
+}
+
 // The window convolution on wgmma: two MMA warpgroups (threads 0..255), one block per
 // SM. SPLIT: 3xTF32 (fp32 only). PW > 0 (warp-specialized; not with SPLIT; 4): PW more
 // warps (threads 256..) issue every copy, and a full and an empty mbarrier a buffer hand the
@@ -875,14 +910,18 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
   const int64_t c0 = int64_t(g) * prm.out_cg + co0;
   // stacked taps: y[co][q] = sum_j D[(j, co)][q + j * dw], rows j * out_cg + co
   const int row_j = int(prm.out_cg) * S::EpPitch + (J > 1 ? abs(wd[2].dstep) : 0);
-#pragma unroll
-  for (int half = 0; half < S::Q / 256; ++half) {
-    const int ql = threadIdx.x + 256 * half, q = q0 + ql;
-    const int jh = q / C, jw = q - jh * C;
-    if (ql >= prm.q_step || jh >= Ph || jw >= Pw) continue;
+  // The outputs of position ql (block-relative, < q_step): y at (od, oh, ow), channels
+  // c0 .. c0 + nco - 1; false where ql is a virtual column past the row or past the plane.
+  auto out_at = [&](int ql, T*& o) {
+    const int q = q0 + ql, jh = q / C, jw = q - jh * C;
+    if (jh >= Ph || jw >= Pw) return false;
     const int oh = wd[1].oc + wd[1].os * jh, ow = wd[2].oc + wd[2].os * jw;
-    const int64_t pos = (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow;
-    T* o = out + prm.out_l.at(n, c0, pos);
+    o = out + prm.out_l.at(n, c0, (int64_t(od) * prm.out_sz[1] + oh) * prm.out_sz[2] + ow);
+    return true;
+  };
+  auto store_one = [&](int ql) {
+    T* o;
+    if (!out_at(ql, o)) return;
     if (J == 1) {
       for (int co = 0; co < nco; ++co) {
         const float v = ep[co * S::EpPitch + ql] + (bias ? float(bias[c0 + co]) : 0.f);
@@ -894,6 +933,50 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
       wg_store_stacked<4>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0);
     } else {
       wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
+    }
+  };
+  if (prm.pair_out) {
+    // Two positions a thread, ql and ql + 1 with q0 + ql even, one store for both (opt-in,
+    // CT3D_WG_PAIR_OUT=1): a fifth of the epilogue's instructions a value (no bias, J = 1:
+    // LDS.64, one pack, one store, two address adds; the element loop took ~12). run_window_wg
+    // sets pair_out only where C and Pw are even (so q and jw are even together, and a pair
+    // lies in one row, inside it or past it together) and where the pair's outputs are
+    // adjacent and aligned to both (positions contiguous in out, stride 1 in w, even
+    // channel and batch strides, row length and column offset). A position without a
+    // partner in the stored range (q_step is odd where taps are stacked) goes alone.
+    const int par = q0 & 1;
+    for (int ql = 2 * int(threadIdx.x) + par; ql + 1 < prm.q_step; ql += 2 * kWgConsumers) {
+      T* o;
+      if (!out_at(ql, o)) continue;
+      const float* e = ep + ql;
+      if (J == 1 && bias == nullptr) {  // pointers stepped a channel at a time (the compiler
+                                        // recomputed the 64-bit co * stride for every store);
+                                        // v, not v + 0.f as store_one: a -0 sum stays -0
+        for (int co = 0; co < nco; ++co, o += prm.out_l.c, e += S::EpPitch) {
+          const float2 v = *reinterpret_cast<const float2*>(e);
+          wg_store_pair(o, v.x, v.y);
+        }
+      } else if (J == 1) {
+        for (int co = 0; co < nco; ++co, o += prm.out_l.c, e += S::EpPitch) {
+          const float2 v = *reinterpret_cast<const float2*>(e);
+          const float b = float(bias[c0 + co]);
+          wg_store_pair(o, v.x + b, v.y + b);
+        }
+      } else if (J == 2) {
+        wg_store_stacked_pair<2>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0);
+      } else if (J == 4) {
+        wg_store_stacked_pair<4>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0);
+      } else {
+        wg_store_stacked_pair<0>(o, prm.out_l.c, e, S::EpPitch, row_j, nco, bias, c0, J);
+      }
+    }
+    if (threadIdx.x == 0 && par) store_one(0);
+    if (threadIdx.x == kWgConsumers - 1 && (prm.q_step - par) % 2 == 1) store_one(prm.q_step - 1);
+  } else {
+#pragma unroll
+    for (int half = 0; half < S::Q / 256; ++half) {
+      const int ql = threadIdx.x + 256 * half;
+      if (ql < prm.q_step) store_one(ql);
     }
   }
   CT3D_WG_STAMP(4);
@@ -982,6 +1065,16 @@ inline int wg_two_blocks_env() {
 static std::atomic<int64_t> g_wg_two_blocks_launches{0};
 int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
 
+// CT3D_WG_PAIR_OUT=1 in the environment: the epilogue stores two adjacent positions at once
+// where the geometry allows (prm.pair_out, run_window_wg). Off by default until it has run
+// on a GPU (prepared in a session without one). Read once.
+inline int wg_pair_out_env() {
+  static const int v = env_int("CT3D_WG_PAIR_OUT", 0);
+  return v;
+}
+static std::atomic<int64_t> g_wg_pair_out_launches{0};
+int64_t wg_pair_out_launches() { return g_wg_pair_out_launches.load(); }
+
 // Launches with skip_idle on that have a tile with an idle warpgroup (tests: that the cases
 // meant to skip did; the host knows from the geometry).
 static std::atomic<int64_t> g_wg_skip_idle_launches{0};
@@ -1029,11 +1122,18 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);  // a block stores its first q_step positions
   bool idle_wg = false;  // some plane's last tile ends inside warpgroup 0's positions
+  // The epilogue's paired stores (see the kernel's epilogue): the launch-wide conditions,
+  // then each sub-problem's.
+  const int64_t esize = int64_t(sizeof(T));
+  bool pair_out = wg_pair_out_env() != 0 && prm.out_l.v == 1 &&
+                  prm.out_l.c % 2 == 0 && prm.out_l.n % 2 == 0 && prm.out_sz[2] % 2 == 0 &&
+                  reinterpret_cast<uintptr_t>(prm.out) % uintptr_t(2 * esize) == 0;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
     if (wd[0].P == 0 || wd[1].P == 0 || wd[2].P == 0) continue;
     const int64_t C = wd[2].P + win_span(wd[2]);
+    pair_out = pair_out && wd[2].os == 1 && wd[2].oc % 2 == 0 && C % 2 == 0 && wd[2].P % 2 == 0;
     const int64_t tiles = (wd[1].P * C + q_step - 1) / q_step;
     tpp = std::max<int64_t>(tpp, tiles);
     idle_wg = idle_wg || wd[1].P * C - (tiles - 1) * q_step <= Q / kWgGroups;
@@ -1116,6 +1216,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   prm.skip_idle = wg_skip_idle_env() != 0;
+  prm.pair_out = pair_out;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -1134,6 +1235,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   if (half) ++g_wg_two_blocks_launches;
+  if (pair_out) ++g_wg_pair_out_launches;
   return true;
 }
 
