@@ -34,16 +34,20 @@ def main() -> None:
     arch = os.environ["TORCH_CUDA_ARCH_LIST"]
     if arch.replace("+PTX", "") != "9.0a":
         raise SystemExit(f"prebuild.py builds for sm_90a only (TORCH_CUDA_ARCH_LIST={arch})")
-    inc = []
     import nvidia  # the CUDA headers ATen includes that a bare toolkit may lack (as CI)
     inc = [str(pathlib.Path(p) / "cu13" / "include") for p in nvidia.__path__]
+    # The key of the sources the build reads, taken before it: a file edited during the
+    # build must not give the old code the new key (checked again after).
+    key = model_new.build_key(model_new.cuda_flags())
     ext = model_new.load_extension(extra_include_paths=[p for p in inc if pathlib.Path(p).is_dir()])
+    if model_new.build_key(model_new.cuda_flags()) != key:
+        raise SystemExit("prebuild.py: kernels/ changed during the build; run it again")
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ext.__file__, out / "ct3d_ext.so")
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     meta = {
-        "key": model_new.build_key(model_new.cuda_flags()),
+        "key": key,
         "capability": [9, 0],
         "file": "ct3d_ext.so",
         "torch": torch.__version__,
