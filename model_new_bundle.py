@@ -30,7 +30,7 @@ int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
 int64_t wg_skip_idle_launches();
 int64_t wg_two_blocks_launches();
-int64_t wg_pair_out_launches();
+int64_t wg_vec_out_launches();
 }
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ConvTranspose3d forward and backward on our CUDA kernels";
@@ -60,8 +60,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
   m.def("wg_two_blocks_launches", &ct3d::wg_two_blocks_launches,
         "tests: window_wg_kernel launches of the half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1)");
-  m.def("wg_pair_out_launches", &ct3d::wg_pair_out_launches,
-        "tests: window_wg_kernel launches whose epilogue stores position pairs (CT3D_WG_PAIR_OUT=1)");
+  m.def("wg_vec_out_launches", &ct3d::wg_vec_out_launches,
+        "tests: window_wg_kernel launches whose epilogue stores several outputs at once (CT3D_WG_VEC_OUT=1)");
 }'''
 
 _CUDA_SOURCE = r'''#include <torch/extension.h>
@@ -378,7 +378,7 @@ struct WinParams {
   int wt_taps;
   bool round_a;
   bool skip_idle;
-  bool pair_out;
+  int vec_out;
 };
 inline WinParams win_params(int job, const void* bias, void* out, const Problem& P) {
   const bool fwd = job == kJobForward;
@@ -1416,6 +1416,7 @@ constexpr int kWgTapBytes = 2 * kWgM * 16;
 constexpr int kWgFlushTaps = 8;
 constexpr int kWgConsumers = 256;
 constexpr int kWgMaxStages = 4;
+constexpr int kWgVecNone = 0, kWgVecPairs = 1, kWgVecChannels = 2;
 template <bool SPLIT, bool HALF = false>
 struct WgShape {
   static constexpr int N = SPLIT || HALF ? 128 : 256;
@@ -1759,18 +1760,22 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
     }
   }
 }
+template <int JC>
+__device__ __forceinline__ float wg_stacked_sum(const float* e, int row_j, int J = JC) {
+  float v = e[0];
+  if constexpr (JC > 0) {
+#pragma unroll
+    for (int j = 1; j < JC; ++j) v += e[j * row_j];
+  } else {
+    for (int j = 1; j < J; ++j) v += e[j * row_j];
+  }
+  return v;
+}
 template <int JC, typename T>
 __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const float* ep, int pitch, int row_j,
                                                  int nco, const T* bias, int64_t c0, int J = JC) {
   for (int co = 0; co < nco; ++co) {
-    const float* e = ep + co * pitch;
-    float v = e[0];
-    if constexpr (JC > 0) {
-#pragma unroll
-      for (int j = 1; j < JC; ++j) v += e[j * row_j];
-    } else {
-      for (int j = 1; j < J; ++j) v += e[j * row_j];
-    }
+    float v = wg_stacked_sum<JC>(ep + co * pitch, row_j, J);
     v += bias ? float(bias[c0 + co]) : 0.f;
     o[co * cstride] = T(v);
   }
@@ -1787,18 +1792,21 @@ __device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
     *reinterpret_cast<uint32_t*>(p) = uint32_t(ul) | uint32_t(uh) << 16;
   }
 }
+template <typename T>
+__device__ __forceinline__ uint4 wg_pack16(const float (&v)[16 / sizeof(T)]) {
+  T e[16 / sizeof(T)];
+#pragma unroll
+  for (int k = 0; k < int(16 / sizeof(T)); ++k) e[k] = T(v[k]);
+  uint4 u;
+  memcpy(&u, e, 16);
+  return u;
+}
 template <int JC, typename T>
 __device__ __forceinline__ void wg_store_stacked_pair(T* o, int64_t cstride, const float* ep, int pitch,
                                                       int row_j, int nco, const T* bias, int64_t c0, int J = JC) {
   for (int co = 0; co < nco; ++co, o += cstride) {
     const float* e = ep + co * pitch;
-    float v0 = e[0], v1 = e[1];
-    if constexpr (JC > 0) {
-#pragma unroll
-      for (int j = 1; j < JC; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
-    } else {
-      for (int j = 1; j < J; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
-    }
+    const float v0 = wg_stacked_sum<JC>(e, row_j, J), v1 = wg_stacked_sum<JC>(e + 1, row_j, J);
     const float b = bias ? float(bias[c0 + co]) : 0.f;
     wg_store_pair(o, v0 + b, v1 + b);
   }
@@ -2099,7 +2107,29 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
       wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
     }
   };
-  if (prm.pair_out) {
+  if (prm.vec_out == kWgVecChannels) {
+    auto store_vec = [&](auto jc) {
+      constexpr int V = 16 / int(sizeof(T)), JC = decltype(jc)::value;
+#pragma unroll
+      for (int half = 0; half < S::Q / 256; ++half) {
+        const int ql = threadIdx.x + 256 * half;
+        T* o;
+        if (ql >= prm.q_step || !out_at(ql, o)) continue;
+        for (int co = 0; co < nco; co += V) {
+          float v[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k)
+            v[k] = wg_stacked_sum<JC>(ep + (co + k) * S::EpPitch + ql, row_j, J) +
+                   (bias ? float(bias[c0 + co + k]) : 0.f);
+          *reinterpret_cast<uint4*>(o + co) = wg_pack16<T>(v);
+        }
+      }
+    };
+    if (J == 1) store_vec(std::integral_constant<int, 1>{});
+    else if (J == 2) store_vec(std::integral_constant<int, 2>{});
+    else if (J == 4) store_vec(std::integral_constant<int, 4>{});
+    else store_vec(std::integral_constant<int, 0>{});
+  } else if (prm.vec_out == kWgVecPairs) {
     const int par = q0 & 1;
     for (int ql = 2 * int(threadIdx.x) + par; ql + 1 < prm.q_step; ql += 2 * kWgConsumers) {
       T* o;
@@ -2189,12 +2219,12 @@ inline int wg_two_blocks_env() {
 }
 static std::atomic<int64_t> g_wg_two_blocks_launches{0};
 int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
-inline int wg_pair_out_env() {
-  static const int v = env_int("CT3D_WG_PAIR_OUT", 0);
+inline int wg_vec_out_env() {
+  static const int v = env_int("CT3D_WG_VEC_OUT", 0);
   return v;
 }
-static std::atomic<int64_t> g_wg_pair_out_launches{0};
-int64_t wg_pair_out_launches() { return g_wg_pair_out_launches.load(); }
+static std::atomic<int64_t> g_wg_vec_out_launches{0};
+int64_t wg_vec_out_launches() { return g_wg_vec_out_launches.load(); }
 static std::atomic<int64_t> g_wg_skip_idle_launches{0};
 int64_t wg_skip_idle_launches() { return g_wg_skip_idle_launches.load(); }
 template <typename T>
@@ -2222,10 +2252,13 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);
   bool idle_wg = false;
-  const int64_t esize = int64_t(sizeof(T));
-  bool pair_out = wg_pair_out_env() != 0 && prm.out_l.v == 1 &&
+  const int64_t esize = int64_t(sizeof(T)), vch = 16 / esize;
+  const uintptr_t out_addr = reinterpret_cast<uintptr_t>(prm.out);
+  const bool vec_channels = wg_vec_out_env() != 0 && prm.out_l.c == 1 && prm.out_cg % vch == 0 &&
+                            prm.out_l.v % vch == 0 && prm.out_l.n % vch == 0 && out_addr % 16 == 0;
+  bool pair_out = wg_vec_out_env() != 0 && !vec_channels && prm.out_l.v == 1 &&
                   prm.out_l.c % 2 == 0 && prm.out_l.n % 2 == 0 && prm.out_sz[2] % 2 == 0 &&
-                  reinterpret_cast<uintptr_t>(prm.out) % uintptr_t(2 * esize) == 0;
+                  out_addr % uintptr_t(2 * esize) == 0;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
@@ -2295,7 +2328,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   prm.skip_idle = wg_skip_idle_env() != 0;
-  prm.pair_out = pair_out;
+  prm.vec_out = vec_channels ? kWgVecChannels : pair_out ? kWgVecPairs : kWgVecNone;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -2310,7 +2343,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   if (half) ++g_wg_two_blocks_launches;
-  if (pair_out) ++g_wg_pair_out_launches;
+  if (prm.vec_out != kWgVecNone) ++g_wg_vec_out_launches;
   return true;
 }
 }

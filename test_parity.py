@@ -666,18 +666,20 @@ def test_wgmma_two_blocks_opt_in():
 
 
 @gpu
-def test_wgmma_pair_out_opt_in():
-    """The wgmma window kernel's epilogue storing two adjacent positions at once
-    (CT3D_WG_PAIR_OUT=1, opt-in, prepared without a GPU): NCDHW outputs with even widths and
-    even window rows, in every mode. The cases: bias with one row of taps (pad_dilation,
-    wgrad_64_dy_channels, tap_parts: 63 taps in parts), stacked taps whose blocks start at
-    odd positions (stacked_taps: J = 4 in the forward, q_step 509, and J = 2 in grad input,
-    so each block stores one position alone), J = 5 (stacked_dilation: the generic loop)."""
+def test_wgmma_vec_out_opt_in():
+    """The wgmma window kernel's epilogue storing several outputs at once (CT3D_WG_VEC_OUT=1,
+    opt-in, prepared without a GPU): in NCDHW two adjacent positions a store (even widths
+    and window rows), in channels_last 16 bytes of a position's channels a store, in every
+    mode. The cases: bias with one row of taps (pad_dilation, wgrad_64_dy_channels,
+    tap_parts: 63 taps in parts), stacked taps whose blocks start at odd positions
+    (stacked_taps: J = 4 in the forward, q_step 509, and J = 2 in grad input, so each block
+    stores one position alone in NCDHW), J = 5 (stacked_dilation: the generic loop)."""
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("window_wg_kernel is a wgmma (sm_90a) kernel")
-    run_opt_in("CT3D_WG_PAIR_OUT", "wg_pair_out_launches",
+    run_opt_in("CT3D_WG_VEC_OUT", "wg_vec_out_launches",
                ("pad_dilation", "wgrad_64_dy_channels", "tap_parts", "stacked_taps", "stacked_dilation"),
-               ("fp32_tf32", "fp32_strict", "fp16", "bf16"), "the paired epilogue stores")
+               ("fp32_tf32", "fp32_strict", "fp16", "bf16"), "the wide epilogue stores",
+               layouts=("contiguous", "channels_last"))
 
 
 @gpu

@@ -28,7 +28,7 @@ int64_t unit_tap_dgrad_rows_launches();
 int64_t unit_tap_persist_launches();
 int64_t wg_skip_idle_launches();
 int64_t wg_two_blocks_launches();
-int64_t wg_pair_out_launches();
+int64_t wg_vec_out_launches();
 }  // namespace ct3d
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -59,6 +59,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "tests: window_wg_kernel launches with an idle warpgroup skipped (CT3D_WG_SKIP_IDLE=1)");
   m.def("wg_two_blocks_launches", &ct3d::wg_two_blocks_launches,
         "tests: window_wg_kernel launches of the half-width shape, two blocks an SM (CT3D_WG_TWO_BLOCKS=1)");
-  m.def("wg_pair_out_launches", &ct3d::wg_pair_out_launches,
-        "tests: window_wg_kernel launches whose epilogue stores position pairs (CT3D_WG_PAIR_OUT=1)");
+  m.def("wg_vec_out_launches", &ct3d::wg_vec_out_launches,
+        "tests: window_wg_kernel launches whose epilogue stores several outputs at once (CT3D_WG_VEC_OUT=1)");
 }

@@ -107,7 +107,7 @@ struct WinParams {
   int wt_taps;            // window_wg.cuh: taps (stacked taps) a group in the weight layout
   bool round_a;           // TF32 with the source used in place: round each stage's window
   bool skip_idle;         // window_wg.cuh: a warpgroup with no positions in the plane issues no wgmmas
-  bool pair_out;          // window_wg.cuh: the epilogue stores two adjacent positions at once
+  int vec_out;            // window_wg.cuh: the epilogue's wide stores (kWgVec*), 0: one element a store
 };
 
 // The tensors and sizes of a job: forward reads x (Cin channels) and writes y (Cout);

@@ -75,6 +75,8 @@ constexpr int kWgTapBytes = 2 * kWgM * 16;  // a tap's weights (one part): 2 K s
 constexpr int kWgFlushTaps = 8;          // 3xTF32: taps a chain before it is added into the sum
 constexpr int kWgConsumers = 256;        // the MMA threads of a block (kWgGroups warpgroups)
 constexpr int kWgMaxStages = 4;
+// prm.vec_out: the epilogue's stores (CT3D_WG_VEC_OUT=1; see the epilogue)
+constexpr int kWgVecNone = 0, kWgVecPairs = 1, kWgVecChannels = 2;
 
 // The shape of a variant: positions a warpgroup (wgmma N: 256, or 128 for 3xTF32, which
 // keeps two accumulator sets, and for HALF, the shape bounded for two blocks an SM),
@@ -494,6 +496,20 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
   }
 }
 
+// D's sum for one output of stacked taps (as wg_store_stacked adds it): e[0] + e[row_j]
+// + ... over the J rows, in order. JC > 0: J known at compile time (1: e[0]); 0: J given.
+template <int JC>
+__device__ __forceinline__ float wg_stacked_sum(const float* e, int row_j, int J = JC) {
+  float v = e[0];
+  if constexpr (JC > 0) {
+#pragma unroll
+    for (int j = 1; j < JC; ++j) v += e[j * row_j];
+  } else {
+    for (int j = 1; j < J; ++j) v += e[j * row_j];
+  }
+  return v;
+}
+
 // The epilogue's stores of one position with taps stacked in M: y[co] = sum_j D[(j, co)]
 // (ep: D's column of the position, rows `pitch` floats apart; stacked row j is row_j floats
 // after row 0) + bias, j in order, one rounding, for co < nco (o: y at channel c0, cstride
@@ -502,21 +518,14 @@ template <int JC, typename T>
 __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const float* ep, int pitch, int row_j,
                                                  int nco, const T* bias, int64_t c0, int J = JC) {
   for (int co = 0; co < nco; ++co) {
-    const float* e = ep + co * pitch;
-    float v = e[0];
-    if constexpr (JC > 0) {
-#pragma unroll
-      for (int j = 1; j < JC; ++j) v += e[j * row_j];
-    } else {
-      for (int j = 1; j < J; ++j) v += e[j * row_j];
-    }
+    float v = wg_stacked_sum<JC>(ep + co * pitch, row_j, J);
     v += bias ? float(bias[c0 + co]) : 0.f;
     o[co * cstride] = T(v);
   }
 }
 
 // Two adjacent outputs p[0], p[1] (p aligned to both) in one store, each rounded once as
-// T(v) rounds it: the bits of two element stores (the epilogue's pair_out).
+// T(v) rounds it: the bits of two element stores (the epilogue's position pairs).
 template <typename T>
 __device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
   if constexpr (sizeof(T) == 4) {
@@ -530,6 +539,17 @@ __device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
   }
 }
 
+// 16 / sizeof(T) values as 16 bytes of T, each rounded once as T(v) rounds it.
+template <typename T>
+__device__ __forceinline__ uint4 wg_pack16(const float (&v)[16 / sizeof(T)]) {
+  T e[16 / sizeof(T)];
+#pragma unroll
+  for (int k = 0; k < int(16 / sizeof(T)); ++k) e[k] = T(v[k]);
+  uint4 u;
+  memcpy(&u, e, 16);
+  return u;
+}
+
 // wg_store_stacked for two adjacent positions (e: D's column of the first; the second's is
 // the next float) into o[0], o[1] with one store a channel: the same sums in the same order.
 // Scalar loads: e + j * row_j is not 8-byte aligned where row_j is odd.
@@ -538,13 +558,7 @@ __device__ __forceinline__ void wg_store_stacked_pair(T* o, int64_t cstride, con
                                                       int row_j, int nco, const T* bias, int64_t c0, int J = JC) {
   for (int co = 0; co < nco; ++co, o += cstride) {
     const float* e = ep + co * pitch;
-    float v0 = e[0], v1 = e[1];
-    if constexpr (JC > 0) {
-#pragma unroll
-      for (int j = 1; j < JC; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
-    } else {
-      for (int j = 1; j < J; ++j) v0 += e[j * row_j], v1 += e[j * row_j + 1];
-    }
+    const float v0 = wg_stacked_sum<JC>(e, row_j, J), v1 = wg_stacked_sum<JC>(e + 1, row_j, J);
     const float b = bias ? float(bias[c0 + co]) : 0.f;
     wg_store_pair(o, v0 + b, v1 + b);
   }
@@ -935,11 +949,37 @@ __global__ void __launch_bounds__(kWgConsumers + 32 * PW, HALF ? 2 : 1) window_w
       wg_store_stacked<0>(o, prm.out_l.c, ep + ql, S::EpPitch, row_j, nco, bias, c0, J);
     }
   };
-  if (prm.pair_out) {
+  if (prm.vec_out == kWgVecChannels) {
+    // channels_last out (opt-in, CT3D_WG_VEC_OUT=1): a position's channels are contiguous,
+    // so 16 / sizeof(T) of them go in one 16-byte store (run_window_wg: out_cg a multiple of
+    // that, aligned strides and pointer), the same values as store_one's.
+    // One loop a stacking (JC: J at compile time, 0 for the others).
+    auto store_vec = [&](auto jc) {
+      constexpr int V = 16 / int(sizeof(T)), JC = decltype(jc)::value;
+#pragma unroll
+      for (int half = 0; half < S::Q / 256; ++half) {
+        const int ql = threadIdx.x + 256 * half;
+        T* o;
+        if (ql >= prm.q_step || !out_at(ql, o)) continue;
+        for (int co = 0; co < nco; co += V) {
+          float v[V];
+#pragma unroll
+          for (int k = 0; k < V; ++k)
+            v[k] = wg_stacked_sum<JC>(ep + (co + k) * S::EpPitch + ql, row_j, J) +
+                   (bias ? float(bias[c0 + co + k]) : 0.f);
+          *reinterpret_cast<uint4*>(o + co) = wg_pack16<T>(v);
+        }
+      }
+    };
+    if (J == 1) store_vec(std::integral_constant<int, 1>{});
+    else if (J == 2) store_vec(std::integral_constant<int, 2>{});
+    else if (J == 4) store_vec(std::integral_constant<int, 4>{});
+    else store_vec(std::integral_constant<int, 0>{});
+  } else if (prm.vec_out == kWgVecPairs) {
     // Two positions a thread, ql and ql + 1 with q0 + ql even, one store for both (opt-in,
-    // CT3D_WG_PAIR_OUT=1): a fifth of the epilogue's instructions a value (no bias, J = 1:
+    // CT3D_WG_VEC_OUT=1, NCDHW out): a fifth of the epilogue's instructions a value (no bias, J = 1:
     // LDS.64, one pack, one store, two address adds; the element loop took ~12). run_window_wg
-    // sets pair_out only where C and Pw are even (so q and jw are even together, and a pair
+    // takes this form only where C and Pw are even (so q and jw are even together, and a pair
     // lies in one row, inside it or past it together) and where the pair's outputs are
     // adjacent and aligned to both (positions contiguous in out, stride 1 in w, even
     // channel and batch strides, row length and column offset). A position without a
@@ -1065,15 +1105,16 @@ inline int wg_two_blocks_env() {
 static std::atomic<int64_t> g_wg_two_blocks_launches{0};
 int64_t wg_two_blocks_launches() { return g_wg_two_blocks_launches.load(); }
 
-// CT3D_WG_PAIR_OUT=1 in the environment: the epilogue stores two adjacent positions at once
-// where the geometry allows (prm.pair_out, run_window_wg). Off by default until it has run
-// on a GPU (prepared in a session without one). Read once.
-inline int wg_pair_out_env() {
-  static const int v = env_int("CT3D_WG_PAIR_OUT", 0);
+// CT3D_WG_VEC_OUT=1 in the environment: the epilogue stores several outputs at once where
+// the layout allows (prm.vec_out: two adjacent positions in NCDHW, 16 bytes of a position's
+// channels in channels_last; run_window_wg). Off by default until it has run on a GPU
+// (prepared in a session without one). Read once.
+inline int wg_vec_out_env() {
+  static const int v = env_int("CT3D_WG_VEC_OUT", 0);
   return v;
 }
-static std::atomic<int64_t> g_wg_pair_out_launches{0};
-int64_t wg_pair_out_launches() { return g_wg_pair_out_launches.load(); }
+static std::atomic<int64_t> g_wg_vec_out_launches{0};
+int64_t wg_vec_out_launches() { return g_wg_vec_out_launches.load(); }
 
 // Launches with skip_idle on that have a tile with an idle warpgroup (tests: that the cases
 // meant to skip did; the host knows from the geometry).
@@ -1122,12 +1163,17 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   int64_t tpp = 0, pd_max = 0, slice_pos = 0, thw_max = 0;
   const int q_step = Q - (stack - 1) * int(P.d[2]);  // a block stores its first q_step positions
   bool idle_wg = false;  // some plane's last tile ends inside warpgroup 0's positions
-  // The epilogue's paired stores (see the kernel's epilogue): the launch-wide conditions,
-  // then each sub-problem's.
-  const int64_t esize = int64_t(sizeof(T));
-  bool pair_out = wg_pair_out_env() != 0 && prm.out_l.v == 1 &&
+  // The epilogue's wide stores (see the kernel's epilogue): 16 bytes of a position's
+  // channels where out is channels_last with whole, aligned 16-byte runs of them; else
+  // position pairs where out is NCDHW and every pair is aligned and in one row (the
+  // launch-wide conditions here, each sub-problem's below).
+  const int64_t esize = int64_t(sizeof(T)), vch = 16 / esize;
+  const uintptr_t out_addr = reinterpret_cast<uintptr_t>(prm.out);
+  const bool vec_channels = wg_vec_out_env() != 0 && prm.out_l.c == 1 && prm.out_cg % vch == 0 &&
+                            prm.out_l.v % vch == 0 && prm.out_l.n % vch == 0 && out_addr % 16 == 0;
+  bool pair_out = wg_vec_out_env() != 0 && !vec_channels && prm.out_l.v == 1 &&
                   prm.out_l.c % 2 == 0 && prm.out_l.n % 2 == 0 && prm.out_sz[2] % 2 == 0 &&
-                  reinterpret_cast<uintptr_t>(prm.out) % uintptr_t(2 * esize) == 0;
+                  out_addr % uintptr_t(2 * esize) == 0;
   for (int64_t z = 0; z < nz; ++z) {
     WinDim wd[3];
     win_dims(P, prm.job, int(z), wd);
@@ -1216,7 +1262,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   prm.wt_taps = int(wt_taps);
   prm.table_offset = int(body);
   prm.skip_idle = wg_skip_idle_env() != 0;
-  prm.pair_out = pair_out;
+  prm.vec_out = vec_channels ? kWgVecChannels : pair_out ? kWgVecPairs : kWgVecNone;
   const int64_t gx = P.N * pd_max * tpp;
   TORCH_CHECK(gx < (int64_t(1) << 31) && ncot <= 65535 && nsub <= 65535,
               "conv_transpose3d: problem too large for the tensor-core grid");
@@ -1235,7 +1281,7 @@ bool run_window_wg(WinParams prm, const at::Tensor& src_t, const at::Tensor& w, 
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (prm.skip_idle && idle_wg) ++g_wg_skip_idle_launches;
   if (half) ++g_wg_two_blocks_launches;
-  if (pair_out) ++g_wg_pair_out_launches;
+  if (prm.vec_out != kWgVecNone) ++g_wg_vec_out_launches;
   return true;
 }
 
