@@ -1360,6 +1360,48 @@ def test_ptxas_split_compile_flag(tmp_path, monkeypatch):
         assert mn._ptxas_flags() == want, home
 
 
+def test_wg_pair_epilogue_coverage():
+    """The rule of window_wg_kernel's paired epilogue stores (CT3D_WG_VEC_OUT=1, NCDHW),
+    as a model of its loops (kernels/window_wg.cuh, the epilogue): over blocks of a plane,
+    thread t pairs positions ql = 2t + par + 512i (par = q0 & 1) while ql + 1 < q_step, and
+    threads 0 and 255 store the unpaired first / last position alone. Where run_window_wg
+    allows it (C and Pw even), every stored position of the element path is stored exactly
+    once, each pair is two adjacent columns of one row, and its first column is even (the
+    alignment the 4- or 8-byte store needs)."""
+    rng = random.Random(0)
+    for _ in range(400):
+        Q = rng.choice([256, 512])
+        J, dw = rng.choice([(1, 1), (2, 1), (4, 1), (2, 2), (5, 2), (3, 1)])
+        q_step = Q - (J - 1) * dw
+        Pw = 2 * rng.randint(1, 60)
+        C = Pw + 2 * rng.randint(0, 6)
+        Ph = rng.randint(1, 30)
+        tiles = (Ph * C + q_step - 1) // q_step
+        want, got = set(), []
+        for pt in range(tiles):
+            q0 = pt * q_step
+
+            def stored(ql):
+                q = q0 + ql
+                return ql < q_step and q // C < Ph and q % C < Pw
+
+            want |= {q0 + ql for ql in range(Q) if stored(ql)}
+            par = q0 & 1
+            for t in range(256):  # kWgConsumers
+                ql = 2 * t + par
+                while ql + 1 < q_step:
+                    if stored(ql):
+                        q = q0 + ql
+                        assert q % 2 == 0 and q % C + 1 < Pw and stored(ql + 1), (Q, J, C, Pw, q0, ql)
+                        got += [q, q + 1]
+                    ql += 512
+            if par and stored(0):
+                got.append(q0)
+            if (q_step - par) % 2 == 1 and stored(q_step - 1):
+                got.append(q0 + q_step - 1)
+        assert len(got) == len(set(got)) and set(got) == want, (Q, J, C, Pw, Ph)
+
+
 def test_bench_tables(capsys, monkeypatch):
     """bench.py's tables print every row kind: a timed row (with and without its graph-replay
     time) and a wrong result (not timed). Synthetic numbers; the timings need a GPU."""
