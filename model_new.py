@@ -95,9 +95,12 @@ def prebuilt_extension(flags: Sequence[str]):
     import json
     import warnings
 
-    meta = json.loads((Path(folder) / PREBUILT_META).read_text())
+    meta_file = Path(folder) / PREBUILT_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
     caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
-    if meta["key"] != build_key(flags):
+    if meta is None:
+        why = f"there is no {PREBUILT_META} there"
+    elif meta["key"] != build_key(flags):
         why = "it was built from other sources, flags, torch or Python"
     elif caps != [tuple(meta["capability"])]:
         why = f"it was built for compute capability {tuple(meta['capability'])}, the GPUs are {caps}"

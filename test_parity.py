@@ -1446,6 +1446,9 @@ def test_prebuilt_extension_rules(tmp_path, monkeypatch):
 
     monkeypatch.delenv("CT3D_PREBUILT", raising=False)
     assert mn.prebuilt_extension(flags) is None           # not asked for: no warning, no file read
+    monkeypatch.setenv("CT3D_PREBUILT", str(tmp_path / "missing"))
+    with pytest.warns(UserWarning, match="no prebuilt.json"):  # a folder without a build
+        assert mn.prebuilt_extension(flags) is None
     monkeypatch.setenv("CT3D_PREBUILT", str(tmp_path))
     module, said = use()
     assert module is not None and module.MARK == "prebuilt" and said == ""
