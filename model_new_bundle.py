@@ -146,6 +146,14 @@ __device__ __forceinline__ float round_tf32(float v) {
   return round_tf32_int(v);
 #endif
 }
+template <typename T>
+__device__ __forceinline__ uint32_t pack2_16(float lo, float hi) {
+  const T a = T(lo), b = T(hi);
+  uint16_t ua, ub;
+  memcpy(&ua, &a, 2);
+  memcpy(&ub, &b, 2);
+  return uint32_t(ua) | (uint32_t(ub) << 16);
+}
 __device__ __forceinline__ void split_tf32(uint32_t v, uint32_t& big, uint32_t& small) {
   big = v & 0xffffe000u;
   small = (__float_as_uint(__uint_as_float(v) - __uint_as_float(big)) + 0x1000u) & 0xffffe000u;
@@ -905,11 +913,7 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __res
     };
     if (mode == kWeight16) {
       const int64_t k = ch * 16 + 2 * (lane % 4) + 8 * e;
-      const T lo = T(value(k)), hi = T(value(k + 1));
-      uint16_t ulo, uhi;
-      memcpy(&ulo, &lo, 2);
-      memcpy(&uhi, &hi, 2);
-      big[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+      big[idx] = pack2_16<T>(value(k), value(k + 1));
     } else {
       const float v = value(ch * 8 + lane % 4 + 4 * e);
       const float b = round_tf32(v);
@@ -1752,11 +1756,7 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
       }
     } else {
       const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
-      const T lo = T(value(k)), hi = T(value(k + 1));
-      uint16_t ulo, uhi;
-      memcpy(&ulo, &lo, 2);
-      memcpy(&uhi, &hi, 2);
-      out[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+      out[idx] = pack2_16<T>(value(k), value(k + 1));
     }
   }
 }
@@ -1783,23 +1783,19 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
 template <typename T>
 __device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
   if constexpr (sizeof(T) == 4) {
-    *reinterpret_cast<float2*>(p) = make_float2(float(T(a)), float(T(b)));
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);
   } else {
-    const T lo = T(a), hi = T(b);
-    uint16_t ul, uh;
-    memcpy(&ul, &lo, 2);
-    memcpy(&uh, &hi, 2);
-    *reinterpret_cast<uint32_t*>(p) = uint32_t(ul) | uint32_t(uh) << 16;
+    *reinterpret_cast<uint32_t*>(p) = pack2_16<T>(a, b);
   }
 }
 template <typename T>
 __device__ __forceinline__ uint4 wg_pack16(const float (&v)[16 / sizeof(T)]) {
-  T e[16 / sizeof(T)];
-#pragma unroll
-  for (int k = 0; k < int(16 / sizeof(T)); ++k) e[k] = T(v[k]);
-  uint4 u;
-  memcpy(&u, e, 16);
-  return u;
+  if constexpr (sizeof(T) == 4) {
+    return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+  } else {
+    return make_uint4(pack2_16<T>(v[0], v[1]), pack2_16<T>(v[2], v[3]), pack2_16<T>(v[4], v[5]),
+                      pack2_16<T>(v[6], v[7]));
+  }
 }
 template <int JC, typename T>
 __device__ __forceinline__ void wg_store_stacked_pair(T* o, int64_t cstride, const float* ep, int pitch,

@@ -140,6 +140,17 @@ __device__ __forceinline__ float round_tf32(float v) {
 #endif
 }
 
+// Two values as one 32-bit word of 16-bit T (lo in the low half), each rounded once as
+// T(v) rounds it (nearest-even): packed weight fragments and paired 16-bit stores.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2_16(float lo, float hi) {
+  const T a = T(lo), b = T(hi);
+  uint16_t ua, ub;
+  memcpy(&ua, &a, 2);
+  memcpy(&ub, &b, 2);
+  return uint32_t(ua) | (uint32_t(ub) << 16);
+}
+
 // 3xTF32 split of an fp32 value v = big + small, both with their low 13 bits clear: big
 // truncates v, small = v - big (exact, at most 13 significant bits) rounded to nearest.
 // Four instructions a value where two cvt.rna.tf32 (emulated with inf/NaN checks) and a

@@ -817,11 +817,7 @@ __global__ void transform_weight_kernel(const T* __restrict__ w, uint32_t* __res
     };
     if (mode == kWeight16) {
       const int64_t k = ch * 16 + 2 * (lane % 4) + 8 * e;
-      const T lo = T(value(k)), hi = T(value(k + 1));  // exact: the values are T already
-      uint16_t ulo, uhi;
-      memcpy(&ulo, &lo, 2);
-      memcpy(&uhi, &hi, 2);
-      big[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+      big[idx] = pack2_16<T>(value(k), value(k + 1));  // exact: the values are T already
     } else {
       const float v = value(ch * 8 + lane % 4 + 4 * e);
       const float b = round_tf32(v);

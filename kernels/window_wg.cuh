@@ -487,11 +487,7 @@ __global__ void transform_weight_wg_kernel(const T* __restrict__ w, uint32_t* __
       }
     } else {
       const int64_t k = int64_t(ch) * 16 + slice * 8 + 2 * wi;
-      const T lo = T(value(k)), hi = T(value(k + 1));  // exact: the values are T already
-      uint16_t ulo, uhi;
-      memcpy(&ulo, &lo, 2);
-      memcpy(&uhi, &hi, 2);
-      out[idx] = uint32_t(ulo) | (uint32_t(uhi) << 16);
+      out[idx] = pack2_16<T>(value(k), value(k + 1));  // exact: the values are T already
     }
   }
 }
@@ -529,25 +525,22 @@ __device__ __forceinline__ void wg_store_stacked(T* o, int64_t cstride, const fl
 template <typename T>
 __device__ __forceinline__ void wg_store_pair(T* p, float a, float b) {
   if constexpr (sizeof(T) == 4) {
-    *reinterpret_cast<float2*>(p) = make_float2(float(T(a)), float(T(b)));
+    *reinterpret_cast<float2*>(p) = make_float2(a, b);  // T is float
   } else {
-    const T lo = T(a), hi = T(b);
-    uint16_t ul, uh;
-    memcpy(&ul, &lo, 2);
-    memcpy(&uh, &hi, 2);
-    *reinterpret_cast<uint32_t*>(p) = uint32_t(ul) | uint32_t(uh) << 16;
+    *reinterpret_cast<uint32_t*>(p) = pack2_16<T>(a, b);
   }
 }
 
-// 16 / sizeof(T) values as 16 bytes of T, each rounded once as T(v) rounds it.
+// 16 / sizeof(T) values as 16 bytes of T, each rounded once as T(v) rounds it (unit_tap.cuh's
+// ut_pack16 rounds through the cuda_fp16/bf16 intrinsics instead: the same bits but NaN's).
 template <typename T>
 __device__ __forceinline__ uint4 wg_pack16(const float (&v)[16 / sizeof(T)]) {
-  T e[16 / sizeof(T)];
-#pragma unroll
-  for (int k = 0; k < int(16 / sizeof(T)); ++k) e[k] = T(v[k]);
-  uint4 u;
-  memcpy(&u, e, 16);
-  return u;
+  if constexpr (sizeof(T) == 4) {
+    return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+  } else {
+    return make_uint4(pack2_16<T>(v[0], v[1]), pack2_16<T>(v[2], v[3]), pack2_16<T>(v[4], v[5]),
+                      pack2_16<T>(v[6], v[7]));
+  }
 }
 
 // wg_store_stacked for two adjacent positions (e: D's column of the first; the second's is
